@@ -1,0 +1,249 @@
+"""Every op gir knows: its attribute class and arity. Stages key their rule tables by these names.
+
+Primitive ops mirror StableHLO ops one to one (elementwise ops need equal shapes,
+broadcasting is explicit). Layer ops keep graphs readable and carry a
+decomposition into primitives that the lowering applies.
+"""
+from __future__ import annotations
+
+from typing import Union
+
+import attrs
+
+from gir.ir.dtypes import DType
+from gir.ir.ops import register_op
+from gir.ir.types import Dim, TensorType, normalize_dim
+
+
+def _pair(v) -> tuple[int, int]:
+    t = (v, v) if isinstance(v, int) else tuple(v)
+    if len(t) != 2 or not all(isinstance(i, int) and i >= 1 for i in t):
+        raise ValueError(f"expected a positive int or a pair of positive ints, got {v!r}")
+    return t  # type: ignore[return-value]
+
+
+def _ints(v) -> tuple[int, ...]:
+    return tuple(int(i) for i in v)
+
+
+def _dims(v) -> tuple[Dim, ...]:
+    return tuple(normalize_dim(d) for d in v)
+
+
+def _padding(v) -> Union[str, tuple[tuple[int, int], tuple[int, int]]]:
+    """'same', 'valid', or explicit ((top, bottom), (left, right))."""
+    if isinstance(v, str):
+        if v not in ("same", "valid"):
+            raise ValueError(f"padding must be 'same', 'valid' or ((top, bottom), (left, right)), got {v!r}")
+        return v
+    pads = tuple((int(lo), int(hi)) for lo, hi in v)
+    if len(pads) != 2 or any(p < 0 for pair in pads for p in pair):
+        raise ValueError(f"explicit padding must be two non-negative (lo, hi) pairs, got {v!r}")
+    return pads  # type: ignore[return-value]
+
+
+def _pads(v) -> tuple[tuple[Dim, Dim], ...]:
+    return tuple((normalize_dim(lo), normalize_dim(hi)) for lo, hi in v)
+
+
+COMPARE_DIRECTIONS = ("EQ", "NE", "LT", "LE", "GT", "GE")
+REDUCE_KINDS = ("sum", "max", "min")
+
+
+# ---- attribute classes -------------------------------------------------------------------
+
+@attrs.frozen
+class ConvAttrs:
+    """conv2d / depthwise_conv2d: NCHW input, OIHW kernel, a padding policy."""
+    stride: tuple[int, int] = attrs.field(default=(1, 1), converter=_pair)
+    padding: Union[str, tuple] = attrs.field(default="same", converter=_padding)
+    dilation: tuple[int, int] = attrs.field(default=(1, 1), converter=_pair)
+
+
+@attrs.frozen
+class PoolAttrs:
+    window: tuple[int, int] = attrs.field(converter=_pair)
+    stride: tuple[int, int] = attrs.field(converter=_pair)
+    padding: Union[str, tuple] = attrs.field(default="valid", converter=_padding)
+
+
+@attrs.frozen
+class BatchNormAttrs:
+    """training=True: batch statistics, outputs (y, batch_mean, batch_var); else running stats, outputs y."""
+    eps: float = 1e-5
+    momentum: float = 0.1
+    training: bool = True
+
+
+@attrs.frozen
+class LayerNormAttrs:
+    eps: float = 1e-5
+
+
+@attrs.frozen
+class AxisAttrs:
+    axis: int
+
+
+@attrs.frozen
+class XentAttrs:
+    label_smoothing: float = attrs.field(default=0.0)
+
+    @label_smoothing.validator
+    def _check(self, _, v):
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {v}")
+
+
+@attrs.frozen
+class AttentionAttrs:
+    heads: int = attrs.field(validator=attrs.validators.gt(0))
+
+
+@attrs.frozen
+class ConvolutionAttrs:
+    """The StableHLO convolution: explicit padding, dilations, group counts, dimension numbers."""
+    window_strides: tuple[int, ...] = attrs.field(default=(1, 1), converter=_ints)
+    padding: tuple[tuple[Dim, Dim], ...] = attrs.field(default=((0, 0), (0, 0)), converter=_pads)
+    lhs_dilation: tuple[int, ...] = attrs.field(default=(1, 1), converter=_ints)
+    rhs_dilation: tuple[int, ...] = attrs.field(default=(1, 1), converter=_ints)
+    feature_group_count: int = 1
+    batch_group_count: int = 1
+    lhs_layout: str = "NCHW"   # batch, feature, spatial...
+    rhs_layout: str = "OIHW"   # out-feature, in-feature, spatial...
+    out_layout: str = "NCHW"
+
+
+@attrs.frozen
+class DotGeneralAttrs:
+    lhs_batch: tuple[int, ...] = attrs.field(default=(), converter=_ints)
+    rhs_batch: tuple[int, ...] = attrs.field(default=(), converter=_ints)
+    lhs_contract: tuple[int, ...] = attrs.field(default=(), converter=_ints)
+    rhs_contract: tuple[int, ...] = attrs.field(default=(), converter=_ints)
+
+
+@attrs.frozen
+class ReduceAttrs:
+    kind: str = attrs.field(validator=attrs.validators.in_(REDUCE_KINDS))
+    dims: tuple[int, ...] = attrs.field(converter=_ints)
+
+
+@attrs.frozen
+class ReduceWindowAttrs:
+    kind: str = attrs.field(validator=attrs.validators.in_(REDUCE_KINDS))
+    window: tuple[int, ...] = attrs.field(converter=_ints)
+    strides: tuple[int, ...] = attrs.field(converter=_ints)
+    padding: tuple[tuple[Dim, Dim], ...] = attrs.field(converter=_pads)
+
+
+@attrs.frozen
+class CompareAttrs:
+    direction: str = attrs.field(validator=attrs.validators.in_(COMPARE_DIRECTIONS))
+
+
+@attrs.frozen
+class ConvertAttrs:
+    dtype: DType
+
+
+@attrs.frozen
+class ConstantAttrs:
+    """A splat constant: every element equals `value`."""
+    value: Union[float, int, bool]
+    type: TensorType
+
+
+@attrs.frozen
+class IotaAttrs:
+    dim: int
+    type: TensorType
+
+
+@attrs.frozen
+class BroadcastAttrs:
+    """broadcast_in_dim: operand dim i goes to result dim dims[i]."""
+    shape: tuple[Dim, ...] = attrs.field(converter=_dims)
+    dims: tuple[int, ...] = attrs.field(converter=_ints)
+
+
+@attrs.frozen
+class ReshapeAttrs:
+    shape: tuple[Dim, ...] = attrs.field(converter=_dims)
+
+
+@attrs.frozen
+class TransposeAttrs:
+    perm: tuple[int, ...] = attrs.field(converter=_ints)
+
+
+@attrs.frozen
+class ReverseAttrs:
+    dims: tuple[int, ...] = attrs.field(converter=_ints)
+
+
+@attrs.frozen
+class SliceAttrs:
+    start: tuple[Dim, ...] = attrs.field(converter=_dims)
+    limit: tuple[Dim, ...] = attrs.field(converter=_dims)
+    strides: tuple[int, ...] = attrs.field(converter=_ints)
+
+
+@attrs.frozen
+class PadAttrs:
+    """pad(operand, padding_value): low/high edge padding and interior padding per dim."""
+    low: tuple[Dim, ...] = attrs.field(converter=_dims)
+    high: tuple[Dim, ...] = attrs.field(converter=_dims)
+    interior: tuple[int, ...] = attrs.field(converter=_ints)
+
+
+@attrs.frozen
+class ConcatAttrs:
+    dim: int
+
+
+# ---- the registry ------------------------------------------------------------------------
+
+ELEMENTWISE_UNARY = ("negate", "exp", "log", "tanh", "logistic", "sqrt", "rsqrt", "abs")
+ELEMENTWISE_BINARY = ("add", "subtract", "multiply", "divide", "maximum", "minimum")
+ACTIVATIONS = ("relu", "relu6", "swish", "hard_swish", "gelu")
+
+for _name in ELEMENTWISE_UNARY:
+    register_op(_name, None, 1, "primitive", f"elementwise {_name}")
+for _name in ELEMENTWISE_BINARY:
+    register_op(_name, None, 2, "primitive", f"elementwise {_name}; operands have equal types")
+
+register_op("compare", CompareAttrs, 2, "primitive", "elementwise comparison; i1 result")
+register_op("select", None, 3, "primitive", "select(pred, on_true, on_false), elementwise")
+register_op("clamp", None, 3, "primitive", "clamp(min, x, max); min/max are scalars or x's shape")
+register_op("convert", ConvertAttrs, 1, "primitive", "element type conversion")
+register_op("constant", ConstantAttrs, 0, "primitive", "a splat constant")
+register_op("iota", IotaAttrs, 0, "primitive", "0, 1, 2, ... along one dim")
+register_op("broadcast_in_dim", BroadcastAttrs, 1, "primitive", "explicit broadcast")
+register_op("reshape", ReshapeAttrs, 1, "primitive", "same elements, new shape")
+register_op("transpose", TransposeAttrs, 1, "primitive", "permute dims")
+register_op("reverse", ReverseAttrs, 1, "primitive", "reverse along dims")
+register_op("slice", SliceAttrs, 1, "primitive", "static strided slice")
+register_op("pad", PadAttrs, 2, "primitive", "pad(operand, scalar padding value)")
+register_op("concatenate", ConcatAttrs, (1, None), "primitive", "join along one dim")
+register_op("dot_general", DotGeneralAttrs, 2, "primitive", "batched contraction")
+register_op("convolution", ConvolutionAttrs, 2, "primitive", "general convolution")
+register_op("reduce", ReduceAttrs, 1, "primitive", "reduce over dims with sum, max or min")
+register_op("reduce_window", ReduceWindowAttrs, 1, "primitive", "windowed reduction (pooling)")
+
+register_op("conv2d", ConvAttrs, 2, "layer", "2-D convolution x[N,C,H,W] * w[O,C,kh,kw]")
+register_op("depthwise_conv2d", ConvAttrs, 2, "layer", "per-channel convolution x[N,C,H,W] * w[C,1,kh,kw]")
+register_op("dense", None, 2, "layer", "x[..., I] @ w[I, O]")
+register_op("bias_add", AxisAttrs, 2, "layer", "x + b broadcast along `axis`")
+register_op("batch_norm", BatchNormAttrs, (3, 5), "layer",
+            "batch norm over N,H,W (NCHW) or N (NC); inputs x, gamma, beta[, running_mean, running_var]")
+register_op("layer_norm", LayerNormAttrs, 3, "layer", "normalize the last axis; inputs x, gamma, beta")
+for _name in ACTIVATIONS:
+    register_op(_name, None, 1, "layer", f"{_name} activation")
+register_op("max_pool", PoolAttrs, 1, "layer", "max pooling over H, W")
+register_op("avg_pool", PoolAttrs, 1, "layer", "average pooling over H, W (padding not counted)")
+register_op("global_avg_pool", None, 1, "layer", "mean over H, W: [N,C,H,W] -> [N,C]")
+register_op("softmax", AxisAttrs, 1, "layer", "softmax along one axis")
+register_op("softmax_cross_entropy", XentAttrs, 2, "layer",
+            "mean label-smoothed cross-entropy of logits[N,K] against int labels[N]")
+register_op("attention", AttentionAttrs, 3, "layer",
+            "multi-head scaled dot-product attention of q, k, v [N,T,D]")

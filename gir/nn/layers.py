@@ -1,0 +1,302 @@
+"""The layer vocabulary of the reference system, each a build function turned into a layer
+constructor by `@layer`. Parameters are named by layer path: `stage3.block1.dw.conv.weight`."""
+from __future__ import annotations
+
+from gir.ir.graph import Init, Value
+from gir.nn.builder import Builder
+from gir.nn.layer import Layer, layer
+
+ZEROS, ONES = Init("zeros"), Init("ones")
+
+
+def conv_init(oc: int, ic: int, k: int) -> Init:
+    """He (Kaiming) normal over the kernel's fan-in: std sqrt(2 / fan_in)."""
+    return Init("he_normal", fan_in=ic * k * k, fan_out=oc * k * k)
+
+
+def dense_init(fan_in: int, fan_out: int) -> Init:
+    """Uniform in +-1/sqrt(fan_in), the usual linear-layer default."""
+    return Init("uniform", scale=fan_in ** -0.5, fan_in=fan_in, fan_out=fan_out)
+
+
+ACTIVATION_OPS = {"relu": "relu", "relu6": "relu6", "swish": "swish", "silu": "swish",
+                  "hard_swish": "hard_swish", "gelu": "gelu", "sigmoid": "logistic", "tanh": "tanh"}
+
+
+def activate(b: Builder, x: Value, act: str) -> Value:
+    """Applies an activation by name; 'identity' (or None) emits nothing."""
+    if act in (None, "identity", "linear"):
+        return x
+    try:
+        op = ACTIVATION_OPS[act]
+    except KeyError:
+        raise ValueError(f"{b.loc()}: unknown activation {act!r}; choose one of identity, "
+                         f"{', '.join(ACTIVATION_OPS)}") from None
+    return b.unary(op, x)
+
+
+# ---- containers ----------------------------------------------------------------------------
+
+@layer("seq")
+def sequential(b: Builder, x: Value, *layers: Layer) -> Value:
+    """Builds `layers` in order, each under its own name."""
+    for lay in layers:
+        if not isinstance(lay, Layer):
+            raise TypeError(f"{b.loc()}: sequential() takes layers, got {lay!r}")
+        x = lay(b, x)
+    return x
+
+
+# ---- single layers -------------------------------------------------------------------------
+
+@layer("conv")
+def conv2d(b: Builder, x: Value, ic: int, oc: int, k: int = 3, stride: int = 1, padding="same",
+           bias: bool = True, act: str = "identity") -> Value:
+    """Convolution with an optional bias, then an activation."""
+    w = b.param("weight", (oc, ic, k, k), conv_init(oc, ic, k))
+    y = b.conv2d(x, w, stride, padding)
+    if bias:
+        y = b.bias_add(y, b.param("bias", (oc,), ZEROS), axis=1)
+    return activate(b, y, act)
+
+
+def _bn(b: Builder, x: Value, c: int, eps: float = 1e-5, momentum: float = 0.1) -> Value:
+    gamma, beta = b.param("gamma", (c,), ONES), b.param("beta", (c,), ZEROS)
+    mean = b.param("running_mean", (c,), ZEROS, role="state")
+    var = b.param("running_var", (c,), ONES, role="state")
+    return b.batch_norm(x, gamma, beta, mean, var, eps, momentum)
+
+
+@layer("bn")
+def batch_norm(b: Builder, x: Value, c: int, eps: float = 1e-5, momentum: float = 0.1) -> Value:
+    """Batch norm over N (and H, W for images); running statistics are `state` inputs."""
+    return _bn(b, x, c, eps, momentum)
+
+
+@layer("conv")
+def conv_bn(b: Builder, x: Value, ic: int, oc: int, k: int = 3, stride: int = 1, padding="same",
+            act: str = "relu", depthwise: bool = False) -> Value:
+    """Convolution without bias (depthwise when `depthwise`), batch norm, activation."""
+    with b.scope("conv"):
+        if depthwise:
+            if ic != oc:
+                raise ValueError(f"{b.loc()}: a depthwise conv_bn keeps its channels, got {ic} -> {oc}")
+            y = b.depthwise_conv2d(x, b.param("weight", (ic, 1, k, k), conv_init(ic, 1, k)), stride, padding)
+        else:
+            y = b.conv2d(x, b.param("weight", (oc, ic, k, k), conv_init(oc, ic, k)), stride, padding)
+    with b.scope("bn"):
+        y = _bn(b, y, oc)
+    return activate(b, y, act)
+
+
+@layer("dw")
+def depthwise_conv(b: Builder, x: Value, c: int, k: int = 3, stride: int = 1, padding="same",
+                   bias: bool = False, act: str = "identity") -> Value:
+    """Per-channel convolution (weight [C, 1, k, k])."""
+    y = b.depthwise_conv2d(x, b.param("weight", (c, 1, k, k), conv_init(c, 1, k)), stride, padding)
+    if bias:
+        y = b.bias_add(y, b.param("bias", (c,), ZEROS), axis=1)
+    return activate(b, y, act)
+
+
+@layer("dense")
+def dense(b: Builder, x: Value, fan_in: int, fan_out: int, act: str = "identity", bias: bool = True) -> Value:
+    """x[..., fan_in] @ W + b, then an activation."""
+    y = b.dense(x, b.param("weight", (fan_in, fan_out), dense_init(fan_in, fan_out)))
+    if bias:
+        y = b.bias_add(y, b.param("bias", (fan_out,), Init("uniform", scale=fan_in ** -0.5)), axis=-1)
+    return activate(b, y, act)
+
+
+@layer("ln")
+def layer_norm(b: Builder, x: Value, dim: int, eps: float = 1e-5) -> Value:
+    """Normalizes the last axis with a learned scale and shift."""
+    return b.layer_norm(x, b.param("gamma", (dim,), ONES), b.param("beta", (dim,), ZEROS), eps)
+
+
+def _activation_layer(act: str):
+    def build(b: Builder, x: Value) -> Value:
+        return activate(b, x, act)
+    build.__name__ = build.__qualname__ = act
+    build.__doc__ = f"The {act} activation as a layer."
+    return layer(act)(build)
+
+
+relu, relu6, swish, hard_swish, gelu, sigmoid, identity = (
+    _activation_layer(a) for a in ("relu", "relu6", "swish", "hard_swish", "gelu", "sigmoid", "identity"))
+
+
+@layer("pool")
+def max_pool(b: Builder, x: Value, k: int = 2, stride: int | None = None, padding="valid") -> Value:
+    """Max pooling with a k x k window (stride defaults to k)."""
+    return b.max_pool(x, k, stride or k, padding)
+
+
+@layer("pool")
+def avg_pool(b: Builder, x: Value, k: int = 2, stride: int | None = None, padding="valid") -> Value:
+    """Average pooling with a k x k window (stride defaults to k; padding is not counted)."""
+    return b.avg_pool(x, k, stride or k, padding)
+
+
+@layer("pool")
+def global_avg_pool(b: Builder, x: Value) -> Value:
+    """[N, C, H, W] -> [N, C]."""
+    return b.global_avg_pool(x)
+
+
+@layer("flatten")
+def flatten(b: Builder, x: Value) -> Value:
+    """[N, ...] -> [N, prod(...)]."""
+    return b.flatten(x)
+
+
+# ---- blocks --------------------------------------------------------------------------------
+
+def _shortcut(b: Builder, x: Value, ic: int, oc: int, stride: int) -> Value:
+    """Identity, or a 1x1 conv + BN projection when channels or stride change."""
+    if ic == oc and stride == 1:
+        return x
+    return conv_bn(ic, oc, k=1, stride=stride, act="identity")(b, x, name="proj")
+
+
+@layer("block")
+def residual_block(b: Builder, x: Value, ic: int, oc: int, stride: int = 1) -> Value:
+    """Basic ResNet block: 3x3 conv-BN-ReLU, 3x3 conv-BN, add the shortcut, ReLU."""
+    y = conv_bn(ic, oc, k=3, stride=stride)(b, x, name="conv1")
+    y = conv_bn(oc, oc, k=3, act="identity")(b, y, name="conv2")
+    return b.unary("relu", b.add(y, _shortcut(b, x, ic, oc, stride)))
+
+
+@layer("block")
+def bottleneck_block(b: Builder, x: Value, ic: int, oc: int, stride: int = 1) -> Value:
+    """ResNet bottleneck (mid = oc/4): 1x1, 3x3 (strided), 1x1, add the shortcut, ReLU."""
+    mid = oc // 4
+    y = conv_bn(ic, mid, k=1)(b, x, name="conv1")
+    y = conv_bn(mid, mid, k=3, stride=stride)(b, y, name="conv2")
+    y = conv_bn(mid, oc, k=1, act="identity")(b, y, name="conv3")
+    return b.unary("relu", b.add(y, _shortcut(b, x, ic, oc, stride)))
+
+
+@layer("stage")
+def residual_stage(b: Builder, x: Value, ic: int, oc: int, stride: int = 1, n: int = 1,
+                   bottleneck: bool = False) -> Value:
+    """n residual (or bottleneck) blocks; the first one strides and changes channels."""
+    block = bottleneck_block if bottleneck else residual_block
+    for i in range(n):
+        x = block(ic if i == 0 else oc, oc, stride if i == 0 else 1)(b, x, name=f"block{i + 1}")
+    return x
+
+
+def _inverted_residual_block(b: Builder, x: Value, ic: int, oc: int, t: int, stride: int) -> Value:
+    hidden = ic * t
+    y = x
+    if t != 1:
+        y = conv_bn(ic, hidden, k=1, act="relu6")(b, y, name="expand")
+    y = conv_bn(hidden, hidden, k=3, stride=stride, act="relu6", depthwise=True)(b, y, name="dw")
+    y = conv_bn(hidden, oc, k=1, act="identity")(b, y, name="project")
+    return b.add(x, y) if stride == 1 and ic == oc else y
+
+
+@layer("stage")
+def inverted_residual(b: Builder, x: Value, ic: int, oc: int, t: int = 6, stride: int = 1, n: int = 1) -> Value:
+    """MobileNetV2 stage of n blocks: 1x1 expand to ic*t (skipped for t=1), BN, ReLU6, 3x3
+    depthwise (strided in the first block), BN, ReLU6, 1x1 project, BN; residual when shapes match."""
+    for i in range(n):
+        with b.scope(b.child_name(None, "block")):
+            x = _inverted_residual_block(b, x, ic if i == 0 else oc, oc, t, stride if i == 0 else 1)
+    return x
+
+
+@layer("se")
+def squeeze_excite(b: Builder, x: Value, c: int, squeeze: int) -> Value:
+    """Scales channels by sigmoid(dense(swish(dense(mean over H, W))))."""
+    s = b.global_avg_pool(x)
+    s = dense(c, squeeze, act="swish")(b, s, name="reduce")
+    s = dense(squeeze, c, act="sigmoid")(b, s, name="expand")
+    return b.multiply(x, b.broadcast_like(s, x, (0, 1)))
+
+
+def _mb_conv_block(b: Builder, x: Value, ic: int, oc: int, t: int, k: int, stride: int, se_ratio: float) -> Value:
+    hidden = ic * t
+    y = x
+    if t != 1:
+        y = conv_bn(ic, hidden, k=1, act="swish")(b, y, name="expand")
+    y = conv_bn(hidden, hidden, k=k, stride=stride, act="swish", depthwise=True)(b, y, name="dw")
+    if se_ratio:
+        y = squeeze_excite(hidden, max(1, int(ic * se_ratio)))(b, y, name="se")
+    y = conv_bn(hidden, oc, k=1, act="identity")(b, y, name="project")
+    return b.add(x, y) if stride == 1 and ic == oc else y
+
+
+@layer("stage")
+def mb_conv(b: Builder, x: Value, ic: int, oc: int, t: int = 6, k: int = 3, stride: int = 1, n: int = 1,
+            se_ratio: float = 0.25) -> Value:
+    """EfficientNet MBConv stage of n blocks: expand (t != 1), k x k depthwise, squeeze-excite
+    (squeeze = ic * se_ratio of the block input), project; residual when shapes match."""
+    for i in range(n):
+        with b.scope(b.child_name(None, "block")):
+            x = _mb_conv_block(b, x, ic if i == 0 else oc, oc, t, k, stride if i == 0 else 1, se_ratio)
+    return x
+
+
+# ---- transformer ---------------------------------------------------------------------------
+
+@layer("embed")
+def patch_embed(b: Builder, x: Value, ic: int, dim: int, patch: int = 16, class_token: bool = True) -> Value:
+    """Image [N, C, H, W] -> tokens [N, T(+1), dim]: a patch x patch conv (stride patch), a learned
+    class token and position embedding. Needs a fixed image size (T must be an int)."""
+    n, _, h, w = x.type.shape
+    if not isinstance(h, int) or not isinstance(w, int):
+        raise ValueError(f"{b.loc()}: patch_embed needs a fixed image size for its position embedding; "
+                         f"declare the net's input as e.g. (N, 3, 224, 224)")
+    y = conv2d(ic, dim, k=patch, stride=patch, padding="valid")(b, x, name="proj")
+    t = (h // patch) * (w // patch)
+    y = b.transpose(b.reshape(y, (n, dim, t)), (0, 2, 1))
+    if class_token:
+        cls = b.param("class_token", (1, 1, dim), Init("trunc_normal", scale=0.02))
+        y = b.concatenate([b.broadcast_in_dim(cls, (n, 1, dim), (0, 1, 2)), y], dim=1)
+        t += 1
+    pos = b.param("pos_embed", (1, t, dim), Init("trunc_normal", scale=0.02))
+    return b.add(y, b.broadcast_in_dim(pos, (n, t, dim), (0, 1, 2)))
+
+
+def _slice_last(b: Builder, x: Value, start: int, stop: int) -> Value:
+    """x[..., start:stop]."""
+    shape = x.type.shape
+    return b.slice(x, (0,) * (len(shape) - 1) + (start,), tuple(shape[:-1]) + (stop,))
+
+
+def _encoder_block(b: Builder, x: Value, dim: int, heads: int, mlp: int, eps: float) -> Value:
+    y = layer_norm(dim, eps)(b, x, name="ln1")
+    qkv = dense(dim, 3 * dim)(b, y, name="qkv")
+    with b.scope("attn"):
+        q, k, v = (_slice_last(b, qkv, i * dim, (i + 1) * dim) for i in range(3))
+        y = b.attention(q, k, v, heads)
+    y = dense(dim, dim)(b, y, name="proj")
+    x = b.add(x, y)
+    y = layer_norm(dim, eps)(b, x, name="ln2")
+    y = dense(dim, mlp, act="gelu")(b, y, name="fc1")
+    y = dense(mlp, dim)(b, y, name="fc2")
+    return b.add(x, y)
+
+
+@layer("encoder")
+def transformer_encoder(b: Builder, x: Value, dim: int, heads: int, mlp: int, depth: int = 1,
+                        eps: float = 1e-6) -> Value:
+    """`depth` pre-norm blocks: x + attention(LN(x)), then x + MLP(LN(x)) with GELU."""
+    for i in range(depth):
+        with b.scope(f"block{i + 1}"):
+            x = _encoder_block(b, x, dim, heads, mlp, eps)
+    return x
+
+
+@layer("cls")
+def class_token_pool(b: Builder, x: Value) -> Value:
+    """Tokens [N, T, D] -> the first (class) token [N, D]."""
+    n, _, d = x.type.shape
+    return b.reshape(b.slice(x, (0, 0, 0), (n, 1, d)), (n, d))
+
+
+def softmax_cross_entropy(b: Builder, logits: Value, labels: Value, label_smoothing: float = 0.0) -> Value:
+    """Mean softmax cross-entropy against int labels, with label smoothing folded into the targets."""
+    return b.softmax_cross_entropy(logits, labels, label_smoothing)

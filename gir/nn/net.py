@@ -1,0 +1,72 @@
+"""A network: a layer list, its input signature and the constraints on its symbols."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import sympy
+
+from gir.ir.dtypes import DType
+from gir.ir.graph import Graph
+from gir.ir.types import Dim, TensorType
+from gir.nn.builder import Builder
+from gir.nn.layer import Layer
+from gir.nn.layers import softmax_cross_entropy
+from gir.nn.provenance import short_path, user_frame
+from gir.shapes.dims import Constraints, H, N, W
+
+
+class Net:
+    """`layers` applied in order to an input of `input_shape` (dims are ints or symbols).
+
+    `sizes` gives the default value of each symbol (batch and image size) used when a concrete
+    size is needed, e.g. for lowering or a MAC count."""
+
+    def __init__(self, name: str, layers: Sequence[Layer], input_shape: Sequence[Dim] = (N, 3, H, W),
+                 num_classes: int | None = None, constraints: Constraints = Constraints(),
+                 sizes: Mapping[str, int] | None = None):
+        frame, _ = user_frame(2)
+        self.file = short_path(frame.f_code.co_filename) if frame else ""
+        self.name = name
+        self.layers = list(layers)
+        for i, lay in enumerate(self.layers):
+            if not isinstance(lay, Layer):
+                raise TypeError(f"{self.file}: Net {name!r} layer {i} is {lay!r}, not a layer (did you forget "
+                                f"the parentheses, as in relu()?)")
+        self.input_type = TensorType(tuple(input_shape), DType.f32)
+        self.num_classes = num_classes
+        self.constraints = constraints
+        defaults = {"N": 32, "H": 224, "W": 224}
+        defaults.update(sizes or {})
+        self.symbols = sorted(self.input_type.free_symbols, key=str)
+        self.sizes = {s: int(defaults[str(s)]) for s in self.symbols}
+
+    def binding(self, batch: int | None = None, image: int | None = None) -> dict[sympy.Symbol, int]:
+        """Symbol values: the defaults, with N set to `batch` and H, W to `image` when given."""
+        out = dict(self.sizes)
+        for s in self.symbols:
+            if batch is not None and s == N:
+                out[s] = batch
+            if image is not None and s in (H, W):
+                out[s] = image
+        return out
+
+    def build(self, mode: str = "train", loss: bool = False, label_smoothing: float = 0.0) -> Graph:
+        """The forward graph: output `logits`; in train mode also `bn_mean:<path>` and
+        `bn_var:<path>` per BN layer; with `loss`, a `labels` input and a `loss` output."""
+        b = Builder(self.name, self.constraints, mode)
+        x = b.input("images", self.input_type.shape)
+        for lay in self.layers:
+            x = lay(b, x)
+        g = b.graph
+        g.set_output("logits", x)
+        for path, mean, var in b.bn_stats:
+            g.set_output(f"bn_mean:{path}", mean)
+            g.set_output(f"bn_var:{path}", var)
+        if loss:
+            labels = b.input("labels", (self.input_type.shape[0],), DType.i32)
+            with b.scope("loss"):
+                g.set_output("loss", softmax_cross_entropy(b, x, labels, label_smoothing))
+        return g
+
+    def __repr__(self) -> str:
+        return f"<Net {self.name}: {len(self.layers)} layers, input {self.input_type.short()}>"
