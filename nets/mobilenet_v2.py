@@ -1,5 +1,6 @@
 """MobileNetV2 (Sandler et al. 2018) with a 10-class head, as in the reference system."""
 from gir.nn import (N, H, W, Net, conv_bn, dense, global_avg_pool, inverted_residual)
+from gir.train import TrainConfig
 
 net = Net(
     "mobilenet_v2",
@@ -19,3 +20,7 @@ net = Net(
     input_shape=(N, 3, H, W),
     num_classes=10,
 )
+
+# The reference ImageNet recipe (SGD, wd 4e-5, cosine, warmup, label smoothing 0.1) scaled to batch 64, 32x32 images.
+config = TrainConfig(learning_rate=0.05, batch_size=64, epochs=10, optimizer="sgd", momentum=0.9, weight_decay=4e-5,
+                     cosine=True, warmup_epochs=1, label_smoothing=0.1, augment=True, image_size=32)

@@ -161,12 +161,12 @@ def _sample_points(e: sympy.Expr, c: Constraints, per_symbol: int = 24) -> Itera
 
 
 @functools.lru_cache(maxsize=4096)
-def dims_equal(a: Dim, b: Dim, c: Constraints = Constraints()) -> bool:
+def dims_equal(a: Dim, b: Dim, c: Constraints = Constraints(), suggest: bool = True) -> bool:
     """Whether a == b for every value the constraints allow.
 
-    Returns True (provably equal) or False (different for every sampled value), and raises
-    `Undecidable` naming a divisibility constraint that would decide it when the two agree
-    for some values and not for others.
+    Returns True (provably equal) or False (different for some allowed value, and no
+    divisibility constraint would make them equal). Raises `Undecidable` naming the
+    divisibility constraint that would decide it when one would.
     """
     d = normalize_dim(sympy.expand(sympy.sympify(a) - sympy.sympify(b)))
     if isinstance(d, int):
@@ -177,18 +177,26 @@ def dims_equal(a: Dim, b: Dim, c: Constraints = Constraints()) -> bool:
     if isinstance(dd, int):
         return dd == 0
     results = [_values(d, p) == 0 for p in _sample_points(d, c)]
-    if results and not any(results):
-        return False
-    if all(results) and _periodic_zero(d, c):
-        return True
-    hint = _suggest_divisor(d, c)
-    where = f" (constraints now: {c.describe()})"
+    if all(results):
+        if _periodic_zero(d, c):
+            return True
+        raise Undecidable(f"cannot prove {format_dim(a)} == {format_dim(b)} (constraints now: {c.describe()}); "
+                          f"declare a divisibility constraint on {', '.join(sorted(map(str, d.free_symbols)))} "
+                          f"that makes it exact")
+    hint = _suggest_divisor(d, c) if suggest else ""
     if hint:
         raise Undecidable(f"cannot decide whether {format_dim(a)} == {format_dim(b)}: equal for some values "
-                          f"of {', '.join(sorted(map(str, d.free_symbols)))} and not others{where}; declaring "
-                          f"{hint} would decide it")
-    raise Undecidable(f"cannot decide whether {format_dim(a)} == {format_dim(b)}{where}; declare a range or "
-                      f"divisibility constraint on {', '.join(sorted(map(str, d.free_symbols)))} that fixes it")
+                          f"of {', '.join(sorted(map(str, d.free_symbols)))} and not others (constraints now: "
+                          f"{c.describe()}); declaring {hint} would decide it")
+    return False
+
+
+def differ_at(a: Dim, b: Dim, c: Constraints = Constraints()) -> dict | None:
+    """The first sampled binding at which a != b, as a witness for error messages."""
+    d = normalize_dim(sympy.expand(sympy.sympify(a) - sympy.sympify(b)))
+    if isinstance(d, int):
+        return None if d == 0 else {}
+    return next((p for p in _sample_points(d, c) if _values(d, p) != 0), None)
 
 
 def _periodic_zero(d: sympy.Expr, c: Constraints) -> bool:
@@ -221,7 +229,7 @@ def _suggest_divisor(d: sympy.Expr, c: Constraints) -> str:
         if k > 1:
             c2 = c.divisible_by(s, k)
             try:
-                if dims_equal(d, 0, c2):
+                if dims_equal(d, 0, c2, suggest=False):
                     return f"{s} divisible by {math.lcm(k, c.divisor(s))}"
             except Undecidable:
                 continue

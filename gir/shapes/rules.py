@@ -10,7 +10,8 @@ import sympy
 from gir.ir import opdefs as od
 from gir.ir.dtypes import DType
 from gir.ir.types import Dim, TensorType, format_dim, normalize_dim
-from gir.shapes.dims import Constraints, Undecidable, ceildiv, dims_equal, floordiv, min_value, smallest_fitting
+from gir.shapes.dims import (Constraints, Undecidable, ceildiv, differ_at, dims_equal, floordiv, min_value,
+                             smallest_fitting)
 from gir.shapes.errors import ShapeError
 
 Types = Sequence[TensorType]
@@ -33,7 +34,7 @@ class ShapeCtx:
         except Undecidable as e:
             raise self.fail(f"{what}: {e}") from None
         if not ok:
-            raise self.fail(f"{what}: {format_dim(a)} != {format_dim(b)}")
+            raise self.fail(f"{what}: {format_dim(a)} != {format_dim(b)}{_witness(a, b, self.c)}")
 
     def same_shape(self, a: TensorType, b: TensorType, what: str) -> None:
         if a.rank != b.rank:
@@ -64,6 +65,13 @@ class ShapeCtx:
                + " (the smallest that fits)") if hint else ""
         raise self.fail(f"{what} {window} is larger than the spatial size {format_dim(size)}, which is {lowest} at "
                         f"{', '.join(f'{s}={v}' for s, v in sorted(at.items(), key=str))};{fix}")
+
+
+def _witness(a: Dim, b: Dim, c: Constraints) -> str:
+    at = differ_at(a, b, c)
+    if not at:
+        return ""
+    return " (e.g. at " + ", ".join(f"{s}={v}" for s, v in sorted(at.items(), key=str)) + ")"
 
 
 Rule = Callable[..., "TensorType | tuple[TensorType, ...]"]

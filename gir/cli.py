@@ -1,0 +1,162 @@
+"""The `gir` command: `gir show` (layer table), `gir lower` (graph dumps; lowering builds on it)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable, Sequence
+
+from gir.ir.dot import to_dot
+from gir.ir.printer import print_graph
+from gir.netfile import NetFileError, load_net_file
+from gir.nn.net import Net
+from gir.nn.params import ParamsError
+from gir.nn.summary import summarize
+from gir.shapes.errors import ShapeError
+from gir.shapes.specialize import BindingError, check_binding
+
+USER_ERRORS = (NetFileError, ShapeError, BindingError, ParamsError)
+
+
+class CliError(Exception):
+    """A problem with the command line or its files, reported as one line."""
+
+
+def _positive_int(flag: str) -> Callable[[str], int]:
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} wants a positive integer, got {s!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{flag} wants a positive integer, got {v}")
+        return v
+    return parse
+
+
+def build_graph(net: Net, path: str, mode: str = "train"):
+    """The net's forward graph; errors raised by layer code while building are reported against the file."""
+    try:
+        return net.build(mode=mode)
+    except ShapeError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise NetFileError(f"{path}: while building net {net.name!r}: {e}") from e
+
+
+def _binding(net: Net, args: argparse.Namespace) -> dict:
+    b = net.binding(batch=args.batch, image=args.image)
+    check_binding(b, net.constraints)
+    return b
+
+
+def _write(path: str, text: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise CliError(f"cannot write {path}: folder {folder} does not exist")
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as e:
+        raise CliError(f"cannot write {path}: {e.strerror}") from None
+
+
+# ---- gir show -------------------------------------------------------------------------------
+
+def _table(rows: list[dict], cols: Sequence[tuple[str, str]]) -> str:
+    widths = [max(len(h), *(len(str(r[k])) for r in rows)) if rows else len(h) for k, h in cols]
+    line = lambda vals: "  ".join(str(v).ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    out = [line(h for _, h in cols), line("-" * w for w in widths)]
+    out += [line(r[k] for k, _ in cols) for r in rows]
+    return "\n".join(out)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    net, _ = load_net_file(args.net)
+    graph = build_graph(net, args.net, mode="eval" if args.eval else "train")
+    bound = args.image is not None or args.batch is not None
+    binding = _binding(net, args)
+    info = summarize(graph, binding if bound else None)
+    info["file"] = args.net
+    info["input"] = net.input_type.short()
+    if not bound:
+        info["binding"] = {str(s): v for s, v in binding.items()}
+        info["macs_value"] = summarize(graph, binding)["macs_value"]
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    rows = [dict(r, params=f"{r['params']:,}" if r["params"] else "") for r in info["layers"]]
+    print(_table(rows, [("path", "path"), ("op", "op"), ("shape", "output shape"), ("params", "params"),
+                        ("macs", "MACs")]))
+    at = ", ".join(f"{k}={v}" for k, v in info["binding"].items())
+    print()
+    print(f"net {info['name']} ({args.net}), input {info['input']}")
+    print(f"params: {info['params']:,}   BN state: {info['state']:,}   BN layers: {info['bn_layers']}   "
+          f"nodes: {info['nodes']}")
+    print(f"MACs: {info['macs']}")
+    print(f"      = {info['macs_value']:,} at {at}")
+    return 0
+
+
+# ---- gir lower ------------------------------------------------------------------------------
+
+def cmd_lower(args: argparse.Namespace) -> int:
+    net, _ = load_net_file(args.net)
+    graph = build_graph(net, args.net)
+    if not (args.dump_dot or args.dump_graph):
+        raise CliError("nothing to do: give --dump-dot FILE or --dump-graph FILE")
+    if args.dump_dot:
+        _write(args.dump_dot, to_dot(graph))
+        print(f"wrote {args.dump_dot} ({len(graph.nodes)} nodes)")
+    if args.dump_graph:
+        _write(args.dump_graph, print_graph(graph) + "\n")
+        print(f"wrote {args.dump_graph}")
+    return 0
+
+
+# ---- main -----------------------------------------------------------------------------------
+
+def make_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gir", description="A compiler front end for training deep networks.")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def net_cmd(name: str, help: str) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help, description=help)
+        s.add_argument("net", help="net file (Python defining `net`, e.g. nets/mobilenet_v2.py)")
+        s.add_argument("--batch", type=_positive_int("--batch"), help="bind N (batch size)")
+        s.add_argument("--image", type=_positive_int("--image"), help="bind H and W (image size)")
+        s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        return s
+
+    s = net_cmd("show", "print the layer table: path, op, symbolic output shape, params, MACs")
+    s.add_argument("--json", action="store_true", help="print the same as one JSON object")
+    s.add_argument("--eval", action="store_true", help="show the eval-mode graph (BN from running statistics)")
+    s.set_defaults(func=cmd_show)
+
+    s = net_cmd("lower", "write the net's forward graph as Graphviz DOT and/or text")
+    s.add_argument("--dump-dot", metavar="FILE", help="write the forward graph as Graphviz DOT")
+    s.add_argument("--dump-graph", metavar="FILE", help="write the forward graph in gir's text form")
+    s.set_defaults(func=cmd_lower)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (CliError, *USER_ERRORS) as e:
+        if args.debug:
+            raise
+        print(f"gir: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("gir: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

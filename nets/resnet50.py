@@ -1,0 +1,23 @@
+"""ResNet-50 (He et al. 2016; torchvision resnet50, stride on the 3x3) with a 10-class head, 2x2/2 stem max-pool."""
+from gir.nn import H, N, W, Net, conv_bn, dense, global_avg_pool, max_pool, residual_stage
+from gir.train import TrainConfig
+
+net = Net(
+    "resnet50",
+    [
+        conv_bn(3, 64, k=7, stride=2, name="stem"),
+        max_pool(k=2, stride=2, padding="same"),  # non-overlapping: IREE cannot lower overlapping max-pool backward
+        residual_stage(64, 256, stride=1, n=3, bottleneck=True),
+        residual_stage(256, 512, stride=2, n=4, bottleneck=True),
+        residual_stage(512, 1024, stride=2, n=6, bottleneck=True),
+        residual_stage(1024, 2048, stride=2, n=3, bottleneck=True),
+        global_avg_pool(),
+        dense(2048, 10),
+    ],
+    input_shape=(N, 3, H, W),
+    num_classes=10,
+)
+
+config = TrainConfig(learning_rate=0.05, batch_size=64, epochs=10, optimizer="sgd", momentum=0.9,
+                     weight_decay=1e-4, cosine=True, warmup_epochs=1, label_smoothing=0.1, augment=True,
+                     image_size=32)

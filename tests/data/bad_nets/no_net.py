@@ -1,0 +1,4 @@
+"""Defines layers but forgets `net`."""
+from gir.nn import dense
+
+layers = [dense(4, 2)]

@@ -1,0 +1,3 @@
+from gir.nn import Net, dense
+
+net = Net("broken", [dense(4, 2)

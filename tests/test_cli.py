@@ -1,0 +1,61 @@
+"""`gir show` and `gir lower --dump-dot` as a user runs them."""
+import json
+import subprocess
+import sys
+
+from gir.cli import main
+
+MNV2 = "nets/mobilenet_v2.py"
+
+
+def test_show_table_has_paths_ops_symbolic_shapes_params_and_macs(capsys):
+    assert main(["show", MNV2]) == 0
+    out = capsys.readouterr().out
+    assert "stage3.block1.dw.conv" in out and "depthwise_conv2d" in out
+    assert "[N,144,ceil(H/8),ceil(W/8)]" in out
+    assert "params: 2,236,682" in out and "BN layers: 52" in out
+    assert "MACs: 16*N*(" in out and "ceil(H/32)" in out
+
+
+def test_show_json_is_data(capsys):
+    assert main(["show", MNV2, "--image", "224", "--batch", "32", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["name"] == "mobilenet_v2" and info["params"] == 2236682 and info["bn_layers"] == 52
+    assert "ceil(H/32)" in info["macs"]  # still a formula
+    per_image = info["macs_value"] / 32
+    assert 290e6 < per_image < 310e6  # MobileNetV2 is ~300 M MACs per 224x224 image
+    first = info["layers"][0]
+    assert set(first) >= {"path", "op", "shape", "params"}
+    assert first["shape"] == "[32,32,112,112]"  # --image/--batch bind the shapes
+    assert sum(r["params"] for r in info["layers"]) == info["params"]
+
+
+def test_show_rejects_bad_flag_values():
+    r = subprocess.run([sys.executable, "-m", "gir", "show", MNV2, "--image", "0"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--image wants a positive integer" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "gir", "show", MNV2, "--nope"], capture_output=True, text=True)
+    assert r.returncode == 2 and "unrecognized arguments: --nope" in r.stderr
+
+
+def test_lower_dump_dot_writes_clustered_graph(tmp_path, capsys):
+    dot = tmp_path / "mnv2.dot"
+    assert main(["lower", MNV2, "--dump-dot", str(dot)]) == 0
+    text = dot.read_text()
+    assert text.startswith('digraph "mobilenet_v2"') and text.rstrip().endswith("}")
+    assert text.count("{") == text.count("}")
+    assert 'label="stage3"' in text and 'label="block1"' in text
+    assert '[N,32,ceil(H/2),ceil(W/2)]' in text
+
+
+def test_lower_reports_unwritable_output(tmp_path, capsys):
+    assert main(["lower", MNV2, "--dump-dot", str(tmp_path / "no" / "such" / "g.dot")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_show_eval_mode_builds_the_same_layers(capsys):
+    assert main(["show", MNV2, "--json"]) == 0
+    train = json.loads(capsys.readouterr().out)
+    assert main(["show", MNV2, "--eval", "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in ev["layers"]] == [r["path"] for r in train["layers"]]
+    assert ev["params"] == train["params"] and ev["bn_layers"] == 52
