@@ -1,14 +1,18 @@
-"""The `gir` command: `gir show` (layer table), `gir lower` (graph dumps; lowering builds on it)."""
+"""The `gir` command: `gir show` (layer table), `gir lower` (StableHLO, IREE modules, graph dumps)."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
+import time
 from typing import Callable, Sequence
 
 from gir.ir.dot import to_dot
 from gir.ir.printer import print_graph
+from gir.lower.iree_compile import TARGETS, CompileError, compile_text
+from gir.lower.pipeline import lower_net
+from gir.lower.stablehlo import LoweringError
 from gir.netfile import NetFileError, load_net_file
 from gir.nn.net import Net
 from gir.nn.params import ParamsError
@@ -16,7 +20,7 @@ from gir.nn.summary import summarize
 from gir.shapes.errors import ShapeError
 from gir.shapes.specialize import BindingError, check_binding
 
-USER_ERRORS = (NetFileError, ShapeError, BindingError, ParamsError)
+USER_ERRORS = (NetFileError, ShapeError, BindingError, ParamsError, CompileError, LoweringError)
 
 
 class CliError(Exception):
@@ -103,16 +107,43 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_lower(args: argparse.Namespace) -> int:
     net, _ = load_net_file(args.net)
+    if not (args.out or args.dump_dot or args.dump_graph):
+        raise CliError("nothing to do: give -o DIR (StableHLO modules), --dump-dot FILE or --dump-graph FILE")
     graph = build_graph(net, args.net)
-    if not (args.dump_dot or args.dump_graph):
-        raise CliError("nothing to do: give --dump-dot FILE or --dump-graph FILE")
+    out = _out_dir(args.out) if args.out else ""
     if args.dump_dot:
         _write(args.dump_dot, to_dot(graph))
         print(f"wrote {args.dump_dot} ({len(graph.nodes)} nodes)")
     if args.dump_graph:
         _write(args.dump_graph, print_graph(graph) + "\n")
         print(f"wrote {args.dump_graph}")
+    if not out:
+        return 0
+    check_binding(net.binding(batch=args.batch, image=args.image), net.constraints)
+    modules = lower_net(net, batch=args.batch, image=args.image)
+    for name, mod in modules.items():
+        _write(os.path.join(out, f"{name}.mlir"), mod.text)
+        _write(os.path.join(out, f"{name}.json"), json.dumps(mod.signature(), indent=1) + "\n")
+        line = f"wrote {os.path.join(out, name + '.mlir')} ({len(mod.text):,} chars, {len(mod.primitive.nodes)} ops)"
+        if not args.no_compile:
+            t0 = time.perf_counter()
+            vmfb = compile_text(mod.text, args.target, args.chip, args.iree_flag)
+            path = os.path.join(out, f"{name}.vmfb")
+            with open(path, "wb") as f:
+                f.write(vmfb)
+            line += f", {path} ({args.target}, {time.perf_counter() - t0:.1f} s)"
+        print(line)
     return 0
+
+
+def _out_dir(path: str) -> str:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"cannot create output folder {path}: {e.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise CliError(f"output folder {path} is not writable")
+    return path
 
 
 # ---- main -----------------------------------------------------------------------------------
@@ -136,7 +167,13 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval", action="store_true", help="show the eval-mode graph (BN from running statistics)")
     s.set_defaults(func=cmd_show)
 
-    s = net_cmd("lower", "write the net's forward graph as Graphviz DOT and/or text")
+    s = net_cmd("lower", "write StableHLO modules (forward, eval), compile them with IREE, dump the graph")
+    s.add_argument("-o", "--out", metavar="DIR", help="write forward/eval .mlir (+ .vmfb, + .json signatures) here")
+    s.add_argument("--target", choices=TARGETS, default="cpu", help="IREE target (default cpu)")
+    s.add_argument("--chip", help="GPU chip or CPU model (defaults: rocm gfx1100, cuda sm_80, cpu host)")
+    s.add_argument("--iree-flag", action="append", default=[], metavar="FLAG",
+                   help="extra iree-compile flag, e.g. --iree-flag=--iree-global-opt-use-im2col-for-convs (repeatable)")
+    s.add_argument("--no-compile", action="store_true", help="write the .mlir text only")
     s.add_argument("--dump-dot", metavar="FILE", help="write the forward graph as Graphviz DOT")
     s.add_argument("--dump-graph", metavar="FILE", help="write the forward graph in gir's text form")
     s.set_defaults(func=cmd_lower)

@@ -1,0 +1,234 @@
+"""Layer ops -> primitives, one rule per layer op. Runs on specialized (static-shape) graphs;
+every emitted node keeps the layer node's provenance."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from gir.ir import opdefs as od
+from gir.ir.graph import Graph, Value
+from gir.ir.ops import get_op
+from gir.lower.emit import Emitter
+
+Decomposition = Callable[[Emitter, Any, tuple[Value, ...]], "Value | tuple[Value, ...]"]
+DECOMPOSITIONS: dict[str, Decomposition] = {}
+
+
+def decomposes(*ops: str):
+    def deco(fn: Decomposition) -> Decomposition:
+        for op in ops:
+            DECOMPOSITIONS[op] = fn
+        return fn
+    return deco
+
+
+def same_pads(size: int, k: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """XLA SAME padding: output ceil(size/stride), the extra row/column going at the end."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (k - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def explicit_pads(padding, sizes, kernel, strides, dilations=(1, 1)) -> tuple[tuple[int, int], ...]:
+    if padding == "same":
+        return tuple(same_pads(s, k, st, d) for s, k, st, d in zip(sizes, kernel, strides, dilations))
+    if padding == "valid":
+        return ((0, 0),) * len(sizes)
+    return tuple(padding)
+
+
+def _conv(e: Emitter, a: od.ConvAttrs, x: Value, w: Value, groups: int) -> Value:
+    pads = explicit_pads(a.padding, x.type.shape[2:], w.type.shape[2:], a.stride, a.dilation)
+    return e.op("convolution", x, w, attrs=od.ConvolutionAttrs(
+        window_strides=a.stride, padding=pads, rhs_dilation=a.dilation, feature_group_count=groups))
+
+
+@decomposes("conv2d")
+def _conv2d(e: Emitter, a: od.ConvAttrs, x: Value, w: Value) -> Value:
+    return _conv(e, a, x, w, 1)
+
+
+@decomposes("depthwise_conv2d")
+def _depthwise(e: Emitter, a: od.ConvAttrs, x: Value, w: Value) -> Value:
+    return _conv(e, a, x, w, x.type.shape[1])
+
+
+@decomposes("dense")
+def _dense(e: Emitter, a: Any, x: Value, w: Value) -> Value:
+    return e.op("dot_general", x, w, attrs=od.DotGeneralAttrs(lhs_contract=(x.type.rank - 1,), rhs_contract=(0,)))
+
+
+@decomposes("bias_add")
+def _bias_add(e: Emitter, a: od.AxisAttrs, x: Value, b: Value) -> Value:
+    return e.op("add", x, e.bcast(b, x.type.shape, (a.axis % x.type.rank,)))
+
+
+def _mean(e: Emitter, x: Value, dims: tuple[int, ...]) -> Value:
+    count = math.prod(x.type.shape[d] for d in dims)
+    return e.mul_scalar(e.reduce(x, "sum", dims), 1.0 / count)
+
+
+def _normalize(e: Emitter, x: Value, gamma: Value, beta: Value, axis: int, eps: float) -> tuple[Value, Value, Value]:
+    """(gamma * (x - mean) / sqrt(var + eps) + beta, mean, biased var) with statistics over
+    every dim except `axis`'s complement: stats keep dim `axis` only."""
+    shape = x.type.shape
+    dims = tuple(d for d in range(len(shape)) if d != axis)
+    mean = _mean(e, x, dims)
+    xc = e.op("subtract", x, e.bcast(mean, shape, (axis,)))
+    var = _mean(e, e.op("multiply", xc, xc), dims)
+    inv = e.op("rsqrt", e.op("add", var, e.const(eps, var)))
+    y = e.op("multiply", xc, e.bcast(e.op("multiply", inv, gamma), shape, (axis,)))
+    return e.op("add", y, e.bcast(beta, shape, (axis,))), mean, var
+
+
+@decomposes("batch_norm")
+def _batch_norm(e: Emitter, a: od.BatchNormAttrs, x: Value, gamma: Value, beta: Value, *running: Value):
+    shape = x.type.shape
+    if a.training:
+        return _normalize(e, x, gamma, beta, 1, a.eps)
+    mean, var = running
+    scale = e.op("multiply", gamma, e.op("rsqrt", e.op("add", var, e.const(a.eps, var))))
+    shift = e.op("subtract", beta, e.op("multiply", mean, scale))
+    return e.op("add", e.op("multiply", x, e.bcast(scale, shape, (1,))), e.bcast(shift, shape, (1,)))
+
+
+@decomposes("layer_norm")
+def _layer_norm(e: Emitter, a: od.LayerNormAttrs, x: Value, gamma: Value, beta: Value) -> Value:
+    shape = x.type.shape
+    last = len(shape) - 1
+    rest = tuple(range(last))
+    mean = _mean(e, x, (last,))
+    xc = e.op("subtract", x, e.bcast(mean, shape, rest))
+    var = _mean(e, e.op("multiply", xc, xc), (last,))
+    inv = e.op("rsqrt", e.op("add", var, e.const(a.eps, var)))
+    y = e.op("multiply", xc, e.bcast(inv, shape, rest))
+    y = e.op("multiply", y, e.bcast(gamma, shape, (last,)))
+    return e.op("add", y, e.bcast(beta, shape, (last,)))
+
+
+@decomposes("relu")
+def _relu(e: Emitter, a: Any, x: Value) -> Value:
+    return e.op("maximum", x, e.const(0.0, x))
+
+
+@decomposes("relu6")
+def _relu6(e: Emitter, a: Any, x: Value) -> Value:
+    return e.op("clamp", e.scalar(0.0, x.type.dtype), x, e.scalar(6.0, x.type.dtype))
+
+
+@decomposes("swish")
+def _swish(e: Emitter, a: Any, x: Value) -> Value:
+    return e.op("multiply", x, e.op("logistic", x))
+
+
+@decomposes("hard_swish")
+def _hard_swish(e: Emitter, a: Any, x: Value) -> Value:
+    r = e.op("clamp", e.scalar(0.0, x.type.dtype), e.op("add", x, e.const(3.0, x)), e.scalar(6.0, x.type.dtype))
+    return e.op("multiply", x, e.mul_scalar(r, 1.0 / 6.0))
+
+
+@decomposes("gelu")
+def _gelu(e: Emitter, a: Any, x: Value) -> Value:
+    """Tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    x3 = e.op("multiply", e.op("multiply", x, x), x)
+    inner = e.mul_scalar(e.op("add", x, e.mul_scalar(x3, 0.044715)), math.sqrt(2.0 / math.pi))
+    t = e.op("add", e.op("tanh", inner), e.const(1.0, x))
+    return e.op("multiply", e.mul_scalar(x, 0.5), t)
+
+
+def _pool_pads(a: od.PoolAttrs, x: Value) -> tuple[tuple[int, int], ...]:
+    return ((0, 0), (0, 0)) + explicit_pads(a.padding, x.type.shape[2:], a.window, a.stride)
+
+
+@decomposes("max_pool")
+def _max_pool(e: Emitter, a: od.PoolAttrs, x: Value) -> Value:
+    return e.op("reduce_window", x, attrs=od.ReduceWindowAttrs(
+        "max", (1, 1) + a.window, (1, 1) + a.stride, _pool_pads(a, x)))
+
+
+@decomposes("avg_pool")
+def _avg_pool(e: Emitter, a: od.PoolAttrs, x: Value) -> Value:
+    """Window sums divided by the number of unpadded elements in each window."""
+    pads = _pool_pads(a, x)
+    sums = e.op("reduce_window", x, attrs=od.ReduceWindowAttrs("sum", (1, 1) + a.window, (1, 1) + a.stride, pads))
+    if all(p == (0, 0) for p in pads):
+        return e.mul_scalar(sums, 1.0 / math.prod(a.window))
+    n, c, h, w = x.type.shape
+    ones = e.const(1.0, x, shape=(1, 1, h, w))
+    counts = e.op("reduce_window", ones, attrs=od.ReduceWindowAttrs("sum", (1, 1) + a.window, (1, 1) + a.stride, pads))
+    return e.op("divide", sums, e.bcast(e.reshape(counts, counts.type.shape[2:]), sums.type.shape, (2, 3)))
+
+
+@decomposes("global_avg_pool")
+def _gap(e: Emitter, a: Any, x: Value) -> Value:
+    return _mean(e, x, (2, 3))
+
+
+def _log_softmax(e: Emitter, x: Value, axis: int) -> Value:
+    shape = x.type.shape
+    keep = tuple(d for d in range(len(shape)) if d != axis)
+    z = e.op("subtract", x, e.bcast(e.reduce(x, "max", (axis,)), shape, keep))
+    lse = e.op("log", e.reduce(e.op("exp", z), "sum", (axis,)))
+    return e.op("subtract", z, e.bcast(lse, shape, keep))
+
+
+def _softmax_along(e: Emitter, x: Value, axis: int) -> Value:
+    shape = x.type.shape
+    keep = tuple(d for d in range(len(shape)) if d != axis)
+    ex = e.op("exp", e.op("subtract", x, e.bcast(e.reduce(x, "max", (axis,)), shape, keep)))
+    return e.op("divide", ex, e.bcast(e.reduce(ex, "sum", (axis,)), shape, keep))
+
+
+@decomposes("softmax")
+def _softmax(e: Emitter, a: od.AxisAttrs, x: Value) -> Value:
+    return _softmax_along(e, x, a.axis % x.type.rank)
+
+
+@decomposes("softmax_cross_entropy")
+def _xent(e: Emitter, a: od.XentAttrs, logits: Value, labels: Value) -> Value:
+    """Max-shifted log-softmax; one-hot by iota/compare; smoothing folded into the targets."""
+    n, k = logits.type.shape
+    logp = _log_softmax(e, logits, 1)
+    classes = e.op("iota", attrs=od.IotaAttrs(1, labels.type.with_shape((n, k))))
+    hot = e.compare(classes, e.bcast(labels, (n, k), (0,)), "EQ")
+    off = a.label_smoothing / k
+    target = e.select(hot, e.const(1.0 - a.label_smoothing + off, logp), e.const(off, logp))
+    total = e.reduce(e.op("multiply", target, logp), "sum", (0, 1))
+    return e.mul_scalar(total, -1.0 / n)
+
+
+@decomposes("attention")
+def _attention(e: Emitter, a: od.AttentionAttrs, q: Value, k: Value, v: Value) -> Value:
+    n, t, d = q.type.shape
+    h, dh = a.heads, d // a.heads
+
+    def heads(x: Value) -> Value:  # [N, T, D] -> [N, h, T, dh]
+        return e.transpose(e.reshape(x, (n, t, h, dh)), (0, 2, 1, 3))
+
+    qh, kh, vh = heads(q), heads(k), heads(v)
+    scores = e.op("dot_general", qh, kh, attrs=od.DotGeneralAttrs((0, 1), (0, 1), (3,), (3,)))  # [N,h,T,T]
+    p = _softmax_along(e, e.mul_scalar(scores, 1.0 / math.sqrt(dh)), 3)
+    out = e.op("dot_general", p, vh, attrs=od.DotGeneralAttrs((0, 1), (0, 1), (3,), (2,)))  # [N,h,T,dh]
+    return e.reshape(e.transpose(out, (0, 2, 1, 3)), (n, t, d))
+
+
+def decompose(graph: Graph) -> Graph:
+    """A copy of a static-shape graph with every layer op replaced by primitives."""
+    out = Graph(graph.name)
+    vmap: dict[Value, Value] = {v: out.add_input(v.name, v.type, v.role, v.init) for v in graph.inputs}
+    for node in graph.nodes:
+        ins = tuple(vmap[v] for v in node.inputs)
+        if get_op(node.op).level == "primitive":
+            new = out.add_node(node.op, ins, node.attrs, [v.type for v in node.outputs], node.loc)
+            res: tuple[Value, ...] = new.outputs
+        else:
+            r = DECOMPOSITIONS[node.op](Emitter(out, node.loc), node.attrs, *ins)
+            res = r if isinstance(r, tuple) else (r,)
+        for old, new_v in zip(node.outputs, res):
+            if old.type != new_v.type:
+                raise AssertionError(f"decomposition of {node.op} at {node.loc} gives {new_v.type}, not {old.type}")
+            vmap[old] = new_v
+    for name, v in graph.outputs.items():
+        out.set_output(name, vmap[v])
+    return out
+

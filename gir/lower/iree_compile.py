@@ -1,0 +1,116 @@
+"""Compiling StableHLO text with IREE for cpu, rocm or cuda, cached by a hash of text, target and flags.
+
+A failure is reported as a `CompileError` naming the op, its layer path and the user's source line."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import iree.compiler as ireec
+
+TARGETS = ("cpu", "rocm", "cuda")
+DEFAULT_CHIPS = {"rocm": "gfx1100", "cuda": "sm_80", "cpu": "host"}
+DRIVERS = {"cpu": "local-task", "rocm": "hip", "cuda": "cuda"}
+
+
+class CompileError(Exception):
+    """iree-compile rejected a module; the message maps its diagnostic back to gir's provenance."""
+
+
+def target_flags(target: str, chip: str | None = None) -> list[str]:
+    """iree-compile flags selecting the device: llvm-cpu on the host, HIP (gfx1100) or CUDA (sm_80)."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    chip = chip or DEFAULT_CHIPS[target]
+    if target == "cpu":
+        return ["--iree-hal-target-device=local", "--iree-hal-local-target-device-backends=llvm-cpu",
+                f"--iree-llvmcpu-target-cpu={chip}"]
+    if target == "rocm":
+        return ["--iree-hal-target-device=hip", f"--iree-rocm-target={chip}"]
+    return ["--iree-hal-target-device=cuda", f"--iree-cuda-target={chip}"]
+
+
+def cache_dir() -> Path:
+    """Where compiled modules are kept: $GIR_CACHE_DIR, else ~/.cache/gir/iree."""
+    return Path(os.environ.get("GIR_CACHE_DIR") or Path.home() / ".cache" / "gir" / "iree")
+
+
+def cache_key(text: str, flags: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    h.update(ireec.__name__.encode())
+    h.update(_compiler_version().encode())
+    for part in (text, *flags):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def _compiler_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("iree-base-compiler")
+    except Exception:  # metadata missing in odd installs: still a usable key
+        return "unknown"
+
+
+_DIAG = re.compile(r'^(?P<where>\S+?):(?P<line>\d+):(?P<col>\d+): (?P<sev>error|warning|note): (?P<msg>.*)$', re.M)
+_OP = re.compile(r'"stablehlo\.(\w+)"|stablehlo\.(\w+)')
+_LOC = re.compile(r'loc\("(?P<path>[^"]*)"\("(?P<file>[^"]*)":(?P<line>\d+):\d+\)\)')
+
+
+def explain(diagnostics: str, text: str) -> str:
+    """The first error as `file:line: OP at layer 'PATH': message`. The printer numbers the ops
+    of each source line in the column, so file:line:col finds the one op in the module text."""
+    for m in _DIAG.finditer(diagnostics):
+        if m.group("sev") != "error":
+            continue
+        msg = m.group("msg").strip()
+        where, line, col = m.group("where"), m.group("line"), m.group("col")
+        lines = text.splitlines()
+        if where == "<stdin>" and 0 < int(line) <= len(lines):
+            src = lines[int(line) - 1]
+        else:
+            src = next((s for s in lines if f'"{where}":{line}:{col})' in s), "")
+        op = _OP.search(src)
+        loc = _LOC.search(src)
+        if loc:
+            name = (op.group(1) or op.group(2)) if op else "op"
+            return f"{loc.group('file')}:{loc.group('line')}: {name} at layer '{loc.group('path')}': {msg}"
+        return f"{where}:{line}: {msg}"
+    _, _, diag = diagnostics.partition("Diagnostics:")
+    lines = [s.strip() for s in diag.splitlines() if s.strip() and not s.startswith("Invoked with")]
+    return lines[0] if lines else "iree-compile failed without a diagnostic"
+
+
+def compile_text(text: str, target: str = "cpu", chip: str | None = None, extra_flags: Sequence[str] = (),
+                 use_cache: bool = True) -> bytes:
+    """The compiled .vmfb bytes for `text`, from the cache when the same text, target and flags
+    were compiled before."""
+    flags = target_flags(target, chip) + list(extra_flags)
+    key = cache_key(text, flags)
+    path = cache_dir() / f"{key}.vmfb"
+    if use_cache and path.exists():
+        return path.read_bytes()
+    try:
+        # Locations stay as written (no debug-info rewriting) so diagnostics point at our text.
+        vmfb = ireec.compile_str(text, extra_args=flags)
+    except ireec.CompilerToolError as e:
+        raise CompileError(f"iree-compile ({target}) failed: {explain(str(e), text)}") from None
+    if use_cache:
+        _write_atomic(path, vmfb)
+    return vmfb
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a cache that cannot be written only costs a recompile

@@ -1,0 +1,53 @@
+"""Running compiled modules with the IREE runtime. Outputs stay on the device as DeviceArrays
+and can be passed back in without host copies (the train loop keeps its state this way)."""
+from __future__ import annotations
+
+from typing import Any
+
+import iree.runtime as ireert
+import numpy as np
+
+from gir.lower.iree_compile import DRIVERS
+
+
+class DeviceUnavailable(RuntimeError):
+    """The target's driver or device is not present on this machine."""
+
+
+class IreeSession:
+    """One device and one loaded module: `call(fn, *args)` returns device-resident outputs."""
+
+    def __init__(self, vmfb: bytes, target: str = "cpu"):
+        driver = DRIVERS[target]
+        try:
+            self.config = ireert.Config(driver)
+        except (RuntimeError, ValueError) as e:
+            raise DeviceUnavailable(f"no {target} device is available here (IREE driver {driver!r}: {e})") from None
+        self.context = ireert.SystemContext(config=self.config)
+        vm_module = ireert.VmModule.copy_buffer(self.context.instance, vmfb)
+        self.context.add_vm_module(vm_module)
+        self.module = self.context.modules[vm_module.name]
+        self._funcs: dict[str, Any] = {}
+
+    @property
+    def device(self) -> ireert.HalDevice:
+        return self.config.device
+
+    def function(self, name: str) -> Any:
+        if name not in self._funcs:
+            try:
+                self._funcs[name] = self.module[name]
+            except (KeyError, AttributeError):
+                raise KeyError(f"module {self.module.name!r} has no function {name!r}") from None
+        return self._funcs[name]
+
+    def to_device(self, a: np.ndarray) -> ireert.DeviceArray:
+        return ireert.asdevicearray(self.device, np.ascontiguousarray(a))
+
+    def call(self, name: str, *args: Any) -> list[ireert.DeviceArray]:
+        """Calls function `name` on NumPy arrays or DeviceArrays; always returns a list."""
+        out = self.function(name)(*args)
+        return list(out) if isinstance(out, (tuple, list)) else [out]
+
+    def call_numpy(self, name: str, *args: Any) -> list[np.ndarray]:
+        return [np.asarray(o.to_host()) for o in self.call(name, *args)]
