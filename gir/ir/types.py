@@ -42,6 +42,8 @@ def normalize_dim(d: Dim) -> Dim:
     if isinstance(d, sympy.Basic):
         if d.is_Integer:
             return int(d)
+        if d.is_number:
+            raise TypeError(f"a dim must be an integer, got {d}")
         return d
     raise TypeError(f"a dim must be an int or a sympy expression, got {type(d).__name__}: {d!r}")
 

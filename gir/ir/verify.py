@@ -42,7 +42,10 @@ def verify(graph: Graph, stage: str = "", type_rule: Callable[[Node], list[Tenso
                 raise VerifyError(f"{ctx}: output {i} does not point back at its node")
             defined.add(v)
         if type_rule is not None:
-            want = list(type_rule(node))
+            try:
+                want = list(type_rule(node))
+            except Exception as e:  # the rule's own error type lives in a higher layer
+                raise VerifyError(f"{ctx}: the shape rule rejects this node: {e}") from e
             got = [v.type for v in node.outputs]
             if want != got:
                 raise VerifyError(f"{ctx}: output types {[str(t) for t in got]} differ from the shape rule's "

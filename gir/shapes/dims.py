@@ -178,7 +178,7 @@ def dims_equal(a: Dim, b: Dim, c: Constraints = Constraints(), suggest: bool = T
         return dd == 0
     results = [_values(d, p) == 0 for p in _sample_points(d, c)]
     if all(results):
-        if _periodic_zero(d, c):
+        if _exhaustive(d, c) or _periodic_zero(d, c):
             return True
         raise Undecidable(f"cannot prove {format_dim(a)} == {format_dim(b)} (constraints now: {c.describe()}); "
                           f"declare a divisibility constraint on {', '.join(sorted(map(str, d.free_symbols)))} "
@@ -197,6 +197,18 @@ def differ_at(a: Dim, b: Dim, c: Constraints = Constraints()) -> dict | None:
     if isinstance(d, int):
         return None if d == 0 else {}
     return next((p for p in _sample_points(d, c) if _values(d, p) != 0), None)
+
+
+def _exhaustive(d: sympy.Expr, c: Constraints, per_symbol: int = 24) -> bool:
+    """Whether the sample grid covered every allowed value (bounded ranges, at most two symbols)."""
+    syms = d.free_symbols
+    if len(syms) > 2:
+        return False
+    for s in syms:
+        lo, hi = c.range(s)
+        if hi is None or (hi - c.smallest(s)) // c.divisor(s) + 1 > per_symbol:
+            return False
+    return True
 
 
 def _periodic_zero(d: sympy.Expr, c: Constraints) -> bool:

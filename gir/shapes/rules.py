@@ -36,6 +36,13 @@ class ShapeCtx:
         if not ok:
             raise self.fail(f"{what}: {format_dim(a)} != {format_dim(b)}{_witness(a, b, self.c)}")
 
+    def equal(self, a: Dim, b: Dim) -> bool:
+        """Whether a == b; an undecidable comparison becomes a ShapeError naming the fix."""
+        try:
+            return dims_equal(a, b, self.c)
+        except Undecidable as e:
+            raise self.fail(str(e)) from None
+
     def same_shape(self, a: TensorType, b: TensorType, what: str) -> None:
         if a.rank != b.rank:
             raise self.fail(f"{what}: rank {a.rank} != rank {b.rank}")
@@ -187,6 +194,11 @@ def _reverse(ctx: ShapeCtx, a: od.ReverseAttrs, x: TensorType) -> TensorType:
 def _slice(ctx: ShapeCtx, a: od.SliceAttrs, x: TensorType) -> TensorType:
     if not len(a.start) == len(a.limit) == len(a.strides) == x.rank:
         raise ctx.fail("slice start/limit/strides must each have one entry per dim")
+    for i, (lo, hi, st, d) in enumerate(zip(a.start, a.limit, a.strides, x.shape)):
+        if st < 1 or min_value(lo, ctx.c) < 0 or min_value(normalize_dim(sympy.sympify(hi - lo)), ctx.c) < 0 \
+                or min_value(normalize_dim(sympy.sympify(d - hi)), ctx.c) < 0:
+            raise ctx.fail(f"slice of dim {i} needs 0 <= start <= limit <= {format_dim(d)} and stride >= 1, got "
+                           f"start {format_dim(lo)}, limit {format_dim(hi)}, stride {st}")
     return x.with_shape(ceildiv(hi - lo, s) for lo, hi, s in zip(a.start, a.limit, a.strides))
 
 
@@ -253,6 +265,9 @@ def _convolution(ctx: ShapeCtx, a: od.ConvolutionAttrs, x: TensorType, w: Tensor
     spatial_w = [d for ch, d in zip(a.rhs_layout, w.shape) if ch not in "OI"]
     ctx.eq(wd["I"] * a.feature_group_count, feat,
            f"kernel input features x feature_group_count ({a.feature_group_count}) vs input features")
+    for name, count in (("feature_group_count", a.feature_group_count), ("batch_group_count", a.batch_group_count)):
+        if count < 1 or (isinstance(out_feat, int) and out_feat % count):
+            raise ctx.fail(f"kernel output features {format_dim(out_feat)} must divide by {name} {count}")
     if a.batch_group_count > 1:
         ctx.eq(floordiv(batch, a.batch_group_count) * a.batch_group_count, batch,
                f"batch must divide by batch_group_count {a.batch_group_count}")
@@ -302,11 +317,7 @@ def _conv2d(ctx: ShapeCtx, a: od.ConvAttrs, x: TensorType, w: TensorType) -> Ten
     ctx.same_dtype(x, w)
     n, c, h, wd = x.shape
     o, i, kh, kw = w.shape
-    try:
-        ok = dims_equal(c, i, ctx.c)
-    except Undecidable as e:
-        raise ctx.fail(str(e)) from None
-    if not ok:
+    if not ctx.equal(c, i):
         raise ctx.fail(f"input has {format_dim(c)} channels but the weight expects {format_dim(i)}")
     return TensorType((n, o, spatial_out(ctx, h, kh, a.stride[0], a.dilation[0], a.padding, 0, "kernel"),
                        spatial_out(ctx, wd, kw, a.stride[1], a.dilation[1], a.padding, 1, "kernel")), x.dtype)
@@ -321,7 +332,7 @@ def _depthwise(ctx: ShapeCtx, a: od.ConvAttrs, x: TensorType, w: TensorType) -> 
     o, one, kh, kw = w.shape
     if one != 1:
         raise ctx.fail(f"depthwise weight must be [C*m, 1, kh, kw], got {w.short()}")
-    if not dims_equal(c, o, ctx.c):
+    if not ctx.equal(c, o):
         raise ctx.fail(f"input has {format_dim(c)} channels but the depthwise weight has {format_dim(o)}")
     return TensorType((n, o, spatial_out(ctx, h, kh, a.stride[0], a.dilation[0], a.padding, 0, "kernel"),
                        spatial_out(ctx, wd, kw, a.stride[1], a.dilation[1], a.padding, 1, "kernel")), x.dtype)
@@ -333,7 +344,7 @@ def _dense(ctx: ShapeCtx, a: Any, x: TensorType, w: TensorType) -> TensorType:
     if x.rank < 1:
         raise ctx.fail("input must have at least one dim")
     ctx.same_dtype(x, w)
-    if not dims_equal(x.shape[-1], w.shape[0], ctx.c):
+    if not ctx.equal(x.shape[-1], w.shape[0]):
         raise ctx.fail(f"input has {format_dim(x.shape[-1])} features but the weight expects {format_dim(w.shape[0])}")
     return x.with_shape(x.shape[:-1] + (w.shape[1],))
 
@@ -341,7 +352,9 @@ def _dense(ctx: ShapeCtx, a: Any, x: TensorType, w: TensorType) -> TensorType:
 @shape_rule("bias_add", inputs=("input", "bias"))
 def _bias_add(ctx: ShapeCtx, a: od.AxisAttrs, x: TensorType, b: TensorType) -> TensorType:
     ctx.rank(b, 1, "bias")
-    axis = a.axis % x.rank if x.rank else 0
+    if not -x.rank <= a.axis < x.rank:
+        raise ctx.fail(f"bias axis {a.axis} out of range for rank {x.rank}")
+    axis = a.axis % x.rank
     ctx.eq(b.shape[0], x.shape[axis], f"bias length vs input dim {axis}")
     ctx.same_dtype(x, b)
     return x
@@ -353,7 +366,7 @@ def _batch_norm(ctx: ShapeCtx, a: od.BatchNormAttrs, x: TensorType, *stats: Tens
     c = x.shape[1]
     for name, t in zip(("gamma", "beta", "running_mean", "running_var"), stats):
         ctx.rank(t, 1, name)
-        if not dims_equal(t.shape[0], c, ctx.c):
+        if not ctx.equal(t.shape[0], c):
             raise ctx.fail(f"{name} has {format_dim(t.shape[0])} entries but the input has {format_dim(c)} channels")
     if not a.training and len(stats) != 4:
         raise ctx.fail("eval-mode batch_norm needs running_mean and running_var inputs")
@@ -366,7 +379,7 @@ def _batch_norm(ctx: ShapeCtx, a: od.BatchNormAttrs, x: TensorType, *stats: Tens
 def _layer_norm(ctx: ShapeCtx, a: od.LayerNormAttrs, x: TensorType, g: TensorType, b: TensorType) -> TensorType:
     for name, t in (("gamma", g), ("beta", b)):
         ctx.rank(t, 1, name)
-        if not dims_equal(t.shape[0], x.shape[-1], ctx.c):
+        if not ctx.equal(t.shape[0], x.shape[-1]):
             raise ctx.fail(f"{name} has {format_dim(t.shape[0])} entries but the input's last dim is "
                            f"{format_dim(x.shape[-1])}")
     return x

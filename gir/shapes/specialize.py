@@ -47,6 +47,18 @@ def _bind_any(v: Any, binding: Mapping[sympy.Symbol, int]) -> Any:
     return v
 
 
+def _free_in(v: Any) -> set:
+    if isinstance(v, TensorType):
+        return set(v.free_symbols)
+    if isinstance(v, sympy.Basic):
+        return set(v.free_symbols)
+    if isinstance(v, tuple):
+        return set().union(*(_free_in(x) for x in v)) if v else set()
+    if attrs.has(type(v)):
+        return set().union(*(_free_in(getattr(v, f.name)) for f in attrs.fields(type(v))))
+    return set()
+
+
 def specialize(graph: Graph, binding: Mapping[sympy.Symbol, int], constraints: Constraints = Constraints()) -> Graph:
     """A copy of `graph` with every symbol bound; raises BindingError if a dim stays symbolic."""
     check_binding(binding, constraints)
@@ -62,6 +74,11 @@ def specialize(graph: Graph, binding: Mapping[sympy.Symbol, int], constraints: C
         vmap.update(zip(n.outputs, new.outputs))
     for name, v in graph.outputs.items():
         out.set_output(name, vmap[v])
+    for n in out.nodes:
+        free = _free_in(n.attrs)
+        if free:
+            raise BindingError(f"{', '.join(sorted(map(str, free)))} left unbound in the attributes of {n.op} at "
+                               f"{n.loc}")
     for v in out.inputs + [o for n in out.nodes for o in n.outputs]:
         if not v.type.is_static:
             free = ", ".join(sorted(str(s) for s in v.type.free_symbols))

@@ -1,0 +1,61 @@
+"""Every net in nets/ lowers; its forward and eval modules compile with IREE llvm-cpu, run, and agree
+with the JAX backend; MobileNetV2's forward cross-compiles for rocm gfx1100 and cuda sm_80."""
+import glob
+import os
+
+import numpy as np
+import pytest
+
+from gir.lower.iree_compile import compile_text
+from gir.lower.iree_runtime import IreeSession
+from gir.lower.jax_backend import evaluate
+from gir.lower.pipeline import lower_net
+from gir.netfile import load_net_file
+from gir.nn.params import init_params
+
+NETS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "nets", "*.py")))
+# ViT's input size is fixed. Train-mode BN over very few values (batch 2 at a 1x1 map) is
+# ill-conditioned, so deep nets run at 64x64 with batch 4 to keep the comparison meaningful.
+SIZES = {"vit_tiny": (2, None), "mobilenet_v2": (8, 64), "efficientnet_b0": (4, 64), "resnet34": (4, 64),
+         "resnet50": (4, 64)}
+
+
+def _args(module, seed=0):
+    params = init_params(module.graph, seed)
+    rng = np.random.default_rng(seed)
+    out = []
+    for v in module.primitive.inputs:
+        if v.role in ("param", "state"):
+            out.append(params[v.name])
+        else:
+            out.append(rng.standard_normal(tuple(v.type.shape)).astype(np.float32))
+    return out
+
+
+@pytest.mark.parametrize("path", NETS, ids=lambda p: os.path.basename(p)[:-3])
+def test_net_forward_and_eval_run_on_iree_and_match_jax(path):
+    name = os.path.basename(path)[:-3]
+    net, _ = load_net_file(path)
+    batch, image = SIZES.get(name, (2, 32))
+    modules = lower_net(net, batch=batch, image=image)
+    for fname, mod in modules.items():
+        assert "select_and_scatter" not in mod.text and "stablehlo.batch_norm" not in mod.text
+        assert f'("{os.path.relpath(path)}":' in mod.text  # ops carry the net file's locations
+        args = _args(mod)
+        got = IreeSession(compile_text(mod.text, "cpu")).call_numpy(fname, *args)
+        want = evaluate(mod.graph, {v.name: a for v, a in zip(mod.primitive.inputs, args)})
+        assert len(got) == len(want)
+        for (k, w), g in zip(want.items(), got):
+            w = np.asarray(w)
+            assert g.shape == w.shape and np.isfinite(g).all(), (fname, k)
+            scale = max(1.0, float(np.abs(w).max()))
+            np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-4 * scale, err_msg=f"{name} {fname} {k}")
+        assert got[0].shape == (batch, 10)
+
+
+@pytest.mark.parametrize("target, chip", [("rocm", "gfx1100"), ("cuda", "sm_80")])
+def test_mobilenet_v2_forward_cross_compiles_for_gpus(target, chip):
+    net, _ = load_net_file("nets/mobilenet_v2.py")
+    mod = lower_net(net, batch=8, image=64)["forward"]
+    vmfb = compile_text(mod.text, target, chip, use_cache=False)
+    assert len(vmfb) > 100_000 and vmfb[:2] == b"PK"  # a .vmfb is a zip-aligned flatbuffer archive
