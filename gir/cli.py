@@ -193,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gir: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `gir show ... | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

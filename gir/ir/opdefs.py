@@ -231,7 +231,7 @@ register_op("reduce", ReduceAttrs, 1, "primitive", "reduce over dims with sum, m
 register_op("reduce_window", ReduceWindowAttrs, 1, "primitive", "windowed reduction (pooling)")
 
 register_op("conv2d", ConvAttrs, 2, "layer", "2-D convolution x[N,C,H,W] * w[O,C,kh,kw]")
-register_op("depthwise_conv2d", ConvAttrs, 2, "layer", "per-channel convolution x[N,C,H,W] * w[C,1,kh,kw]")
+register_op("depthwise_conv2d", ConvAttrs, 2, "layer", "per-channel convolution x[N,C,H,W] * w[C,1,kh,kw] (no channel multiplier)")
 register_op("dense", None, 2, "layer", "x[..., I] @ w[I, O]")
 register_op("bias_add", AxisAttrs, 2, "layer", "x + b broadcast along `axis`")
 register_op("batch_norm", BatchNormAttrs, (3, 5), "layer",

@@ -38,6 +38,10 @@ class Net:
         defaults = {"N": 32, "H": 224, "W": 224}
         defaults.update(sizes or {})
         self.symbols = sorted(self.input_type.free_symbols, key=str)
+        unsized = [str(s) for s in self.symbols if str(s) not in defaults]
+        if unsized:
+            raise ValueError(f"{self.file}: Net {name!r} has no default size for symbol(s) {', '.join(unsized)}; "
+                             f"pass sizes={{{', '.join(repr(u) + ': ...' for u in unsized)}}}")
         self.sizes = {s: int(defaults[str(s)]) for s in self.symbols}
 
     def binding(self, batch: int | None = None, image: int | None = None) -> dict[sympy.Symbol, int]:

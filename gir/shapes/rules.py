@@ -331,7 +331,7 @@ def _depthwise(ctx: ShapeCtx, a: od.ConvAttrs, x: TensorType, w: TensorType) -> 
     n, c, h, wd = x.shape
     o, one, kh, kw = w.shape
     if one != 1:
-        raise ctx.fail(f"depthwise weight must be [C*m, 1, kh, kw], got {w.short()}")
+        raise ctx.fail(f"depthwise weight must be [C, 1, kh, kw], got {w.short()}")
     if not ctx.equal(c, o):
         raise ctx.fail(f"input has {format_dim(c)} channels but the depthwise weight has {format_dim(o)}")
     return TensorType((n, o, spatial_out(ctx, h, kh, a.stride[0], a.dilation[0], a.padding, 0, "kernel"),
