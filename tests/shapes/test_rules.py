@@ -171,7 +171,7 @@ def test_depthwise_conv2d():
 
 
 def test_depthwise_conv2d_errors():
-    assert "depthwise weight must be [C*m, 1, kh, kw]" in err(
+    assert "depthwise weight must be [C, 1, kh, kw]" in err(
         "depthwise_conv2d", od.ConvAttrs(), T(N, 16, H, W), T(16, 2, 3, 3))
     assert "input has 8 channels but the depthwise weight has 16" in err(
         "depthwise_conv2d", od.ConvAttrs(), T(N, 8, H, W), T(16, 1, 3, 3))
