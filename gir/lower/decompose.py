@@ -9,6 +9,7 @@ from gir.ir import opdefs as od
 from gir.ir.graph import Graph, Value
 from gir.ir.ops import get_op
 from gir.lower.emit import Emitter
+from gir.shapes.padding import explicit_pads
 
 Decomposition = Callable[[Emitter, Any, tuple[Value, ...]], "Value | tuple[Value, ...]"]
 DECOMPOSITIONS: dict[str, Decomposition] = {}
@@ -20,21 +21,6 @@ def decomposes(*ops: str):
             DECOMPOSITIONS[op] = fn
         return fn
     return deco
-
-
-def same_pads(size: int, k: int, stride: int, dilation: int = 1) -> tuple[int, int]:
-    """XLA SAME padding: output ceil(size/stride), the extra row/column going at the end."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + (k - 1) * dilation + 1 - size, 0)
-    return total // 2, total - total // 2
-
-
-def explicit_pads(padding, sizes, kernel, strides, dilations=(1, 1)) -> tuple[tuple[int, int], ...]:
-    if padding == "same":
-        return tuple(same_pads(s, k, st, d) for s, k, st, d in zip(sizes, kernel, strides, dilations))
-    if padding == "valid":
-        return ((0, 0),) * len(sizes)
-    return tuple(padding)
 
 
 def _conv(e: Emitter, a: od.ConvAttrs, x: Value, w: Value, groups: int) -> Value:

@@ -20,6 +20,7 @@ from gir.ir.dtypes import DType
 from gir.ir.graph import Graph, Node
 from gir.ir.ops import OPS
 from gir.ir.types import TensorType, format_dim
+from gir.shapes.padding import explicit_pads
 
 PRECISION = lax.Precision.HIGHEST
 """Precision of every dot_general and convolution: full f32 (no TF32 or bf16 passes on accelerators),
@@ -222,26 +223,9 @@ def _reduce_window(a: od.ReduceWindowAttrs, x):
 
 # ---- layer ops -----------------------------------------------------------------------------
 
-def same_padding(size: int, k: int, stride: int, dilation: int = 1) -> tuple[int, int]:
-    """XLA/TF SAME padding of one spatial dim: output ceil(size/stride); the total padding is
-    max((out - 1) * stride + (k - 1) * dilation + 1 - size, 0), low = total // 2, high = the rest."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + (k - 1) * dilation + 1 - size, 0)
-    return total // 2, total - total // 2
-
-
-def spatial_padding(padding, sizes, window, stride, dilation=(1, 1)) -> tuple[tuple[int, int], ...]:
-    """A padding policy ('same', 'valid', or explicit ((top, bottom), (left, right))) as (lo, hi) per H, W."""
-    if padding == "same":
-        return tuple(same_padding(s, k, st, d) for s, k, st, d in zip(sizes, window, stride, dilation))
-    if padding == "valid":
-        return ((0, 0), (0, 0))
-    return tuple((int(lo), int(hi)) for lo, hi in padding)
-
-
 def _conv2d_impl(a: od.ConvAttrs, x, w, groups: int):
     kh, kw = w.shape[2], w.shape[3]
-    pads = spatial_padding(a.padding, x.shape[2:], (kh, kw), a.stride, a.dilation)
+    pads = explicit_pads(a.padding, x.shape[2:], (kh, kw), a.stride, a.dilation)
     return lax.conv_general_dilated(x, w, a.stride, pads, rhs_dilation=a.dilation,
                                     dimension_numbers=("NCHW", "OIHW", "NCHW"), feature_group_count=groups,
                                     precision=PRECISION)
@@ -333,7 +317,7 @@ def _gelu(a, x):
 
 
 def _pool_pads(a: od.PoolAttrs, x) -> list[tuple[int, int]]:
-    return [(0, 0), (0, 0), *spatial_padding(a.padding, x.shape[2:], a.window, a.stride)]
+    return [(0, 0), (0, 0), *explicit_pads(a.padding, x.shape[2:], a.window, a.stride)]
 
 
 @jax_rule("max_pool")

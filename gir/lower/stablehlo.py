@@ -71,10 +71,6 @@ class _Printer:
         self.counter += 1
         return f"%{self.counter - 1}"
 
-    def sig(self, ins: Sequence[Value], outs: Sequence[TensorType]) -> str:
-        res = ", ".join(ttype(t) for t in outs)
-        return f"({', '.join(ttype(v.type) for v in ins)}) -> {res if len(outs) == 1 else '(' + res + ')'}"
-
     def generic(self, node: Node, name: str, attrs: str = "", region: str = "", operands: Sequence[Value] | None = None,
                 extra_in: Sequence[tuple[str, TensorType]] = ()) -> None:
         """`%r = "stablehlo.NAME"(operands) ({region}) {attrs} : (types) -> type loc(...)`."""

@@ -17,6 +17,7 @@ import gir.shapes
 from gir.ir import OPS, DType, Init, missing_rules
 from gir.ir import opdefs as od
 from gir.lower import jax_backend as jb
+from gir.shapes.padding import same_pads
 from gir.lower.jax_backend import JAX_RULES, as_jax_function, compile_jax, evaluate
 from gir.netfile import load_net_file
 from gir.nn import Builder
@@ -131,7 +132,7 @@ def ref_softmax(x, axis):
 def test_same_padding_is_xla_same(size, k, s, d, pads):
     """A hand-worked table: the smaller half of an odd total goes low."""
     assert ref_same_pads(size, k, s, d) == pads
-    assert jb.same_padding(size, k, s, d) == pads
+    assert same_pads(size, k, s, d) == pads
 
 
 CONV_CASES = [  # (H, W), k, stride, padding, dilation
