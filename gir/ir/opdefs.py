@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Union
 
 import attrs
+import sympy
 
 from gir.ir.dtypes import DType
 from gir.ir.ops import register_op
@@ -28,6 +29,15 @@ def _ints(v) -> tuple[int, ...]:
 
 def _dims(v) -> tuple[Dim, ...]:
     return tuple(normalize_dim(d) for d in v)
+
+
+def _scalar(v):
+    """A constant's value: Python numbers stay; a sympy number becomes one; a symbolic expression stays."""
+    if isinstance(v, sympy.Basic):
+        if v.free_symbols:
+            return v
+        return int(v) if v.is_Integer else float(v)
+    return v
 
 
 def _padding(v) -> Union[str, tuple[tuple[int, int], tuple[int, int]]]:
@@ -148,8 +158,9 @@ class ConvertAttrs:
 
 @attrs.frozen
 class ConstantAttrs:
-    """A splat constant: every element equals `value`."""
-    value: Union[float, int, bool]
+    """A splat constant: every element equals `value`. A value may be a sympy expression of dim
+    symbols (e.g. 1/(N*H*W) for a mean); specialization turns it into a number."""
+    value: Union[float, int, bool, sympy.Expr] = attrs.field(converter=_scalar)
     type: TensorType
 
 

@@ -1,12 +1,15 @@
-"""Layer ops -> primitives, one rule per layer op. Runs on specialized (static-shape) graphs;
-every emitted node keeps the layer node's provenance."""
+"""Layer ops -> primitives, one rule per layer op. Works on symbolic and static shapes (autodiff
+differentiates some layer ops through these); every emitted node keeps the layer node's provenance."""
 from __future__ import annotations
 
 import math
 from typing import Any, Callable
 
+import sympy
+
 from gir.ir import opdefs as od
-from gir.ir.graph import Graph, Value
+from gir.ir.graph import Graph, Node, Value
+from gir.ir.types import Dim
 from gir.ir.ops import get_op
 from gir.lower.emit import Emitter
 from gir.shapes.padding import explicit_pads
@@ -49,9 +52,14 @@ def _bias_add(e: Emitter, a: od.AxisAttrs, x: Value, b: Value) -> Value:
     return e.op("add", x, e.bcast(b, x.type.shape, (a.axis % x.type.rank,)))
 
 
+def reciprocal(count: Dim) -> "float | sympy.Expr":
+    """1/count as a constant's value: a float, or a sympy expression while dims are symbolic."""
+    return 1.0 / count if isinstance(count, int) else sympy.Integer(1) / count
+
+
 def _mean(e: Emitter, x: Value, dims: tuple[int, ...]) -> Value:
     count = math.prod(x.type.shape[d] for d in dims)
-    return e.mul_scalar(e.reduce(x, "sum", dims), 1.0 / count)
+    return e.mul_scalar(e.reduce(x, "sum", dims), reciprocal(count))
 
 
 def _normalize(e: Emitter, x: Value, gamma: Value, beta: Value, axis: int, eps: float) -> tuple[Value, Value, Value]:
@@ -138,7 +146,7 @@ def _avg_pool(e: Emitter, a: od.PoolAttrs, x: Value) -> Value:
     pads = _pool_pads(a, x)
     sums = e.op("reduce_window", x, attrs=od.ReduceWindowAttrs("sum", (1, 1) + a.window, (1, 1) + a.stride, pads))
     if all(p == (0, 0) for p in pads):
-        return e.mul_scalar(sums, 1.0 / math.prod(a.window))
+        return e.mul_scalar(sums, reciprocal(math.prod(a.window)))
     n, c, h, w = x.type.shape
     ones = e.const(1.0, x, shape=(1, 1, h, w))
     counts = e.op("reduce_window", ones, attrs=od.ReduceWindowAttrs("sum", (1, 1) + a.window, (1, 1) + a.stride, pads))
@@ -180,7 +188,7 @@ def _xent(e: Emitter, a: od.XentAttrs, logits: Value, labels: Value) -> Value:
     off = a.label_smoothing / k
     target = e.select(hot, e.const(1.0 - a.label_smoothing + off, logp), e.const(off, logp))
     total = e.reduce(e.op("multiply", target, logp), "sum", (0, 1))
-    return e.mul_scalar(total, -1.0 / n)
+    return e.mul_scalar(total, -reciprocal(n))
 
 
 @decomposes("attention")
@@ -202,13 +210,16 @@ def decompose(graph: Graph) -> Graph:
     """A copy of a static-shape graph with every layer op replaced by primitives."""
     out = Graph(graph.name)
     vmap: dict[Value, Value] = {v: out.add_input(v.name, v.type, v.role, v.init) for v in graph.inputs}
+    nmap: dict[Node, Node] = {}
     for node in graph.nodes:
         ins = tuple(vmap[v] for v in node.inputs)
+        adjoint_of = nmap.get(node.adjoint_of, node.adjoint_of)  # a decomposed layer node stays the key
         if get_op(node.op).level == "primitive":
-            new = out.add_node(node.op, ins, node.attrs, [v.type for v in node.outputs], node.loc)
+            new = out.add_node(node.op, ins, node.attrs, [v.type for v in node.outputs], node.loc, adjoint_of)
+            nmap[node] = new
             res: tuple[Value, ...] = new.outputs
         else:
-            r = DECOMPOSITIONS[node.op](Emitter(out, node.loc), node.attrs, *ins)
+            r = DECOMPOSITIONS[node.op](Emitter(out, node.loc, adjoint_of), node.attrs, *ins)
             res = r if isinstance(r, tuple) else (r,)
         for old, new_v in zip(node.outputs, res):
             if old.type != new_v.type:

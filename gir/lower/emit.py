@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import sympy
+
 from gir.ir import opdefs as od
 from gir.ir.dtypes import DType
 from gir.ir.graph import Graph, Loc, Node, Value
 from gir.ir.types import Dim, TensorType
+from gir.shapes.dims import Constraints
 from gir.shapes.errors import ShapeError
 from gir.shapes.rules import infer
 
@@ -14,14 +17,20 @@ from gir.shapes.rules import infer
 class Emitter:
     """Appends nodes to `graph` under one provenance (`loc`, and `adjoint_of` for backward nodes)."""
 
-    def __init__(self, graph: Graph, loc: Loc = Loc(), adjoint_of: Node | None = None):
+    def __init__(self, graph: Graph, loc: Loc = Loc(), adjoint_of: Node | None = None,
+                 constraints: Constraints = Constraints()):
         self.graph = graph
         self.loc = loc
         self.adjoint_of = adjoint_of
+        self.constraints = constraints
+
+    def at(self, loc: Loc, adjoint_of: Node | None) -> "Emitter":
+        """An emitter into the same graph under another provenance."""
+        return Emitter(self.graph, loc, adjoint_of, self.constraints)
 
     def node(self, op: str, inputs: Sequence[Value], attrs: Any = None) -> Node:
         try:
-            types = infer(op, attrs, tuple(v.type for v in inputs))
+            types = infer(op, attrs, tuple(v.type for v in inputs), self.constraints)
         except ShapeError as e:
             raise e.at(op, self.loc) from None
         return self.graph.add_node(op, inputs, attrs, types, self.loc, self.adjoint_of)
@@ -55,7 +64,25 @@ class Emitter:
         return x if tuple(perm) == tuple(range(len(perm))) else self.op(
             "transpose", x, attrs=od.TransposeAttrs(tuple(perm)))
 
-    def mul_scalar(self, x: Value, s: float) -> Value:
+    def add(self, x: Value, y: Value) -> Value:
+        return self.op("add", x, y)
+
+    def sub(self, x: Value, y: Value) -> Value:
+        return self.op("subtract", x, y)
+
+    def mul(self, x: Value, y: Value) -> Value:
+        return self.op("multiply", x, y)
+
+    def div(self, x: Value, y: Value) -> Value:
+        return self.op("divide", x, y)
+
+    def neg(self, x: Value) -> Value:
+        return self.op("negate", x)
+
+    def zeros(self, like: Value | TensorType) -> Value:
+        return self.const(0.0, like)
+
+    def mul_scalar(self, x: Value, s: "float | sympy.Expr") -> Value:
         return self.op("multiply", x, self.const(s, x))
 
     def compare(self, x: Value, y: Value, direction: str) -> Value:

@@ -103,7 +103,7 @@ def _select(a, pred, on_true, on_false):
 @jax_rule("clamp")
 def _clamp(a, lo, x, hi):
     """StableHLO clamp(min, x, max) = min(max(x, min), max); bounds are scalars or x's shape."""
-    return lax.clamp(lo, x, hi)
+    return lax.clamp(jnp.broadcast_to(lo, x.shape), x, jnp.broadcast_to(hi, x.shape))  # scalar bounds trip lax's grad
 
 
 @jax_rule("convert")

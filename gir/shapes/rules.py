@@ -241,12 +241,15 @@ def _dot_general(ctx: ShapeCtx, a: od.DotGeneralAttrs, x: TensorType, y: TensorT
     return TensorType([x.shape[i] for i in a.lhs_batch] + lfree + rfree, x.dtype)
 
 
-def _window_out(ctx: ShapeCtx, size: Dim, window: int, stride: int, lo: Dim, hi: Dim, what: str,
+def _window_out(ctx: ShapeCtx, size: Dim, window: Dim, stride: int, lo: Dim, hi: Dim, what: str,
                 dilation: int = 1, base_dilation: int = 1) -> Dim:
-    eff = (window - 1) * dilation + 1
+    eff = normalize_dim(sympy.sympify((window - 1) * dilation + 1))
     padded = normalize_dim(sympy.sympify((size - 1) * base_dilation + 1 + lo + hi))
-    ctx.fits(padded, eff, what)
-    return floordiv(padded - eff, stride) + 1
+    if isinstance(eff, int):
+        ctx.fits(padded, eff, what)
+    else:  # a symbolic window (a weight gradient slides the output cotangent): compare the difference
+        ctx.fits(normalize_dim(sympy.sympify(padded - eff + 1)), 1, what)
+    return floordiv(normalize_dim(sympy.sympify(padded - eff)), stride) + 1
 
 
 @shape_rule("convolution", inputs=("lhs", "rhs"))
@@ -273,11 +276,8 @@ def _convolution(ctx: ShapeCtx, a: od.ConvolutionAttrs, x: TensorType, w: Tensor
         batch = floordiv(batch, a.batch_group_count)
     spatial = []
     for i in range(nsp):
-        k = spatial_w[i]
-        if not isinstance(k, int):
-            raise ctx.fail(f"kernel spatial dims must be ints, got {format_dim(k)}")
         lo, hi = a.padding[i]
-        spatial.append(_window_out(ctx, spatial_x[i], k, a.window_strides[i], lo, hi, "kernel",
+        spatial.append(_window_out(ctx, spatial_x[i], spatial_w[i], a.window_strides[i], lo, hi, "kernel",
                                    a.rhs_dilation[i], a.lhs_dilation[i]))
     by = {"N": batch, "C": out_feat}
     it = iter(spatial)

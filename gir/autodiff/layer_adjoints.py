@@ -1,0 +1,161 @@
+"""Adjoints of the layer ops: closed forms where the reference system has one (conv, depthwise,
+three-term BN, max-pool by compare/select, ReLU/ReLU6 by compare/select), otherwise the adjoint of
+the op's decomposition into primitives. ReLU and ReLU6 have derivative 0 at their kinks."""
+from __future__ import annotations
+
+import math
+
+from gir.autodiff.adjoints import Ct, _bcast_back, _none_if_no_ct, conv_input_grad, conv_weight_grad, \
+    window_select_grad
+from gir.autodiff.registry import adjoint
+from gir.autodiff.reverse import backprop
+from gir.ir import opdefs as od
+from gir.ir.graph import Node, Value
+from gir.lower.decompose import DECOMPOSITIONS, reciprocal
+from gir.lower.emit import Emitter
+from gir.shapes.padding import explicit_pads
+
+
+def _convolution_attrs(a: od.ConvAttrs, x: Value, w: Value, groups: int) -> od.ConvolutionAttrs:
+    pads = explicit_pads(a.padding, x.type.shape[2:], w.type.shape[2:], a.stride, a.dilation)
+    return od.ConvolutionAttrs(window_strides=a.stride, padding=pads, rhs_dilation=a.dilation,
+                               feature_group_count=groups)
+
+
+@adjoint("conv2d")
+@_none_if_no_ct
+def _conv2d(e: Emitter, node: Node, ct: Value, x: Value, w: Value):
+    conv = _convolution_attrs(node.attrs, x, w, 1)
+    return conv_input_grad(e, ct, x, w, conv), conv_weight_grad(e, ct, x, w, conv)
+
+
+@adjoint("depthwise_conv2d")
+@_none_if_no_ct
+def _depthwise(e: Emitter, node: Node, ct: Value, x: Value, w: Value):
+    conv = _convolution_attrs(node.attrs, x, w, x.type.shape[1])
+    return conv_input_grad(e, ct, x, w, conv), conv_weight_grad(e, ct, x, w, conv)
+
+
+@adjoint("dense")
+@_none_if_no_ct
+def _dense(e: Emitter, node: Node, ct: Value, x: Value, w: Value):
+    """dx = ct @ w^T, dw = x^T @ ct summed over every leading dim; no transposes."""
+    r = x.type.rank
+    gx = e.op("dot_general", ct, w, attrs=od.DotGeneralAttrs(lhs_contract=(r - 1,), rhs_contract=(1,)))
+    lead = tuple(range(r - 1))
+    gw = e.op("dot_general", x, ct, attrs=od.DotGeneralAttrs(lhs_contract=lead, rhs_contract=lead))
+    return gx, gw
+
+
+@adjoint("bias_add")
+@_none_if_no_ct
+def _bias_add(e: Emitter, node: Node, ct: Value, x: Value, b: Value):
+    axis = node.attrs.axis % x.type.rank
+    return ct, e.reduce(ct, "sum", tuple(d for d in range(x.type.rank) if d != axis))
+
+
+@adjoint("relu")
+@_none_if_no_ct
+def _relu(e: Emitter, node: Node, ct: Value, x: Value):
+    zero = e.zeros(x)
+    return (e.select(e.compare(x, zero, "GT"), ct, zero),)
+
+
+@adjoint("relu6")
+@_none_if_no_ct
+def _relu6(e: Emitter, node: Node, ct: Value, x: Value):
+    zero = e.zeros(x)
+    inside = e.select(e.compare(x, e.const(6.0, x), "LT"), ct, zero)
+    return (e.select(e.compare(x, zero, "GT"), inside, zero),)
+
+
+@adjoint("global_avg_pool")
+@_none_if_no_ct
+def _global_avg_pool(e: Emitter, node: Node, ct: Value, x: Value):
+    n, c, h, w = x.type.shape
+    return (e.bcast(e.mul_scalar(ct, reciprocal(h * w)), x.type.shape, (0, 1)),)
+
+
+@adjoint("max_pool")
+@_none_if_no_ct
+def _max_pool(e: Emitter, node: Node, ct: Value, x: Value):
+    a: od.PoolAttrs = node.attrs
+    pads = ((0, 0), (0, 0)) + explicit_pads(a.padding, x.type.shape[2:], a.window, a.stride)
+    return (window_select_grad(e, ct, x, node.out, "max", (1, 1) + a.window, (1, 1) + a.stride, pads),)
+
+
+@adjoint("softmax")
+@_none_if_no_ct
+def _softmax(e: Emitter, node: Node, ct: Value, x: Value):
+    """y * (ct - sum(ct * y)) along the axis."""
+    y, axis = node.out, node.attrs.axis % x.type.rank
+    s = _bcast_back(e, e.reduce(e.mul(ct, y), "sum", (axis,)), y, (axis,))
+    return (e.mul(y, e.sub(ct, s)),)
+
+
+@adjoint("batch_norm")
+def _batch_norm(e: Emitter, node: Node, cts: tuple[Ct, ...]):
+    a: od.BatchNormAttrs = node.attrs
+    return (_batch_norm_train if a.training else _batch_norm_eval)(e, node, cts)
+
+
+def _batch_norm_train(e: Emitter, node: Node, cts: tuple[Ct, ...]):
+    """The three-term backward, per channel over the M = N*H*W values:
+    dx = gamma * istd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat)), plus the terms of
+    cotangents of the returned batch mean and (biased) variance."""
+    x, gamma, beta = node.inputs
+    y, mean, var = node.outputs
+    dy, dmean, dvar = cts
+    stats = tuple(d for d in range(x.type.rank) if d != 1)
+    m = math.prod(x.type.shape[d] for d in stats)
+    inv_m = reciprocal(m)
+
+    def per_channel(v: Value) -> Value:
+        return e.bcast(v, x.type.shape, (1,))
+
+    xc = e.sub(x, per_channel(mean))
+    gx = gg = gb = None
+    if dy is not None:
+        istd = e.op("rsqrt", e.add(var, e.const(node.attrs.eps, var)))
+        xhat = e.mul(xc, per_channel(istd))
+        gb = e.reduce(dy, "sum", stats)
+        gg = e.reduce(e.mul(dy, xhat), "sum", stats)
+        inner = e.sub(e.sub(dy, e.mul_scalar(per_channel(gb), inv_m)), e.mul(xhat, per_channel(e.mul_scalar(gg, inv_m))))
+        gx = e.mul(inner, per_channel(e.mul(gamma, istd)))
+    if dmean is not None:
+        t = per_channel(e.mul_scalar(dmean, inv_m))
+        gx = t if gx is None else e.add(gx, t)
+    if dvar is not None:
+        t = e.mul(xc, per_channel(e.mul_scalar(dvar, 2 * inv_m)))
+        gx = t if gx is None else e.add(gx, t)
+    return gx, gg, gb
+
+
+def _batch_norm_eval(e: Emitter, node: Node, cts: tuple[Ct, ...]):
+    """y = x * scale + shift with scale = gamma * r, r = rsqrt(var + eps), shift = beta - mean * scale."""
+    (dy,) = cts
+    if dy is None:
+        return (None,) * 5
+    x, gamma, beta, mean, var = node.inputs
+    stats = tuple(d for d in range(x.type.rank) if d != 1)
+    r = e.op("rsqrt", e.add(var, e.const(node.attrs.eps, var)))
+    scale = e.mul(gamma, r)
+    gb = e.reduce(dy, "sum", stats)
+    dxc = e.reduce(e.mul(dy, e.sub(x, e.bcast(mean, x.type.shape, (1,)))), "sum", stats)
+    gx = e.mul(dy, e.bcast(scale, x.type.shape, (1,)))
+    gvar = e.mul(e.mul_scalar(e.mul(dxc, gamma), -0.5), e.mul(r, e.mul(r, r)))
+    return gx, e.mul(dxc, r), gb, e.neg(e.mul(gb, scale)), gvar
+
+
+def _through_decomposition(e: Emitter, node: Node, cts: tuple[Ct, ...]):
+    """Recompute the op as primitives (marked as this node's adjoint) and run the reverse pass over them."""
+    start = len(e.graph.nodes)
+    res = DECOMPOSITIONS[node.op](e, node.attrs, *node.inputs)
+    outs = res if isinstance(res, tuple) else (res,)
+    seeds = {o: ct for o, ct in zip(outs, cts) if ct is not None}
+    back = backprop(e.graph, e.graph.nodes[start:], seeds, node.inputs, owner=node, constraints=e.constraints)
+    return tuple(back.grads.get(v) for v in node.inputs)
+
+
+for _op in ("layer_norm", "swish", "hard_swish", "gelu", "avg_pool", "softmax_cross_entropy", "attention"):
+    adjoint(_op)(_through_decomposition)
