@@ -1,0 +1,77 @@
+"""The train step as one graph: forward (train-mode BN), label-smoothed cross-entropy, the backward
+pass from registered adjoints, optional global-norm clipping and the optimizer update.
+
+Inputs: parameters, optimizer state (`<slot>:<param>`, zeros at first), `images`, `labels`, `lr`
+(f32) and `step` (i32, 1 for the first step). Outputs: `loss`, `logits`, `bn_mean:<path>` and
+`bn_var:<path>` per BN layer (biased batch variance), `grad_norm` when clipping, and for every
+parameter and state input an output of the same name holding its next value. BN running statistics
+are state too: the step updates them, r = (1 - momentum) r + momentum s, with the unbiased batch
+variance as PyTorch does, so they never leave the device.
+"""
+from __future__ import annotations
+
+import math
+
+import attrs
+import sympy
+
+from gir.autodiff import Backward, vjp
+from gir.ir.dtypes import DType
+from gir.ir.graph import Graph, Init, Loc
+from gir.ir.types import TensorType
+from gir.lower.emit import Emitter
+from gir.nn.net import Net
+from gir.train.config import TrainConfig
+from gir.train.optim import OPTIMIZERS, Hyper, bias_corrections, clip_by_global_norm
+
+
+@attrs.frozen
+class TrainStep:
+    """The train-step graph and what built it (the backward record, for invariant checks)."""
+    graph: Graph
+    backward: Backward
+    forward_nodes: int
+
+
+def build_train_step(net: Net, config: TrainConfig) -> TrainStep:
+    g = net.build(mode="train", loss=True, label_smoothing=config.label_smoothing)
+    g.name = f"{net.name}_train_step"
+    forward_nodes = len(g.nodes)
+    params = g.params
+    seed = Emitter(g, Loc(path="loss"), None, net.constraints).const(1.0, g.outputs["loss"])
+    back = vjp(g, {"loss": seed}, params, net.constraints)
+    opt = OPTIMIZERS[config.optimizer]
+    lr = g.add_input("lr", TensorType((), DType.f32), "hyper")
+    step = g.add_input("step", TensorType((), DType.i32), "hyper")
+    e = Emitter(g, Loc(path="optimizer"), None, net.constraints)
+    grads = [back.grads[p] if back.grads[p] is not None else e.zeros(p) for p in params]
+    if config.clip_norm:
+        grads, norm = clip_by_global_norm(e, grads, config.clip_norm)
+        g.set_output("grad_norm", norm)
+    hyper = Hyper(lr, *bias_corrections(e, config, step)) if "adam_m" in opt.slots else Hyper(lr)
+    for p, grad in zip(params, grads):
+        state = tuple(g.add_input(f"{slot}:{p.name}", p.type, "state", Init("zeros")) for slot in opt.slots)
+        new_p, new_state = opt.update(e.at(Loc(path=f"optimizer.{p.name}"), None), config, hyper, p, grad, state)
+        g.set_output(p.name, new_p)
+        for s, new in zip(state, new_state):
+            g.set_output(s.name, new)
+    _update_running_stats(g, net)
+    return TrainStep(g, back, forward_nodes)
+
+
+def _update_running_stats(g: Graph, net: Net) -> None:
+    names = {v.name: v for v in g.inputs}
+    for key in [k for k in g.outputs if k.startswith("bn_mean:")]:
+        path = key.split(":", 1)[1]
+        mean, var = g.outputs[key], g.outputs[f"bn_var:{path}"]
+        bn = mean.producer
+        x = bn.inputs[0]
+        count = math.prod(x.type.shape[d] for d in range(x.type.rank) if d != 1)
+        e = Emitter(g, bn.loc, None, net.constraints)
+        unbiased = e.mul_scalar(var, count / (count - 1) if isinstance(count, int)
+                                else sympy.sympify(count) / (count - 1))
+        for stat, batch in (("running_mean", mean), ("running_var", unbiased)):
+            r = names.get(f"{path}.{stat}")
+            if r is not None:
+                m = bn.attrs.momentum
+                g.set_output(r.name, e.add(e.mul_scalar(r, 1 - m), e.mul_scalar(batch, m)))
