@@ -1,4 +1,5 @@
-"""The `gir` command: `gir show` (layer table), `gir lower` (StableHLO, IREE modules, graph dumps)."""
+"""The `gir` command: `gir show` (layer table), `gir lower` (StableHLO, IREE modules, graph dumps),
+`gir check` (the backward pass's invariants and numerics)."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +9,8 @@ import sys
 import time
 from typing import Callable, Sequence
 
+from gir.autodiff import AdjointError
+from gir.check import check_net
 from gir.ir.dot import to_dot
 from gir.ir.printer import print_graph
 from gir.lower.iree_compile import TARGETS, CompileError, compile_text
@@ -19,8 +22,9 @@ from gir.nn.params import ParamsError
 from gir.nn.summary import summarize
 from gir.shapes.errors import ShapeError
 from gir.shapes.specialize import BindingError, check_binding
+from gir.train.step import build_train_step, lower_train_step
 
-USER_ERRORS = (NetFileError, ShapeError, BindingError, ParamsError, CompileError, LoweringError)
+USER_ERRORS = (NetFileError, ShapeError, BindingError, ParamsError, CompileError, LoweringError, AdjointError)
 
 
 class CliError(Exception):
@@ -106,10 +110,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 # ---- gir lower ------------------------------------------------------------------------------
 
 def cmd_lower(args: argparse.Namespace) -> int:
-    net, _ = load_net_file(args.net)
+    net, config = load_net_file(args.net)
     if not (args.out or args.dump_dot or args.dump_graph):
         raise CliError("nothing to do: give -o DIR (StableHLO modules), --dump-dot FILE or --dump-graph FILE")
-    graph = build_graph(net, args.net)
+    graph = build_graph(net, args.net, mode="eval" if args.dump == "eval" else "train")
+    if args.dump == "train_step":
+        graph = build_train_step(net, config).graph
     out = _out_dir(args.out) if args.out else ""
     if args.dump_dot:
         _write(args.dump_dot, to_dot(graph))
@@ -121,6 +127,7 @@ def cmd_lower(args: argparse.Namespace) -> int:
         return 0
     check_binding(net.binding(batch=args.batch, image=args.image), net.constraints)
     modules = lower_net(net, batch=args.batch, image=args.image)
+    modules["train_step"] = lower_train_step(net, config, batch=args.batch, image=args.image)
     for name, mod in modules.items():
         _write(os.path.join(out, f"{name}.mlir"), mod.text)
         _write(os.path.join(out, f"{name}.json"), json.dumps(mod.signature(), indent=1) + "\n")
@@ -134,6 +141,25 @@ def cmd_lower(args: argparse.Namespace) -> int:
             line += f", {path} ({args.target}, {time.perf_counter() - t0:.1f} s)"
         print(line)
     return 0
+
+
+# ---- gir check ------------------------------------------------------------------------------
+
+def cmd_check(args: argparse.Namespace) -> int:
+    net, config = load_net_file(args.net)
+    progress = (lambda s: print(f"  checking {s}", file=sys.stderr)) if args.verbose else (lambda s: None)
+    t0 = time.perf_counter()
+    findings = check_net(net, batch=args.batch or 2, image=args.image, numeric=not args.no_numeric,
+                         label_smoothing=config.label_smoothing, progress=progress)
+    width = max(len(f.name) for f in findings)
+    print(f"gir check {args.net}: backward pass of net {net.name!r} (loss w.r.t. every parameter)")
+    for f in findings:
+        print(f"  {f.name.ljust(width)}  {'ok  ' if f.ok else 'FAIL'}  {f.summary}")
+        for v in f.violations:
+            print(f"      {v}")
+    failed = sum(not f.ok for f in findings)
+    print(f"{len(findings) - failed} of {len(findings)} checks passed in {time.perf_counter() - t0:.1f} s")
+    return 1 if failed else 0
 
 
 def _out_dir(path: str) -> str:
@@ -167,8 +193,9 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval", action="store_true", help="show the eval-mode graph (BN from running statistics)")
     s.set_defaults(func=cmd_show)
 
-    s = net_cmd("lower", "write StableHLO modules (forward, eval), compile them with IREE, dump the graph")
-    s.add_argument("-o", "--out", metavar="DIR", help="write forward/eval .mlir (+ .vmfb, + .json signatures) here")
+    s = net_cmd("lower", "write StableHLO modules (forward, eval, train_step), compile them with IREE, dump a graph")
+    s.add_argument("-o", "--out", metavar="DIR",
+                   help="write forward/eval/train_step .mlir (+ .vmfb, + .json signatures) here")
     s.add_argument("--target", choices=TARGETS, default="cpu", help="IREE target (default cpu)")
     s.add_argument("--chip", help="GPU chip or CPU model (defaults: rocm gfx1100, cuda sm_80, cpu host)")
     s.add_argument("--iree-flag", action="append", default=[], metavar="FLAG",
@@ -176,7 +203,15 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-compile", action="store_true", help="write the .mlir text only")
     s.add_argument("--dump-dot", metavar="FILE", help="write the forward graph as Graphviz DOT")
     s.add_argument("--dump-graph", metavar="FILE", help="write the forward graph in gir's text form")
+    s.add_argument("--dump", choices=("forward", "eval", "train_step"), default="forward",
+                   help="which graph --dump-dot/--dump-graph write (default forward; train_step shows the "
+                        "backward nodes grouped by the forward node whose adjoint made them)")
     s.set_defaults(func=cmd_lower)
+
+    s = net_cmd("check", "build the backward pass and check its invariants and every adjoint numerically")
+    s.add_argument("--no-numeric", action="store_true", help="structural checks only (no float64 comparisons)")
+    s.add_argument("-v", "--verbose", action="store_true", help="name each node as it is checked numerically")
+    s.set_defaults(func=cmd_check)
     return p
 
 

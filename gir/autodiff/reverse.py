@@ -22,6 +22,8 @@ class Backward:
     grads: dict[Value, Optional[Value]]
     contributions: dict[Node, tuple[Optional[Value], ...]] = attrs.field(factory=dict)
     cotangents: dict[Value, Value] = attrs.field(factory=dict)
+    parts: dict[Value, list[Value]] = attrs.field(factory=dict)
+    active: set[Value] = attrs.field(factory=set)
     forward_nodes: list[Node] = attrs.field(factory=list)
 
 
@@ -45,7 +47,7 @@ def backprop(graph: Graph, nodes: Sequence[Node], seeds: Mapping[Value, Value], 
         if ct.type != v.type:
             raise AdjointError(f"the seed cotangent of {v.name or 'an output'} has type {ct.type}, not {v.type}")
         parts.setdefault(v, []).append(ct)
-    out = Backward({}, forward_nodes=list(nodes))
+    out = Backward({}, parts=parts, active=active, forward_nodes=list(nodes))
 
     def total(v: Value, e: Emitter) -> Optional[Value]:
         """The summed cotangent of v (emitted once, when its producer is reached)."""

@@ -20,6 +20,7 @@ from gir.ir.dtypes import DType
 from gir.ir.graph import Graph, Init, Loc
 from gir.ir.types import TensorType
 from gir.lower.emit import Emitter
+from gir.lower.pipeline import LoweredModule, lower_graph
 from gir.nn.net import Net
 from gir.train.config import TrainConfig
 from gir.train.optim import OPTIMIZERS, Hyper, bias_corrections, clip_by_global_norm
@@ -75,3 +76,10 @@ def _update_running_stats(g: Graph, net: Net) -> None:
             if r is not None:
                 m = bn.attrs.momentum
                 g.set_output(r.name, e.add(e.mul_scalar(r, 1 - m), e.mul_scalar(batch, m)))
+
+
+def lower_train_step(net: Net, config: TrainConfig, batch: int | None = None, image: int | None = None,
+                     check: bool = True) -> LoweredModule:
+    """The `train_step` module at a concrete batch and image size."""
+    return lower_graph(build_train_step(net, config).graph, net.binding(batch=batch, image=image), "train_step",
+                       net.constraints, check=check)
