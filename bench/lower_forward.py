@@ -6,9 +6,7 @@ JAX forward time per batch, interleaved in one run. Writes a section of docs/per
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
 import time
 
@@ -20,6 +18,7 @@ from gir.lower.jax_backend import compile_jax
 from gir.lower.pipeline import lower_net
 from gir.netfile import load_net_file
 from gir.nn.params import init_params
+from report import machine_line, write_section
 
 NET = os.path.join(os.path.dirname(__file__), "..", "nets", "mobilenet_v2.py")
 
@@ -69,8 +68,7 @@ def main() -> None:
     lines = [
         "## MobileNetV2 forward: lowering and execution (bench/lower_forward.py)",
         "",
-        f"{datetime.date.today()}, {platform.machine()} {os.cpu_count()} cores ({platform.processor() or 'cpu'}), "
-        f"median of {args.steps} interleaved steps after warm-up, f32, BN in training mode.",
+        machine_line(f"median of {args.steps} interleaved steps after warm-up, f32, BN in training mode."),
         "",
         "| batch x image | build + lower (s) | forward.mlir chars | ops | iree-compile (s) | IREE ms (min-max) "
         "| JAX jit ms (min-max) | JAX / IREE |",
@@ -83,12 +81,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
-        path = os.path.join(os.path.dirname(__file__), "..", "docs", "performance.md")
-        old = open(path).read() if os.path.exists(path) else "# Performance\n\nEvery number here comes from a script in bench/.\n"
-        head, sep, rest = old.partition(lines[0])
-        tail = rest[rest.find("\n## "):] if sep and "\n## " in rest else ""
-        with open(path, "w") as f:
-            f.write(head.rstrip() + "\n\n" + text + tail)
+        write_section(lines[0], text)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ class IreeSession:
         return self._funcs[name]
 
     def to_device(self, a: np.ndarray) -> ireert.DeviceArray:
-        return ireert.asdevicearray(self.device, np.ascontiguousarray(a))
+        """A device copy of `a`; scalars stay rank 0 (np.ascontiguousarray would make them rank 1)."""
+        return ireert.asdevicearray(self.device, np.asarray(a, order="C"))
 
     def call(self, name: str, *args: Any) -> list[ireert.DeviceArray]:
         """Calls function `name` on NumPy arrays or DeviceArrays; always returns a list."""
