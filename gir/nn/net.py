@@ -11,7 +11,7 @@ from gir.ir.types import Dim, TensorType
 from gir.nn.builder import Builder
 from gir.nn.layer import Layer
 from gir.nn.layers import softmax_cross_entropy
-from gir.nn.provenance import short_path, user_frame
+from gir.nn.provenance import frame_depth, short_path, user_frame
 from gir.shapes.dims import Constraints, H, N, W
 
 
@@ -68,7 +68,8 @@ class Net:
             g.set_output(f"bn_var:{path}", var)
         if loss:
             labels = b.input("labels", (self.input_type.shape[0],), DType.i32)
-            with b.scope("loss"):
+            last = getattr(self.layers[-1], "site", None) if self.layers else None
+            with b.scope("loss", last, frame_depth()):  # the loss is placed at the net's last layer line
                 g.set_output("loss", softmax_cross_entropy(b, x, labels, label_smoothing))
         return g
 
