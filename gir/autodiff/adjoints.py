@@ -194,10 +194,7 @@ def _reverse(e: Emitter, node: Node, ct: Value, x: Value):
 def _slice(e: Emitter, node: Node, ct: Value, x: Value):
     """Zeros around (and between, for strides) the sliced elements."""
     a: od.SliceAttrs = node.attrs
-    high = tuple(_dim(d - (lo + (n - 1) * s + 1))
-                 for d, lo, n, s in zip(x.type.shape, a.start, ct.type.shape, a.strides))
-    return (e.op("pad", ct, e.scalar(0.0, ct.type.dtype),
-                 attrs=od.PadAttrs(a.start, high, tuple(s - 1 for s in a.strides))),)
+    return (_place_strided(e, ct, x.type.shape, a.start, a.strides),)
 
 
 @adjoint("pad")
@@ -258,6 +255,19 @@ def _dot_general(e: Emitter, node: Node, ct: Value, x: Value, y: Value):
     return gx, gy
 
 
+def _transposed_pads(sizes, outs, extents, strides, padding) -> tuple[tuple[Dim, Dim], ...]:
+    """Edge pads that make a stride-1 window of `extent` slid over the stride-dilated output give back
+    the input size: (extent - 1 - lo, size - (out - 1) * stride - 1 + lo) per dim."""
+    return tuple((_dim(k - 1 - lo), _dim(size - (out - 1) * s - 1 + lo))
+                 for size, out, k, s, (lo, _) in zip(sizes, outs, extents, strides, padding))
+
+
+def _place_strided(e: Emitter, v: Value, shape, start, strides) -> Value:
+    """Zeros of `shape` with v's elements at start, start + stride, ...: the adjoint of a strided slice."""
+    high = tuple(_dim(d - (lo + (n - 1) * s + 1)) for d, lo, n, s in zip(shape, start, v.type.shape, strides))
+    return e.op("pad", v, e.scalar(0.0, v.type.dtype), attrs=od.PadAttrs(start, high, tuple(s - 1 for s in strides)))
+
+
 def conv_input_grad(e: Emitter, ct: Value, x: Value, w: Value, a: od.ConvolutionAttrs) -> Value:
     """The reversed kernel, with in/out features swapped, slid over the stride-dilated cotangent.
     A full conv swaps features with one transpose; a depthwise kernel [C,1,k,k] needs none."""
@@ -272,13 +282,10 @@ def conv_input_grad(e: Emitter, ct: Value, x: Value, w: Value, a: od.Convolution
         wt = e.reshape(w, (groups, o // groups, i) + k)
         wt = e.reshape(e.transpose(wt, (0, 2, 1, 3, 4)), (groups * i, o // groups) + k)
     wr = e.op("reverse", wt, attrs=od.ReverseAttrs((2, 3)))
-    pads = []
-    for size, out, k, s, d, (lo, _) in zip(x.type.shape[2:], ct.type.shape[2:], w.type.shape[2:],
-                                          a.window_strides, a.rhs_dilation, a.padding):
-        eff = (k - 1) * d + 1
-        pads.append((_dim(eff - 1 - lo), _dim(size - (out - 1) * s - 1 + lo)))
+    extents = [(k - 1) * d + 1 for k, d in zip(w.type.shape[2:], a.rhs_dilation)]
+    pads = _transposed_pads(x.type.shape[2:], ct.type.shape[2:], extents, a.window_strides, a.padding)
     return e.op("convolution", ct, wr, attrs=od.ConvolutionAttrs(
-        window_strides=(1, 1), padding=tuple(pads), lhs_dilation=a.window_strides, rhs_dilation=a.rhs_dilation,
+        window_strides=(1, 1), padding=pads, lhs_dilation=a.window_strides, rhs_dilation=a.rhs_dilation,
         feature_group_count=groups))
 
 
@@ -334,12 +341,9 @@ def _reduce(e: Emitter, node: Node, ct: Value, x: Value):
 def window_sum_grad(e: Emitter, ct: Value, x: Value, window, strides, padding) -> Value:
     """Adjoint of a windowed sum: every input element collects the cotangents of the windows that
     hold it: the stride-dilated, edge-padded cotangent summed over windows."""
-    low, high = [], []
-    for size, out, k, s, (lo, _) in zip(x.type.shape, ct.type.shape, window, strides, padding):
-        low.append(_dim(k - 1 - lo))
-        high.append(_dim(size - (out - 1) * s - 1 + lo))
-    spread = e.op("pad", ct, e.scalar(0.0, ct.type.dtype),
-                  attrs=od.PadAttrs(tuple(low), tuple(high), tuple(s - 1 for s in strides)))
+    pads = _transposed_pads(x.type.shape, ct.type.shape, window, strides, padding)
+    spread = e.op("pad", ct, e.scalar(0.0, ct.type.dtype), attrs=od.PadAttrs(
+        tuple(lo for lo, _ in pads), tuple(hi for _, hi in pads), tuple(s - 1 for s in strides)))
     return e.op("reduce_window", spread, attrs=od.ReduceWindowAttrs(
         "sum", tuple(window), (1,) * len(window), ((0, 0),) * len(window)))
 
@@ -363,10 +367,8 @@ def window_select_grad(e: Emitter, ct: Value, x: Value, y: Value, kind: str, win
         count = c if count is None else e.add(count, c)
     share = e.div(ct, count)
     total = None
-    for off, lim, h in zip(offsets, limits, hits):
-        high = tuple(_dim(p - l) for p, l in zip(xp.type.shape, lim))
-        placed = e.op("pad", e.select(h, share, zero), e.scalar(0.0, ct.type.dtype),
-                      attrs=od.PadAttrs(off, high, tuple(s - 1 for s in strides)))
+    for off, h in zip(offsets, hits):
+        placed = _place_strided(e, e.select(h, share, zero), xp.type.shape, off, strides)
         total = placed if total is None else e.add(total, placed)
     start = tuple(lo for lo, _ in padding)
     stop = tuple(_dim(lo + d) for (lo, _), d in zip(padding, x.type.shape))

@@ -70,11 +70,11 @@ def fan_in(back: Backward) -> Finding:
                 stack.extend(x.producer.inputs)
         missing = [p for p in parts if p not in reached]
         if missing:
-            user = missing[0].producer
-            where = f"the adjoint of {user.adjoint_of.op} at {user.adjoint_of.loc}" if user and user.adjoint_of \
-                else "a use"
-            bad.append(f"{v.name or 'a value'} ({v.producer.op + ' at ' + str(v.producer.loc) if v.producer else 'input'}"
-                       f") is used {len(parts)} times but its cotangent drops the contribution of {where}")
+            maker = missing[0].producer.adjoint_of if missing[0].producer else None
+            where = f"the adjoint of {maker.op} at {maker.loc}" if maker else "a use"
+            what = f"{v.producer.op} at {v.producer.loc}" if v.producer else "input"
+            bad.append(f"{v.name or 'a value'} ({what}) is used {len(parts)} times but its cotangent drops the "
+                       f"contribution of {where}")
     return Finding("fan-in sums", f"{shared} values used more than once sum every use's cotangent", tuple(bad))
 
 

@@ -11,28 +11,21 @@ from gir.autodiff.registry import adjoint
 from gir.autodiff.reverse import backprop
 from gir.ir import opdefs as od
 from gir.ir.graph import Node, Value
-from gir.lower.decompose import DECOMPOSITIONS, reciprocal
+from gir.lower.decompose import DECOMPOSITIONS, convolution_attrs, pool_pads, reciprocal
 from gir.lower.emit import Emitter
-from gir.shapes.padding import explicit_pads
-
-
-def _convolution_attrs(a: od.ConvAttrs, x: Value, w: Value, groups: int) -> od.ConvolutionAttrs:
-    pads = explicit_pads(a.padding, x.type.shape[2:], w.type.shape[2:], a.stride, a.dilation)
-    return od.ConvolutionAttrs(window_strides=a.stride, padding=pads, rhs_dilation=a.dilation,
-                               feature_group_count=groups)
 
 
 @adjoint("conv2d")
 @_none_if_no_ct
 def _conv2d(e: Emitter, node: Node, ct: Value, x: Value, w: Value):
-    conv = _convolution_attrs(node.attrs, x, w, 1)
+    conv = convolution_attrs(node.attrs, x, w, 1)
     return conv_input_grad(e, ct, x, w, conv), conv_weight_grad(e, ct, x, w, conv)
 
 
 @adjoint("depthwise_conv2d")
 @_none_if_no_ct
 def _depthwise(e: Emitter, node: Node, ct: Value, x: Value, w: Value):
-    conv = _convolution_attrs(node.attrs, x, w, x.type.shape[1])
+    conv = convolution_attrs(node.attrs, x, w, x.type.shape[1])
     return conv_input_grad(e, ct, x, w, conv), conv_weight_grad(e, ct, x, w, conv)
 
 
@@ -80,8 +73,7 @@ def _global_avg_pool(e: Emitter, node: Node, ct: Value, x: Value):
 @_none_if_no_ct
 def _max_pool(e: Emitter, node: Node, ct: Value, x: Value):
     a: od.PoolAttrs = node.attrs
-    pads = ((0, 0), (0, 0)) + explicit_pads(a.padding, x.type.shape[2:], a.window, a.stride)
-    return (window_select_grad(e, ct, x, node.out, "max", (1, 1) + a.window, (1, 1) + a.stride, pads),)
+    return (window_select_grad(e, ct, x, node.out, "max", (1, 1) + a.window, (1, 1) + a.stride, pool_pads(a, x)),)
 
 
 @adjoint("softmax")
@@ -120,7 +112,8 @@ def _batch_norm_train(e: Emitter, node: Node, cts: tuple[Ct, ...]):
         xhat = e.mul(xc, per_channel(istd))
         gb = e.reduce(dy, "sum", stats)
         gg = e.reduce(e.mul(dy, xhat), "sum", stats)
-        inner = e.sub(e.sub(dy, e.mul_scalar(per_channel(gb), inv_m)), e.mul(xhat, per_channel(e.mul_scalar(gg, inv_m))))
+        inner = e.sub(e.sub(dy, e.mul_scalar(per_channel(gb), inv_m)),
+                      e.mul(xhat, per_channel(e.mul_scalar(gg, inv_m))))
         gx = e.mul(inner, per_channel(e.mul(gamma, istd)))
     if dmean is not None:
         t = per_channel(e.mul_scalar(dmean, inv_m))

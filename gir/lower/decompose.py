@@ -26,10 +26,15 @@ def decomposes(*ops: str):
     return deco
 
 
-def _conv(e: Emitter, a: od.ConvAttrs, x: Value, w: Value, groups: int) -> Value:
+def convolution_attrs(a: od.ConvAttrs, x: Value, w: Value, groups: int) -> od.ConvolutionAttrs:
+    """The StableHLO convolution a conv layer op means: its padding policy made explicit."""
     pads = explicit_pads(a.padding, x.type.shape[2:], w.type.shape[2:], a.stride, a.dilation)
-    return e.op("convolution", x, w, attrs=od.ConvolutionAttrs(
-        window_strides=a.stride, padding=pads, rhs_dilation=a.dilation, feature_group_count=groups))
+    return od.ConvolutionAttrs(window_strides=a.stride, padding=pads, rhs_dilation=a.dilation,
+                               feature_group_count=groups)
+
+
+def _conv(e: Emitter, a: od.ConvAttrs, x: Value, w: Value, groups: int) -> Value:
+    return e.op("convolution", x, w, attrs=convolution_attrs(a, x, w, groups))
 
 
 @decomposes("conv2d")
@@ -130,20 +135,21 @@ def _gelu(e: Emitter, a: Any, x: Value) -> Value:
     return e.op("multiply", e.mul_scalar(x, 0.5), t)
 
 
-def _pool_pads(a: od.PoolAttrs, x: Value) -> tuple[tuple[int, int], ...]:
+def pool_pads(a: od.PoolAttrs, x: Value) -> tuple[tuple[Dim, Dim], ...]:
+    """A pooling op's padding policy as explicit (lo, hi) pairs over all four NCHW dims."""
     return ((0, 0), (0, 0)) + explicit_pads(a.padding, x.type.shape[2:], a.window, a.stride)
 
 
 @decomposes("max_pool")
 def _max_pool(e: Emitter, a: od.PoolAttrs, x: Value) -> Value:
     return e.op("reduce_window", x, attrs=od.ReduceWindowAttrs(
-        "max", (1, 1) + a.window, (1, 1) + a.stride, _pool_pads(a, x)))
+        "max", (1, 1) + a.window, (1, 1) + a.stride, pool_pads(a, x)))
 
 
 @decomposes("avg_pool")
 def _avg_pool(e: Emitter, a: od.PoolAttrs, x: Value) -> Value:
     """Window sums divided by the number of unpadded elements in each window."""
-    pads = _pool_pads(a, x)
+    pads = pool_pads(a, x)
     sums = e.op("reduce_window", x, attrs=od.ReduceWindowAttrs("sum", (1, 1) + a.window, (1, 1) + a.stride, pads))
     if all(p == (0, 0) for p in pads):
         return e.mul_scalar(sums, reciprocal(math.prod(a.window)))

@@ -8,6 +8,7 @@ from typing import Callable
 
 import attrs
 
+from gir.ir.dtypes import DType
 from gir.ir.graph import Value
 from gir.lower.emit import Emitter
 from gir.train.config import TrainConfig
@@ -87,7 +88,7 @@ OPTIMIZERS: dict[str, Optimizer] = {
 
 def bias_corrections(e: Emitter, c: TrainConfig, step: Value) -> tuple[Value, Value]:
     """1 / (1 - beta^t) for both betas, with t the (1-based, i32) step: beta^t = exp(t * ln beta)."""
-    t = e.convert(step, e.scalar(0.0).type.dtype)
+    t = e.convert(step, DType.f32)
 
     def corr(beta: float) -> Value:
         power = e.op("exp", e.mul_scalar(t, math.log(beta)))

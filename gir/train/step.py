@@ -69,8 +69,7 @@ def _update_running_stats(g: Graph, net: Net) -> None:
         x = bn.inputs[0]
         count = math.prod(x.type.shape[d] for d in range(x.type.rank) if d != 1)
         e = Emitter(g, bn.loc, None, net.constraints)
-        unbiased = e.mul_scalar(var, count / (count - 1) if isinstance(count, int)
-                                else sympy.sympify(count) / (count - 1))
+        unbiased = e.mul_scalar(var, sympy.sympify(count) / (count - 1))  # a number once count is bound
         for stat, batch in (("running_mean", mean), ("running_var", unbiased)):
             r = names.get(f"{path}.{stat}")
             if r is not None:
