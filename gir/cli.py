@@ -1,5 +1,5 @@
 """The `gir` command: `gir show` (layer table), `gir lower` (StableHLO, IREE modules, graph dumps),
-`gir check` (the backward pass's invariants and numerics)."""
+`gir check` (the backward pass's invariants and numerics), `gir passes` (the rewrite passes)."""
 from __future__ import annotations
 
 import argparse
@@ -20,11 +20,13 @@ from gir.netfile import NetFileError, load_net_file
 from gir.nn.net import Net
 from gir.nn.params import ParamsError
 from gir.nn.summary import summarize
+from gir.rewrite import PASSES, PIPELINES, Firing, RewriteError, passes_for
 from gir.shapes.errors import ShapeError
 from gir.shapes.specialize import BindingError, check_binding
 from gir.train.step import build_train_step, lower_train_step
 
-USER_ERRORS = (NetFileError, ShapeError, BindingError, ParamsError, CompileError, LoweringError, AdjointError)
+USER_ERRORS = (NetFileError, ShapeError, BindingError, ParamsError, CompileError, LoweringError, AdjointError,
+               RewriteError)
 
 
 class CliError(Exception):
@@ -126,8 +128,14 @@ def cmd_lower(args: argparse.Namespace) -> int:
     if not out:
         return 0
     check_binding(net.binding(batch=args.batch, image=args.image), net.constraints)
-    modules = lower_net(net, batch=args.batch, image=args.image)
-    modules["train_step"] = lower_train_step(net, config, batch=args.batch, image=args.image)
+    passes = passes_for("none" if args.no_opt else args.passes, bf16=args.bf16, bf16_conv=args.bf16_conv)
+    config = config.replace(bf16=args.bf16 or config.bf16, bf16_conv=args.bf16_conv or config.bf16_conv)
+    trace: list[Firing] | None = [] if args.trace_rewrites else None
+    modules = lower_net(net, batch=args.batch, image=args.image, passes=passes, trace=trace)
+    modules["train_step"] = lower_train_step(net, config, batch=args.batch, image=args.image,
+                                             passes="none" if args.no_opt else args.passes, trace=trace)
+    if trace is not None:
+        _print_trace(trace)
     for name, mod in modules.items():
         _write(os.path.join(out, f"{name}.mlir"), mod.text)
         _write(os.path.join(out, f"{name}.json"), json.dumps(mod.signature(), indent=1) + "\n")
@@ -140,6 +148,36 @@ def cmd_lower(args: argparse.Namespace) -> int:
                 f.write(vmfb)
             line += f", {path} ({args.target}, {time.perf_counter() - t0:.1f} s)"
         print(line)
+    return 0
+
+
+def _print_trace(trace: list[Firing]) -> None:
+    """Every fired rule (pass/rule: op #node at layer path (file:line)), then counts per rule."""
+    for f in trace:
+        print(f"rewrite {f}")
+    counts: dict[str, int] = {}
+    for f in trace:
+        counts[f"{f.pass_name}/{f.rule}"] = counts.get(f"{f.pass_name}/{f.rule}", 0) + 1
+    print(f"rewrites: {len(trace)} in all; " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items(),
+                                                                                     key=lambda kv: -kv[1])))
+
+
+# ---- gir passes -----------------------------------------------------------------------------
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    print("passes (gir lower --passes NAME[,NAME...]; 'layer' passes run before layer ops are decomposed, "
+          "'primitive' after, 'any' both):")
+    width = max(len(n) for n in PASSES)
+    for p in PASSES.values():
+        print(f"  {p.name.ljust(width)}  {p.level.ljust(9)}  {p.doc}")
+        rw = max((len(r.name) for r in p.rules), default=0)
+        for r in p.rules:
+            print(f"  {''.ljust(width)}    {r.name.ljust(rw)}  {r.doc}")
+    print("pipelines (gir lower --passes NAME):")
+    for name, names in PIPELINES.items():
+        print(f"  {name.ljust(width)}  {', '.join(names) if names else '(no passes; same as --no-opt)'}")
+    print("the default pipeline runs when lowering; --bf16 / --bf16-conv add the bf16 or bf16_conv pass and a "
+          "simplify, cse, dce cleanup")
     return 0
 
 
@@ -206,12 +244,23 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--dump", choices=("forward", "eval", "train_step"), default="forward",
                    help="which graph --dump-dot/--dump-graph write (default forward; train_step shows the "
                         "backward nodes grouped by the forward node whose adjoint made them)")
+    s.add_argument("--passes", default="default", metavar="PIPELINE|PASS,...",
+                   help="rewrite pipeline or comma-separated passes (default: default; see `gir passes`)")
+    s.add_argument("--no-opt", action="store_true", help="run no rewrite passes (same as --passes none)")
+    s.add_argument("--trace-rewrites", action="store_true",
+                   help="print every rule that fired: pass/rule, node, layer path, file:line")
+    s.add_argument("--bf16", action="store_true", help="run matmuls in bf16 (f32 master weights and state)")
+    s.add_argument("--bf16-conv", action="store_true", help="also run every convolution in bf16 (implies --bf16)")
     s.set_defaults(func=cmd_lower)
 
     s = net_cmd("check", "build the backward pass and check its invariants and every adjoint numerically")
     s.add_argument("--no-numeric", action="store_true", help="structural checks only (no float64 comparisons)")
     s.add_argument("-v", "--verbose", action="store_true", help="name each node as it is checked numerically")
     s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("passes", help="list the rewrite passes, their rules and the pipelines",
+                       description="list the rewrite passes, their rules and the pipelines")
+    s.set_defaults(func=cmd_passes)
     return p
 
 

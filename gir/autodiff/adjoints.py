@@ -13,7 +13,7 @@ from gir.autodiff.registry import AdjointError, adjoint
 from gir.ir import opdefs as od
 from gir.ir.graph import Node, Value
 from gir.ir.types import Dim, normalize_dim
-from gir.lower.emit import Emitter
+from gir.shapes.emit import Emitter
 
 Ct = Optional[Value]
 

@@ -12,7 +12,7 @@ from gir.autodiff.reverse import backprop
 from gir.ir import opdefs as od
 from gir.ir.graph import Node, Value
 from gir.lower.decompose import DECOMPOSITIONS, convolution_attrs, pool_pads, reciprocal
-from gir.lower.emit import Emitter
+from gir.shapes.emit import Emitter
 
 
 @adjoint("conv2d")

@@ -14,7 +14,7 @@ from gir.autodiff.reverse import backprop
 from gir.ir.dtypes import DType
 from gir.ir.graph import Graph, Loc
 from gir.ir.types import TensorType
-from gir.lower.emit import Emitter
+from gir.shapes.emit import Emitter
 from gir.lower.jax_backend import JAX_RULES, as_jax_function, np_dtype
 
 POSITIVE_INPUTS: dict[str, tuple[int, ...]] = {

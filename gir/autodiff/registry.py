@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 from gir.ir.graph import Node, Value
-from gir.lower.emit import Emitter
+from gir.shapes.emit import Emitter
 
 Cotangents = Sequence[Optional[Value]]
 Adjoint = Callable[[Emitter, Node, tuple[Optional[Value], ...]], Cotangents]

@@ -8,7 +8,7 @@ import attrs
 
 from gir.autodiff.registry import ADJOINTS, NOT_DIFFERENTIABLE, AdjointError
 from gir.ir.graph import Graph, Loc, Node, Value
-from gir.lower.emit import Emitter
+from gir.shapes.emit import Emitter
 from gir.shapes.dims import Constraints
 from gir.shapes.errors import ShapeError
 

@@ -22,6 +22,13 @@ class DType(enum.Enum):
         """NumPy dtype name; bf16 has none in NumPy, so it maps to the ml_dtypes name."""
         return {"f32": "float32", "f64": "float64", "bf16": "bfloat16", "i32": "int32", "i1": "bool"}[self.value]
 
+    @property
+    def numpy(self):
+        """The NumPy dtype (bf16 is ml_dtypes' bfloat16, which JAX uses too)."""
+        import ml_dtypes
+        import numpy as np
+        return np.dtype(ml_dtypes.bfloat16) if self is DType.bf16 else np.dtype(self.numpy_name)
+
     def __str__(self) -> str:
         return self.value
 

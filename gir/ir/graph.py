@@ -148,6 +148,17 @@ class Graph:
                 out.setdefault(v, []).append(n)
         return out
 
+    def live_nodes(self) -> list[Node]:
+        """The nodes the outputs depend on, in graph order (what dead-code elimination keeps)."""
+        need: set[Node] = set()
+        stack = [v.producer for v in self.outputs.values() if v.producer is not None]
+        while stack:
+            n = stack.pop()
+            if n not in need:
+                need.add(n)
+                stack.extend(v.producer for v in n.inputs if v.producer is not None)
+        return [n for n in self.nodes if n in need]
+
     def ops(self, op: str | None = None) -> Iterator[Node]:
         return (n for n in self.nodes if op is None or n.op == op)
 

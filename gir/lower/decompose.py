@@ -11,7 +11,7 @@ from gir.ir import opdefs as od
 from gir.ir.graph import Graph, Node, Value
 from gir.ir.types import Dim
 from gir.ir.ops import get_op
-from gir.lower.emit import Emitter
+from gir.shapes.emit import Emitter
 from gir.shapes.padding import explicit_pads
 
 Decomposition = Callable[[Emitter, Any, tuple[Value, ...]], "Value | tuple[Value, ...]"]

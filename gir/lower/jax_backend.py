@@ -17,7 +17,7 @@ from jax import lax
 
 from gir.ir import opdefs as od
 from gir.ir.dtypes import DType
-from gir.ir.graph import Graph, Node
+from gir.ir.graph import Graph
 from gir.ir.ops import OPS
 from gir.ir.types import TensorType, format_dim
 from gir.shapes.padding import explicit_pads
@@ -42,7 +42,7 @@ def jax_rule(*ops: str):
 
 def np_dtype(dtype: DType) -> np.dtype:
     """The NumPy/JAX dtype of a gir element type (bf16 is ml_dtypes' bfloat16, as jnp.bfloat16)."""
-    return np.dtype(jnp.bfloat16) if dtype == DType.bf16 else np.dtype(dtype.numpy_name)
+    return dtype.numpy
 
 
 def _int(d: Any) -> int:
@@ -412,22 +412,6 @@ def check_static(graph: Graph) -> None:
                          f"gir.shapes.specialize(graph, binding) before running it with JAX")
 
 
-def _live_nodes(graph: Graph) -> list[Node]:
-    """The nodes the outputs depend on, in graph order."""
-    need: set[int] = set()
-    stack = [v for v in graph.outputs.values()]
-    seen: set[int] = set()
-    while stack:
-        v = stack.pop()
-        if v.id in seen:
-            continue
-        seen.add(v.id)
-        if v.producer is not None:
-            need.add(v.producer.id)
-            stack.extend(v.producer.inputs)
-    return [n for n in graph.nodes if n.id in need]
-
-
 def _check_inputs(graph: Graph, inputs: Mapping[str, Any]) -> None:
     want = {v.name: v for v in graph.inputs}
     missing = [name for name in want if name not in inputs]
@@ -483,7 +467,7 @@ def _runner(graph: Graph, node_jit: bool) -> Callable[[Mapping[str, Any]], dict[
     missing = sorted({n.op for n in graph.nodes} - set(JAX_RULES))
     if missing:
         raise ValueError(f"no JAX rule for op{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
-    nodes = _live_nodes(graph)
+    nodes = graph.live_nodes()
 
     def run(inputs: Mapping[str, Any]) -> dict[str, jax.Array]:
         _check_inputs(graph, inputs)

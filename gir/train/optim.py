@@ -10,7 +10,7 @@ import attrs
 
 from gir.ir.dtypes import DType
 from gir.ir.graph import Value
-from gir.lower.emit import Emitter
+from gir.shapes.emit import Emitter
 from gir.train.config import TrainConfig
 
 

@@ -11,6 +11,7 @@ variance as PyTorch does, so they never leave the device.
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 import attrs
 import sympy
@@ -19,9 +20,10 @@ from gir.autodiff import Backward, vjp
 from gir.ir.dtypes import DType
 from gir.ir.graph import Graph, Init, Loc
 from gir.ir.types import TensorType
-from gir.lower.emit import Emitter
+from gir.shapes.emit import Emitter
 from gir.lower.pipeline import LoweredModule, lower_graph
 from gir.nn.net import Net
+from gir.rewrite import Firing, passes_for
 from gir.train.config import TrainConfig
 from gir.train.optim import OPTIMIZERS, Hyper, bias_corrections, clip_by_global_norm
 
@@ -78,7 +80,10 @@ def _update_running_stats(g: Graph, net: Net) -> None:
 
 
 def lower_train_step(net: Net, config: TrainConfig, batch: int | None = None, image: int | None = None,
-                     check: bool = True) -> LoweredModule:
-    """The `train_step` module at a concrete batch and image size."""
+                     check: bool = True, passes: str | Iterable[str] = "default",
+                     trace: list[Firing] | None = None) -> LoweredModule:
+    """The `train_step` module at a concrete batch and image size, with `passes` plus the config's
+    bf16 policy."""
+    names = passes_for(passes, bf16=config.bf16, bf16_conv=config.bf16_conv)
     return lower_graph(build_train_step(net, config).graph, net.binding(batch=batch, image=image), "train_step",
-                       net.constraints, check=check)
+                       net.constraints, check=check, passes=names, trace=trace)

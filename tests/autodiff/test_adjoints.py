@@ -95,7 +95,7 @@ def test_relu_kinks_have_derivative_zero(op, kinks):
     import jax
     from gir.autodiff.reverse import backprop
     from gir.ir.graph import Graph
-    from gir.lower.emit import Emitter
+    from gir.shapes.emit import Emitter
     from gir.lower.jax_backend import as_jax_function
 
     x = np.array([-1.0, *kinks, 3.0, 7.0])
@@ -115,7 +115,7 @@ def test_max_pool_ties_split_the_cotangent_evenly():
     import jax
     from gir.autodiff.reverse import backprop
     from gir.ir.graph import Graph
-    from gir.lower.emit import Emitter
+    from gir.shapes.emit import Emitter
     from gir.lower.jax_backend import as_jax_function
 
     x = np.zeros((1, 1, 4, 4))

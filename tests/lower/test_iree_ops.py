@@ -12,7 +12,7 @@ import pytest
 from gir.ir import OPS, DType, Graph, TensorType
 from gir.ir import opdefs as od
 from gir.lower.decompose import decompose
-from gir.lower.emit import Emitter
+from gir.shapes.emit import Emitter
 from gir.lower.iree_compile import compile_text
 from gir.lower.iree_runtime import IreeSession
 from gir.lower.jax_backend import evaluate

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gir.ir import Graph, TensorType
-from gir.lower.emit import Emitter
+from gir.shapes.emit import Emitter
 from gir.lower.iree_compile import compile_text
 from gir.lower.iree_runtime import DeviceUnavailable, IreeSession
 from gir.lower.stablehlo import print_module

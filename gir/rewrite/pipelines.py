@@ -1,0 +1,19 @@
+"""Named pass pipelines, and the pass list lowering runs for a set of options."""
+from __future__ import annotations
+
+from gir.rewrite import bn_fold, cse, fold, fusion, simplify  # noqa: F401  (importing registers the passes)
+from gir.rewrite import bf16 as bf16_policy  # noqa: F401
+from gir.rewrite.driver import PIPELINES, resolve
+
+PIPELINES["default"] = ("bn_fold", "simplify", "fold", "fusion", "simplify", "cse", "dce")
+PIPELINES["none"] = ()
+CLEANUP_AFTER_BF16 = ("simplify", "cse", "dce")
+
+
+def passes_for(spec: str = "default", bf16: bool = False, bf16_conv: bool = False) -> tuple[str, ...]:
+    """The passes to run: a pipeline (or pass list) then, with a bf16 flag, the cast policy and,
+    unless the pipeline is empty, the cleanup that merges repeated casts."""
+    names = resolve(spec)
+    if bf16 or bf16_conv:
+        names += ("bf16_conv" if bf16_conv else "bf16",) + (CLEANUP_AFTER_BF16 if names else ())
+    return names
