@@ -1,5 +1,6 @@
 """`gir show` and `gir lower --dump-dot` as a user runs them."""
 import json
+import re
 import subprocess
 import sys
 
@@ -110,3 +111,50 @@ def test_check_fails_naming_the_op_and_layer(monkeypatch, capsys):
     assert main(["check", "nets/mnist_cnn.py"]) == 1
     out = capsys.readouterr().out
     assert "FAIL" in out and "adjoint of relu at conv1 at nets/mnist_cnn.py:8: jax.vjp relative error" in out
+
+
+def test_passes_lists_passes_rules_and_pipelines(capsys):
+    assert main(["passes"]) == 0
+    out = capsys.readouterr().out
+    for name in ("dce", "cse", "fold", "simplify", "bn_fold", "fusion", "bf16", "bf16_conv"):
+        assert f"\n  {name} " in out
+    assert "transpose_of_transpose" in out and "fold_bn_into_conv" in out
+    assert "default    bn_fold, simplify, fold, fusion, simplify, cse, dce" in out
+
+
+def test_lower_traces_rewrites_and_no_opt_turns_them_off(tmp_path, capsys):
+    assert main(["lower", MNV2, "-o", str(tmp_path / "opt"), "--batch", "2", "--image", "32", "--no-compile",
+                 "--trace-rewrites"]) == 0
+    out = capsys.readouterr().out
+    # which rule fired where: pass/rule, op and node, layer path, file:line
+    assert "rewrite bn_fold/fold_bn_into_conv: batch_norm #" in out
+    assert " at stage3.block1.dw.bn (nets/mobilenet_v2.py:" in out
+    assert "rewrite cse/duplicate: " in out and "rewrites: " in out
+    assert main(["lower", MNV2, "-o", str(tmp_path / "none"), "--batch", "2", "--image", "32", "--no-compile",
+                 "--no-opt", "--trace-rewrites"]) == 0
+    assert "rewrite " not in capsys.readouterr().out.replace("rewrites: 0", "")
+    for name in ("forward", "eval", "train_step"):
+        opt, none = ((tmp_path / d / f"{name}.mlir").read_text() for d in ("opt", "none"))
+        assert len(opt) < len(none), name
+    # eval BN folded into the convs: no activation (batch 2, NCHW) is multiplied any more, only weights
+    def activation_multiplies(d):
+        text = (tmp_path / d / "eval.mlir").read_text()
+        return len(re.findall(r'"stablehlo.multiply".* -> tensor<2x\d+x\d+x\d+xf32>', text))
+    assert activation_multiplies("opt") == 0 and activation_multiplies("none") == 52
+
+
+def test_lower_bf16_conv_casts_survive_to_the_text(tmp_path, capsys):
+    assert main(["lower", MNV2, "-o", str(tmp_path), "--batch", "2", "--image", "32", "--no-compile",
+                 "--bf16-conv"]) == 0
+    for name in ("forward", "eval", "train_step"):
+        text = (tmp_path / f"{name}.mlir").read_text()
+        convs = [ln for ln in text.splitlines() if '"stablehlo.convolution"' in ln]
+        assert convs and all("xbf16>, tensor<" in ln and ln.count("xbf16>") == 3 for ln in convs), name
+        assert text.count("xbf16> loc(") >= len(convs)     # converts to bf16
+    sig = json.loads((tmp_path / "train_step.json").read_text())
+    assert {i["dtype"] for i in sig["inputs"]} == {"f32", "i32"}   # master weights and state stay f32
+
+
+def test_lower_rejects_an_unknown_pass(tmp_path, capsys):
+    assert main(["lower", MNV2, "-o", str(tmp_path), "--no-compile", "--passes", "cse,nope"]) == 1
+    assert "gir: error: unknown pass 'nope'; passes: " in capsys.readouterr().err
