@@ -1,7 +1,8 @@
 """Common-subexpression elimination: one node per (op, inputs, attributes, result types)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gir.ir.graph import Graph, Node, Value
 from gir.rewrite.driver import Context, Pass, dead_code_elimination, rebuild, register_pass

@@ -9,7 +9,7 @@ provenance (layer path, file:line, adjoint_of). Dead nodes are dropped after eve
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 
@@ -58,7 +58,7 @@ class Firing:
 class Context:
     """What every pass may read: the graph's dim constraints, the trace sink, the sweep bound."""
 
-    constraints: Constraints = Constraints()
+    constraints: Constraints = attrs.Factory(Constraints)
     trace: list[Firing] | None = None
     max_sweeps: int = 16
     check: bool = False

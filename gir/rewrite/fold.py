@@ -6,7 +6,7 @@ the device would have computed. Symbolic constant values (1/(N*H*W) before bindi
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

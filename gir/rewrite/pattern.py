@@ -6,7 +6,8 @@ twice requires both places to hold the same value. Inputs of commutative ops mat
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Mapping, Union
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Union
 
 import attrs
 
@@ -16,7 +17,7 @@ from gir.ir.graph import Node, Value
 COMMUTATIVE = frozenset({"add", "multiply", "maximum", "minimum"})
 
 Pattern = Union["Op", "Var", "Const"]
-AttrCondition = Union[Mapping[str, Any], Callable[[Any], bool], None]
+AttrCondition = Mapping[str, Any] | Callable[[Any], bool] | None
 
 
 class Match(dict):

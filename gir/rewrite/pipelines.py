@@ -1,8 +1,8 @@
 """Named pass pipelines, and the pass list lowering runs for a set of options."""
 from __future__ import annotations
 
-from gir.rewrite import bn_fold, cse, fold, fusion, simplify  # noqa: F401  (importing registers the passes)
 from gir.rewrite import bf16 as bf16_policy  # noqa: F401
+from gir.rewrite import bn_fold, cse, fold, fusion, simplify  # noqa: F401  (importing registers the passes)
 from gir.rewrite.driver import PIPELINES, resolve
 
 PIPELINES["default"] = ("bn_fold", "simplify", "fold", "fusion", "simplify", "cse", "dce")

@@ -22,7 +22,7 @@ from gir.lower.decompose import decompose
 from gir.lower.iree_compile import compile_text
 from gir.lower.iree_runtime import IreeSession
 from gir.lower.jax_backend import compile_jax, evaluate
-from gir.nn import N, Builder, Net, conv_bn, dense, global_avg_pool, inverted_residual
+from gir.nn import Builder, N, Net, conv_bn, dense, global_avg_pool, inverted_residual
 from gir.nn.params import init_params
 from gir.rewrite import Context, run_pass
 from gir.train import TrainConfig

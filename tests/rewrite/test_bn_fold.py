@@ -2,7 +2,7 @@
 plus a bias; train-mode BN, BN after something else, and a conv whose output has another use stay."""
 from __future__ import annotations
 
-from gir.nn import N, Builder, Net, batch_norm, conv_bn, dense, global_avg_pool
+from gir.nn import Builder, N, Net, batch_norm, conv_bn, dense, global_avg_pool
 from gir.rewrite import Context, run_pass
 from gir.shapes.specialize import specialize
 

@@ -6,8 +6,21 @@ import pytest
 
 from gir.ir.verify import VerifyError
 from gir.nn import Builder
-from gir.rewrite import (PASSES, Context, Op, Pass, RewriteError, Rule, Var, apply_rules, dead_code_elimination,
-                         passes_for, resolve, run_pass, run_pipeline)
+from gir.rewrite import (
+    PASSES,
+    Context,
+    Op,
+    Pass,
+    RewriteError,
+    Rule,
+    Var,
+    apply_rules,
+    dead_code_elimination,
+    passes_for,
+    resolve,
+    run_pass,
+    run_pipeline,
+)
 
 
 def _square_chain():

@@ -20,7 +20,7 @@ def _folded(b: Builder):
 
 def test_splat_arithmetic_folds_in_the_element_type(preserves):
     b = Builder("t")
-    c = lambda v, dt=DType.f32: b.constant(v, (2, 2), dt)  # noqa: E731
+    c = lambda v, dt=DType.f32: b.constant(v, (2, 2), dt)
     b.graph.set_output("sum", b.add(c(0.1), c(0.2)))
     b.graph.set_output("rsqrt", b.unary("rsqrt", c(4.0)))
     b.graph.set_output("chain", b.multiply(b.unary("exp", c(0.0)), c(3.0)))
@@ -54,7 +54,7 @@ def test_select_with_a_constant_predicate_picks_a_branch(preserves):
     x, y = b.input("x", (3,)), b.input("y", (3,))
     p = b.constant(True, (3,), DType.i1)
     b.graph.set_output("o", b.emit("select", [p, x, y]).out)
-    out, prods = _folded(b)
+    out, _ = _folded(b)
     assert out.outputs["o"] is out.inputs[0] and not out.nodes
     preserves(b.graph, out)
 

@@ -2,7 +2,7 @@
 plus the cases that must not simplify (lossy convert chains, partial slices, different reverses)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
