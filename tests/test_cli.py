@@ -127,9 +127,9 @@ def test_lower_traces_rewrites_and_no_opt_turns_them_off(tmp_path, capsys):
                  "--trace-rewrites"]) == 0
     out = capsys.readouterr().out
     # which rule fired where: pass/rule, op and node, layer path, file:line
-    assert "rewrite bn_fold/fold_bn_into_conv: batch_norm #" in out
+    assert "rewrite eval: bn_fold/fold_bn_into_conv: batch_norm #" in out
     assert " at stage3.block1.dw.bn (nets/mobilenet_v2.py:" in out
-    assert "rewrite cse/duplicate: " in out and "rewrites: " in out
+    assert "rewrite train_step: cse/duplicate: " in out and "rewrites: " in out
     assert main(["lower", MNV2, "-o", str(tmp_path / "none"), "--batch", "2", "--image", "32", "--no-compile",
                  "--no-opt", "--trace-rewrites"]) == 0
     assert "rewrite " not in capsys.readouterr().out.replace("rewrites: 0", "")

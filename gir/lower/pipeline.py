@@ -45,7 +45,7 @@ def lower_graph(graph: Graph, binding: Mapping[sympy.Symbol, int], fname: str,
     passes and prints one module with one public function. `passes` is a pipeline name or a list
     of pass names (see gir.rewrite); fired rules are appended to `trace` when given."""
     static = specialize(graph, binding, constraints)
-    ctx = Context(constraints, trace, check=check)
+    ctx = Context(constraints, trace, check=check, module=fname)
     prim = decompose(run_pipeline(static, passes, "layer", ctx))
     if check:
         verify(prim, "decompose", type_rule=infer_node)

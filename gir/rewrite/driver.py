@@ -47,25 +47,29 @@ class Firing:
     op: str
     node_id: int
     loc: Loc
+    module: str = ""
 
     def __str__(self) -> str:
         where = self.loc.where()
-        return (f"{self.pass_name}/{self.rule}: {self.op} #{self.node_id} at {self.loc.path or '<no layer>'}"
+        return ((f"{self.module}: " if self.module else "")
+                + f"{self.pass_name}/{self.rule}: {self.op} #{self.node_id} at {self.loc.path or '<no layer>'}"
                 + (f" ({where})" if where else ""))
 
 
 @attrs.define
 class Context:
-    """What every pass may read: the graph's dim constraints, the trace sink, the sweep bound."""
+    """What every pass may read: the graph's dim constraints, the trace sink (tagged with the
+    module being lowered), the sweep bound, and whether to verify after each pass."""
 
     constraints: Constraints = attrs.Factory(Constraints)
     trace: list[Firing] | None = None
     max_sweeps: int = 16
     check: bool = False
+    module: str = ""
 
     def record(self, pass_name: str, rule: str, node: Node) -> None:
         if self.trace is not None:
-            self.trace.append(Firing(pass_name, rule, node.op, node.id, node.loc))
+            self.trace.append(Firing(pass_name, rule, node.op, node.id, node.loc, self.module))
 
 
 @attrs.frozen
