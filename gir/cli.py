@@ -1,5 +1,6 @@
 """The `gir` command: `gir show` (layer table), `gir lower` (StableHLO, IREE modules, graph dumps),
-`gir check` (the backward pass's invariants and numerics), `gir passes` (the rewrite passes)."""
+`gir check` (the backward pass's invariants and numerics), `gir passes` (the rewrite passes),
+`gir train` (training on IREE or JAX, with checkpoints and resume)."""
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,16 @@ from gir.nn.summary import summarize
 from gir.rewrite import PASSES, PIPELINES, Firing, RewriteError, passes_for
 from gir.shapes.errors import ShapeError
 from gir.shapes.specialize import BindingError, check_binding
+from gir.train.checkpoint import CheckpointError, load_checkpoint
+from gir.train.config import OPTIMIZERS, TrainConfig
+from gir.train.data import SOURCES, DataError
+from gir.train.loop import BACKENDS, Interrupted, NonFiniteLoss, RunOptions, train
+from gir.train.backend import BackendError
+from gir.lower.iree_runtime import DeviceUnavailable
 from gir.train.step import build_train_step, lower_train_step
 
 USER_ERRORS = (NetFileError, ShapeError, BindingError, ParamsError, CompileError, LoweringError, AdjointError,
-               RewriteError)
+               RewriteError, DataError, CheckpointError, BackendError, DeviceUnavailable, NonFiniteLoss)
 
 
 class CliError(Exception):
@@ -152,7 +159,7 @@ def cmd_lower(args: argparse.Namespace) -> int:
 
 
 def _print_trace(trace: list[Firing]) -> None:
-    """Every fired rule (pass/rule: op #node at layer path (file:line)), then counts per rule."""
+    """Every fired rule (module: pass/rule: op #node at layer path (file:line)), then counts per rule."""
     for f in trace:
         print(f"rewrite {f}")
     counts: dict[str, int] = {}
@@ -168,7 +175,9 @@ def cmd_passes(args: argparse.Namespace) -> int:
     print("passes (gir lower --passes NAME[,NAME...]; 'layer' passes run before layer ops are decomposed, "
           "'primitive' after, 'any' both):")
     width = max(len(n) for n in PASSES)
-    for p in PASSES.values():
+    in_default = list(dict.fromkeys(PIPELINES["default"]))
+    for p in sorted(PASSES.values(), key=lambda p: (p.name not in in_default, in_default.index(p.name)
+                                                    if p.name in in_default else 0)):
         print(f"  {p.name.ljust(width)}  {p.level.ljust(9)}  {p.doc}")
         rw = max((len(r.name) for r in p.rules), default=0)
         for r in p.rules:
@@ -179,6 +188,127 @@ def cmd_passes(args: argparse.Namespace) -> int:
     print("the default pipeline runs when lowering; --bf16 / --bf16-conv add the bf16 or bf16_conv pass and a "
           "simplify, cse, dce cleanup")
     return 0
+
+
+# ---- gir train -----------------------------------------------------------------------------
+
+RECIPE_FLAGS = {  # flag dest -> TrainConfig field
+    "lr": "learning_rate", "batch": "batch_size", "epochs": "epochs", "optimizer": "optimizer",
+    "momentum": "momentum", "weight_decay": "weight_decay", "cosine": "cosine", "warmup_epochs": "warmup_epochs",
+    "label_smoothing": "label_smoothing", "augment": "augment", "clip_norm": "clip_norm", "bf16": "bf16",
+    "bf16_conv": "bf16_conv", "seed": "seed", "eval_every": "eval_every", "checkpoint_every": "checkpoint_every",
+    "image": "image_size",
+}
+FIELD_FLAGS = {field: "--" + dest.replace("_", "-") for dest, field in RECIPE_FLAGS.items()}
+
+
+def recipe(config: TrainConfig, args: argparse.Namespace) -> TrainConfig:
+    """The net file's config with every given flag applied; a bad value names its flag."""
+    changes = {field: getattr(args, dest) for dest, field in RECIPE_FLAGS.items() if getattr(args, dest) is not None}
+    try:
+        return config.replace(**changes)
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        for field, flag in FIELD_FLAGS.items():
+            if msg.startswith(field + " "):
+                msg = flag + msg[len(field):]
+        raise CliError(f"invalid training option: {msg}") from None
+
+
+def _default_out(net: Net) -> str:
+    return os.path.join("runs", f"{net.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    net, config = load_net_file(args.net)
+    if args.resume:
+        given = sorted(FIELD_FLAGS[f] for d, f in RECIPE_FLAGS.items() if getattr(args, d) is not None)
+        if given or args.data or args.out:
+            raise CliError(f"--resume continues the saved run with its own recipe, data and folder; drop "
+                           f"{', '.join(given + [f for f, v in (('--data', args.data), ('--out', args.out)) if v])}")
+        _, meta = load_checkpoint(args.resume)
+        try:
+            config = TrainConfig(**meta["config"])
+        except (TypeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{args.resume}: the checkpoint's config is not usable: {e}") from None
+        data, out = meta["data"], args.resume
+    else:
+        config = recipe(config, args)
+        data, out = args.data or "digits", args.out or _default_out(net)
+        if os.path.exists(os.path.join(out, "checkpoint.npz")):
+            raise CliError(f"{out} already holds a run (checkpoint.npz); continue it with --resume {out} or choose "
+                           f"another --out")
+    if args.devices > 1 and args.backend != "jax":
+        raise CliError(f"--devices {args.devices} needs --backend jax (IREE runs on one device)")
+    _out_dir(out)
+    options = RunOptions(data=data, out=out, backend=args.backend, target=args.target, chip=args.chip,
+                         devices=args.devices, passes="none" if args.no_opt else args.passes,
+                         iree_flags=tuple(args.iree_flag), progress=not args.quiet)
+    try:
+        metrics = train(net, config, options, resume=bool(args.resume), net_file=args.net)
+    except Interrupted as e:
+        print(f"gir: {e}", file=sys.stderr)
+        return 130
+    top1 = metrics["val_top1"]
+    print(f"done: {metrics['steps']} steps, final loss {metrics['final_loss']:.4f}"
+          + (f", val top-1 {100 * top1:.2f}%, top-5 {100 * metrics['val_top5']:.2f}%" if top1 is not None else "")
+          + f", {metrics['images_per_s']:.0f} images/s; wrote {out}/ (trace.jsonl, metrics.json, curves.png, "
+            f"checkpoint.npz)")
+    return 0
+
+
+def _float(flag: str) -> Callable[[str], float]:
+    def parse(s: str) -> float:
+        try:
+            return float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} wants a number, got {s!r}") from None
+    return parse
+
+
+def _int(flag: str) -> Callable[[str], int]:
+    def parse(s: str) -> int:
+        try:
+            return int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} wants an integer, got {s!r}") from None
+    return parse
+
+
+def _add_train_flags(s: argparse.ArgumentParser) -> None:
+    r = s.add_argument_group("recipe (each overrides the net file's config)")
+    r.add_argument("--lr", type=_float("--lr"), help="peak learning rate")
+    r.add_argument("--epochs", type=_int("--epochs"), help="epochs")
+    r.add_argument("--optimizer", choices=OPTIMIZERS, help="optimizer")
+    r.add_argument("--momentum", type=_float("--momentum"), help="SGD momentum")
+    r.add_argument("--weight-decay", type=_float("--weight-decay"), help="weight decay (decoupled for adamw)")
+    r.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=None, help="cosine decay after warmup")
+    r.add_argument("--warmup-epochs", type=_float("--warmup-epochs"), help="linear warmup length in epochs")
+    r.add_argument("--label-smoothing", type=_float("--label-smoothing"), help="label smoothing in [0, 1)")
+    r.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crops and horizontal flips")
+    r.add_argument("--clip-norm", type=_float("--clip-norm"), help="clip gradients to this global norm (0: off)")
+    r.add_argument("--bf16", action="store_true", default=None, help="matmuls in bf16")
+    r.add_argument("--bf16-conv", action="store_true", default=None, help="matmuls and convolutions in bf16")
+    r.add_argument("--seed", type=_int("--seed"), help="initialization, data order and augmentation seed")
+    r.add_argument("--eval-every", type=_int("--eval-every"), help="evaluate every N epochs (and at the end)")
+    r.add_argument("--checkpoint-every", type=_int("--checkpoint-every"),
+                   help="checkpoint every N epochs (and at the end)")
+    g = s.add_argument_group("run")
+    g.add_argument("--data", metavar="SOURCE",
+                   help=f"digits (default, built in) or KIND:PATH with KIND one of {', '.join(SOURCES[1:])}")
+    g.add_argument("--out", metavar="DIR", help="run folder (default runs/NET-DATE-TIME)")
+    g.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint, exactly")
+    g.add_argument("--backend", choices=BACKENDS, default="iree", help="iree (default) or jax")
+    g.add_argument("--devices", type=_positive_int("--devices"), default=1,
+                   help="data-parallel devices (--backend jax; on a CPU set "
+                        "XLA_FLAGS=--xla_force_host_platform_device_count=N)")
+    g.add_argument("--target", choices=TARGETS, default="cpu", help="IREE target (default cpu)")
+    g.add_argument("--chip", help="GPU chip or CPU model for IREE")
+    g.add_argument("--iree-flag", action="append", default=[], metavar="FLAG", help="extra iree-compile flag")
+    g.add_argument("--passes", default="default", help="rewrite pipeline or passes (see `gir passes`)")
+    g.add_argument("--no-opt", action="store_true", help="no rewrite passes")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 # ---- gir check ------------------------------------------------------------------------------
@@ -257,6 +387,10 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-numeric", action="store_true", help="structural checks only (no float64 comparisons)")
     s.add_argument("-v", "--verbose", action="store_true", help="name each node as it is checked numerically")
     s.set_defaults(func=cmd_check)
+
+    s = net_cmd("train", "train the net on built-in or given data with IREE or JAX; checkpoints, resume, logs")
+    _add_train_flags(s)
+    s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("passes", help="list the rewrite passes, their rules and the pipelines",
                        description="list the rewrite passes, their rules and the pipelines")

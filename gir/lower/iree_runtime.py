@@ -14,15 +14,22 @@ class DeviceUnavailable(RuntimeError):
     """The target's driver or device is not present on this machine."""
 
 
+def device_config(target: str) -> ireert.Config:
+    """The IREE runtime config of `target`'s device; DeviceUnavailable when this machine has none."""
+    driver = DRIVERS[target]
+    try:
+        return ireert.Config(driver)
+    except (RuntimeError, ValueError):
+        raise DeviceUnavailable(f"no {target} device is available on this machine (IREE's {driver!r} driver could "
+                                f"not create one); modules for {target} still compile (gir lower --target {target}) "
+                                f"but cannot run here") from None
+
+
 class IreeSession:
     """One device and one loaded module: `call(fn, *args)` returns device-resident outputs."""
 
     def __init__(self, vmfb: bytes, target: str = "cpu"):
-        driver = DRIVERS[target]
-        try:
-            self.config = ireert.Config(driver)
-        except (RuntimeError, ValueError) as e:
-            raise DeviceUnavailable(f"no {target} device is available here (IREE driver {driver!r}: {e})") from None
+        self.config = device_config(target)
         self.context = ireert.SystemContext(config=self.config)
         vm_module = ireert.VmModule.copy_buffer(self.context.instance, vmfb)
         self.context.add_vm_module(vm_module)
@@ -51,4 +58,4 @@ class IreeSession:
         return list(out) if isinstance(out, (tuple, list)) else [out]
 
     def call_numpy(self, name: str, *args: Any) -> list[np.ndarray]:
-        return [np.asarray(o.to_host()) for o in self.call(name, *args)]
+        return [np.array(o.to_host()) for o in self.call(name, *args)]  # copies: host views may alias reused buffers

@@ -1,0 +1,118 @@
+"""Where the compiled train step runs: IREE (one device; parameters and optimizer state stay there
+as DeviceArrays between steps) or JAX/XLA (one device or data-parallel over several: a Mesh over
+the batch axis, parameters replicated). Both take and give the same names as the train-step graph.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import attrs
+import numpy as np
+
+from gir.ir.graph import Graph
+from gir.lower.iree_compile import compile_text
+from gir.lower.iree_runtime import IreeSession
+from gir.lower.pipeline import LoweredModule
+from gir.lower.stablehlo import print_module
+
+CARRIED_ROLES = ("param", "state")
+
+
+class BackendError(Exception):
+    """A backend that cannot run here: no such device, too few devices, a batch that does not split."""
+
+
+@attrs.frozen
+class StepResult:
+    loss: float
+    grad_norm: float | None
+
+
+def carried_names(graph: Graph) -> list[str]:
+    """Inputs whose next values the step returns under the same name: parameters and state."""
+    return [v.name for v in graph.inputs if v.role in CARRIED_ROLES]
+
+
+class IreeBackend:
+    """The train step and the eval function in one IREE module on one device."""
+
+    def __init__(self, train: LoweredModule, evaluate: LoweredModule, target: str = "cpu", chip: str | None = None,
+                 flags: tuple[str, ...] = ()):
+        self.train, self.eval = train.primitive, evaluate.primitive
+        text = print_module({"train_step": self.train, "eval": self.eval}, f"{self.train.name}_module")
+        self.session = IreeSession(compile_text(text, target, chip, list(flags)), target)
+        self.carried = carried_names(self.train)
+        self.state: dict[str, Any] = {}
+
+    def load(self, values: Mapping[str, np.ndarray]) -> None:
+        self.state = {k: self.session.to_device(values[k]) for k in self.carried}
+
+    def step(self, images: np.ndarray, labels: np.ndarray, lr: float, step: int) -> StepResult:
+        feed = {"images": images, "labels": labels, "lr": np.float32(lr), "step": np.int32(step)}
+        args = [self.state[v.name] if v.name in self.state else self.session.to_device(feed[v.name])
+                for v in self.train.inputs]
+        out = dict(zip(self.train.outputs, self.session.call("train_step", *args)))
+        self.state = {k: out[k] for k in self.carried}
+        norm = out.get("grad_norm")
+        return StepResult(float(np.asarray(out["loss"].to_host())),
+                          None if norm is None else float(np.asarray(norm.to_host())))
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        args = [self.state[v.name] if v.name in self.state else self.session.to_device(images)
+                for v in self.eval.inputs]
+        out = dict(zip(self.eval.outputs, self.session.call("eval", *args)))
+        return np.array(out["logits"].to_host())  # a copy: the host view may alias a buffer IREE reuses
+
+    def values(self) -> dict[str, np.ndarray]:
+        return {k: np.array(v.to_host()) for k, v in self.state.items()}
+
+
+class JaxBackend:
+    """The same graphs through JAX: jit on one device, or a Mesh of `devices` with the batch split
+    across them (parameters and state replicated; XLA inserts the cross-device reductions)."""
+
+    def __init__(self, train: LoweredModule, evaluate: LoweredModule, devices: int = 1):
+        import jax
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        from gir.lower.jax_backend import as_jax_function
+
+        self.jax = jax
+        self.train, self.eval = train.primitive, evaluate.primitive
+        self.carried = carried_names(self.train)
+        available = jax.devices()
+        if devices > len(available):
+            raise BackendError(f"--devices {devices}: JAX sees {len(available)} {available[0].platform} device(s); "
+                               f"on a CPU, set XLA_FLAGS=--xla_force_host_platform_device_count={devices}")
+        batch = int(self.train.input("images").type.shape[0])
+        if batch % devices:
+            raise BackendError(f"batch {batch} does not split over {devices} devices; use a multiple of {devices}")
+        mesh = Mesh(np.array(available[:devices]), ("batch",))
+        self.replicated = NamedSharding(mesh, PartitionSpec())
+        self.split = NamedSharding(mesh, PartitionSpec("batch"))
+
+        def shardings(g: Graph) -> dict[str, Any]:
+            return {v.name: self.split if v.name in ("images", "labels") else self.replicated for v in g.inputs}
+
+        self._step = jax.jit(as_jax_function(self.train), in_shardings=(shardings(self.train),))
+        self._eval = jax.jit(as_jax_function(self.eval), in_shardings=(shardings(self.eval),))
+        self.state: dict[str, Any] = {}
+
+    def load(self, values: Mapping[str, np.ndarray]) -> None:
+        self.state = {k: self.jax.device_put(np.asarray(values[k]), self.replicated) for k in self.carried}
+
+    def step(self, images: np.ndarray, labels: np.ndarray, lr: float, step: int) -> StepResult:
+        feed = {**self.state, "images": self.jax.device_put(images, self.split),
+                "labels": self.jax.device_put(labels, self.split), "lr": np.float32(lr), "step": np.int32(step)}
+        out = self._step(feed)
+        self.state = {k: out[k] for k in self.carried}
+        norm = out.get("grad_norm")
+        return StepResult(float(out["loss"]), None if norm is None else float(norm))
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        feed = {**{v.name: self.state[v.name] for v in self.eval.inputs if v.name in self.state},
+                "images": self.jax.device_put(images, self.split)}
+        return np.asarray(self._eval(feed)["logits"])
+
+    def values(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v) for k, v in self.state.items()}

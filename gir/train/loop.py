@@ -1,0 +1,305 @@
+"""The training loop: data in a seeded order, per-step learning rate into the compiled step,
+evaluation with the running BN statistics, a JSONL trace, checkpoints, exact resume.
+
+Everything random is a function of (seed, epoch) for the data order and (seed, step) for the
+augmentation, so a run resumed from a checkpoint at step s sees exactly the batches the
+uninterrupted run saw after step s.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import attrs
+import numpy as np
+
+from gir.lower.iree_runtime import device_config
+from gir.lower.pipeline import LoweredModule, lower_graph
+from gir.nn.net import Net
+from gir.nn.params import init_params
+from gir.rewrite import passes_for
+from gir.train.augment import augment_batch, default_augment
+from gir.train.backend import BackendError, IreeBackend, JaxBackend
+from gir.train.checkpoint import check_compatible, checkpoint_path, load_checkpoint, save_checkpoint
+from gir.train.config import TrainConfig
+from gir.train.data import Dataset, load_dataset
+from gir.train.runlog import Trace, plot_curves, read_trace, write_metrics
+from gir.train.schedule import learning_rate
+from gir.train.step import lower_train_step
+
+BACKENDS = ("iree", "jax")
+
+
+class TrainingStopped(Exception):
+    """The run stopped before its last epoch; the message says why and where the checkpoint is."""
+
+
+class Interrupted(TrainingStopped):
+    """SIGINT or SIGTERM: stopped cleanly after writing a checkpoint."""
+
+
+class NonFiniteLoss(TrainingStopped):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@attrs.frozen(kw_only=True)
+class RunOptions:
+    """Where and how to train (the recipe itself is the TrainConfig)."""
+
+    data: str = "digits"
+    out: Path
+    backend: str = "iree"
+    target: str = "cpu"
+    chip: str | None = None
+    devices: int = 1
+    passes: str = "default"
+    iree_flags: tuple[str, ...] = ()
+    progress: bool = True
+
+
+def _input_geometry(net: Net, config: TrainConfig) -> tuple[int, int]:
+    """(channels, image size) of the net's NCHW input at the config's image size."""
+    shape = net.input_type.shape
+    if len(shape) != 4:
+        raise BackendError(f"gir train needs a net whose input is NCHW images, {net.name!r} takes {net.input_type}")
+    binding = net.binding(batch=config.batch_size, image=config.image_size)
+    h, w = (int(d) if isinstance(d, int) else int(d.xreplace(binding)) for d in shape[2:])
+    if h != w:
+        raise BackendError(f"gir train feeds square images; {net.name!r} takes {h}x{w}")
+    return int(shape[1]), h
+
+
+def compile_modules(net: Net, config: TrainConfig, passes: str) -> tuple[LoweredModule, LoweredModule]:
+    """The train step and the eval function at the config's batch and image size."""
+    binding = net.binding(batch=config.batch_size, image=config.image_size)
+    train = lower_train_step(net, config, passes=passes)
+    names = passes_for(passes, bf16=config.bf16, bf16_conv=config.bf16_conv)
+    evaluate = lower_graph(net.build(mode="eval"), binding, "eval", net.constraints, passes=names)
+    return train, evaluate
+
+
+def top_k(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """The fraction of rows whose label is among the k largest logits."""
+    k = min(k, logits.shape[1])
+    best = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    return float(np.mean(np.any(best == labels[:, None], axis=1)))
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    z = logits - logits.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-np.mean(logp[np.arange(len(labels)), labels]))
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag the loop checks between steps; a second signal aborts at once."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Trainer:
+    """One run: dataset, compiled modules, backend, and the loop state (step, elapsed time)."""
+
+    def __init__(self, net: Net, config: TrainConfig, options: RunOptions, net_file: str = "",
+                 log: Callable[[str], None] = print):
+        self.net, self.config, self.options, self.log = net, config, options, log
+        self.net_file = net_file
+        channels, self.image = _input_geometry(net, config)
+        self.data: Dataset = load_dataset(options.data, self.image, channels, net.num_classes)
+        self.steps_per_epoch = len(self.data.train.labels) // config.batch_size
+        if self.steps_per_epoch < 1:
+            raise BackendError(f"batch {config.batch_size} is larger than the {len(self.data.train.labels)} "
+                               f"training images of {options.data}")
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.augment = default_augment(self.image) if config.augment else None
+        if options.backend == "iree":
+            device_config(options.target)   # fail before compiling when the device is missing
+        t0 = time.perf_counter()
+        train, evaluate = compile_modules(net, config, options.passes)
+        self.train_graph = train.primitive
+        if options.backend == "iree":
+            self.backend: IreeBackend | JaxBackend = IreeBackend(train, evaluate, options.target, options.chip,
+                                                                 options.iree_flags)
+        elif options.backend == "jax":
+            self.backend = JaxBackend(train, evaluate, options.devices)
+        else:
+            raise BackendError(f"unknown backend {options.backend!r}; choose one of {', '.join(BACKENDS)}")
+        self.compile_s = time.perf_counter() - t0
+        self.step = 0
+        self.elapsed = 0.0
+
+    # ---- state ------------------------------------------------------------------------------
+
+    def expected_arrays(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        return {v.name: (tuple(int(d) for d in v.type.shape), v.type.dtype.numpy_name)
+                for v in self.train_graph.inputs if v.role in ("param", "state")}
+
+    def start_fresh(self) -> None:
+        self.backend.load(init_params(self.train_graph, self.config.seed))
+
+    def resume(self) -> dict[str, Any]:
+        arrays, meta = load_checkpoint(self.options.out)
+        where = str(checkpoint_path(self.options.out))
+        if meta.get("net") != self.net.name:
+            raise BackendError(f"{where} is a checkpoint of net {meta.get('net')!r}, not {self.net.name!r}")
+        check_compatible(arrays, self.expected_arrays(), where)
+        self.backend.load(arrays)
+        self.step, self.elapsed = int(meta["step"]), float(meta["elapsed"])
+        return meta
+
+    def checkpoint(self) -> Path:
+        meta = {"net": self.net.name, "net_file": self.net_file, "step": self.step, "elapsed": self.elapsed,
+                "epoch": self.step // self.steps_per_epoch, "steps_per_epoch": self.steps_per_epoch,
+                "data": self.options.data, "data_order": "permutation(default_rng([seed, epoch]))",
+                "augment_rng": "default_rng([seed, 1, step])", "seed": self.config.seed,
+                "config": self.config.to_dict()}
+        return save_checkpoint(self.options.out, self.backend.values(), meta)
+
+    # ---- batches ----------------------------------------------------------------------------
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """The images (normalized float32) and labels of 1-based `step`."""
+        epoch, i = divmod(step - 1, self.steps_per_epoch)
+        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.data.train.labels))
+        idx = order[i * self.config.batch_size:(i + 1) * self.config.batch_size]
+        images = self.data.train.images[idx]
+        if self.augment is not None:
+            images = augment_batch(images, self.augment, np.random.default_rng([self.config.seed, 1, step]))
+        return self.data.normalize(images), self.data.train.labels[idx].astype(np.int32)
+
+    def evaluate(self) -> dict[str, float]:
+        """Top-1, top-5 and loss on the validation split, in batches of the compiled size."""
+        b = self.config.batch_size
+        val = self.data.val
+        logits = []
+        for start in range(0, len(val.labels), b):
+            chunk = val.images[start:start + b]
+            n = len(chunk)
+            if n < b:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - n, axis=0)])
+            logits.append(self.backend.logits(self.data.normalize(chunk))[:n])
+        z = np.concatenate(logits)
+        labels = val.labels.astype(np.int64)
+        return {"top1": top_k(z, labels, 1), "top5": top_k(z, labels, 5), "val_loss": cross_entropy(z, labels)}
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def run(self, trace: Trace) -> dict[str, Any]:
+        cfg = self.config
+        spe = self.steps_per_epoch
+        last = {"loss": math.nan}
+        evals: list[dict[str, Any]] = []
+        bar = _progress(self.total_steps, self.step, self.options.progress)
+        seen = 0
+        t_run = time.perf_counter()
+        with _StopFlag() as stop:
+            while self.step < self.total_steps:
+                t0 = time.perf_counter()
+                step = self.step + 1
+                lr = learning_rate(cfg, step, spe)
+                images, labels = self.batch(step)
+                res = self.backend.step(images, labels, lr, step)
+                dt = time.perf_counter() - t0
+                if not math.isfinite(res.loss):
+                    raise NonFiniteLoss(self._non_finite(step, res.loss))
+                self.step, self.elapsed = step, self.elapsed + dt
+                seen += len(labels)
+                epoch = (step - 1) // spe + 1
+                rec = {"step": step, "epoch": epoch, "loss": res.loss, "lr": lr, "time": round(self.elapsed, 4)}
+                if res.grad_norm is not None:
+                    rec["grad_norm"] = res.grad_norm
+                trace.write(rec)
+                last = rec
+                bar.update(1)
+                bar.set_postfix(loss=f"{res.loss:.4f}", lr=f"{lr:.2e}",
+                                img_s=f"{seen / (time.perf_counter() - t_run):.0f}", refresh=False)
+                end_of_epoch = step % spe == 0
+                if end_of_epoch and (epoch % cfg.eval_every == 0 or step == self.total_steps):
+                    ev = {"eval": True, "epoch": epoch, "step": step, **self.evaluate()}
+                    trace.write(ev)
+                    evals.append(ev)
+                    bar.write(f"epoch {epoch}: val top-1 {100 * ev['top1']:.2f}%  top-5 {100 * ev['top5']:.2f}%  "
+                              f"val loss {ev['val_loss']:.4f}")
+                if end_of_epoch and (epoch % cfg.checkpoint_every == 0 or step == self.total_steps):
+                    self.checkpoint()
+                if stop.signal is not None:
+                    path = self.checkpoint()
+                    bar.close()
+                    raise Interrupted(f"{stop.signal}: stopped after step {step} of {self.total_steps}; checkpoint "
+                                      f"{path}; continue with --resume {self.options.out}")
+        bar.close()
+        run_s = time.perf_counter() - t_run
+        return {"last": last, "evals": evals, "images_per_s": seen / run_s if run_s > 0 else 0.0}
+
+    def _non_finite(self, step: int, loss: float) -> str:
+        ckpt = checkpoint_path(self.options.out)
+        kept = (f"the last good checkpoint {ckpt} (step {load_checkpoint(self.options.out)[1]['step']}) is kept"
+                if ckpt.exists() else "no checkpoint was written before it")
+        return (f"loss is {loss} at step {step} (epoch {(step - 1) // self.steps_per_epoch + 1}); stopped; {kept}. "
+                f"Try a lower --lr or --clip-norm")
+
+
+def _progress(total: int, done: int, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, initial=done, unit="step", disable=not enabled, dynamic_ncols=True, leave=False)
+
+
+def train(net: Net, config: TrainConfig, options: RunOptions, resume: bool = False, net_file: str = "",
+          log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Trains `net` with `config`; writes trace.jsonl, checkpoint.npz, metrics.json and curves.png
+    into options.out and returns the metrics."""
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(net, config, options, net_file, log)
+    data = trainer.data
+    log(f"gir train {net.name}: {options.data} ({len(data.train.labels)} train / {len(data.val.labels)} val images, "
+        f"{data.classes} classes, {trainer.image}x{trainer.image}), batch {config.batch_size}, "
+        f"{trainer.steps_per_epoch} steps/epoch x {config.epochs} epochs on {options.backend}"
+        f"{'' if options.backend == 'jax' else ' ' + options.target}"
+        f"{f' x{options.devices} devices' if options.devices > 1 else ''}; compiled in {trainer.compile_s:.1f} s")
+    if resume:
+        trainer.resume()
+        log(f"resumed {out} at step {trainer.step} of {trainer.total_steps}")
+        trace = Trace(out, resume_step=trainer.step)
+    else:
+        trainer.start_fresh()
+        header = {"net": net.name, "net_file": net_file, "data": options.data, "backend": options.backend,
+                  "target": options.target, "devices": options.devices, "passes": options.passes,
+                  "image_size": trainer.image, "steps_per_epoch": trainer.steps_per_epoch,
+                  "train_images": len(data.train.labels), "val_images": len(data.val.labels),
+                  "classes": data.classes, "config": config.to_dict()}
+        trace = Trace(out, header)
+    try:
+        result = trainer.run(trace)
+    finally:
+        trace.close()
+    records = read_trace(out / "trace.jsonl")
+    evals = [r for r in records if r.get("eval")]
+    metrics = {"net": net.name, "data": options.data, "backend": options.backend, "steps": trainer.step,
+               "epochs": config.epochs, "final_loss": result["last"]["loss"],
+               "val_top1": evals[-1]["top1"] if evals else None, "val_top5": evals[-1]["top5"] if evals else None,
+               "best_val_top1": max((r["top1"] for r in evals), default=None),
+               "train_time_s": round(trainer.elapsed, 2), "compile_time_s": round(trainer.compile_s, 2),
+               "images_per_s": round(result["images_per_s"], 1)}
+    write_metrics(out, metrics)
+    plot_curves(out, records, f"{net.name} on {options.data}")
+    return metrics
