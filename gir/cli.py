@@ -8,13 +8,14 @@ import json
 import os
 import sys
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from gir.autodiff import AdjointError
 from gir.check import check_net
 from gir.ir.dot import to_dot
 from gir.ir.printer import print_graph
 from gir.lower.iree_compile import TARGETS, CompileError, compile_text
+from gir.lower.iree_runtime import DeviceUnavailable
 from gir.lower.pipeline import lower_net
 from gir.lower.stablehlo import LoweringError
 from gir.netfile import NetFileError, load_net_file
@@ -24,12 +25,11 @@ from gir.nn.summary import summarize
 from gir.rewrite import PASSES, PIPELINES, Firing, RewriteError, passes_for
 from gir.shapes.errors import ShapeError
 from gir.shapes.specialize import BindingError, check_binding
+from gir.train.backend import BackendError
 from gir.train.checkpoint import CheckpointError, load_checkpoint
 from gir.train.config import OPTIMIZERS, TrainConfig
 from gir.train.data import SOURCES, DataError
 from gir.train.loop import BACKENDS, Interrupted, NonFiniteLoss, RunOptions, train
-from gir.train.backend import BackendError
-from gir.lower.iree_runtime import DeviceUnavailable
 from gir.train.step import build_train_step, lower_train_step
 
 USER_ERRORS = (NetFileError, ShapeError, BindingError, ParamsError, CompileError, LoweringError, AdjointError,
@@ -83,7 +83,7 @@ def _write(path: str, text: str) -> None:
 
 def _table(rows: list[dict], cols: Sequence[tuple[str, str]]) -> str:
     widths = [max(len(h), *(len(str(r[k])) for r in rows)) if rows else len(h) for k, h in cols]
-    line = lambda vals: "  ".join(str(v).ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    line = lambda vals: "  ".join(str(v).ljust(w) for v, w in zip(vals, widths)).rstrip()
     out = [line(h for _, h in cols), line("-" * w for w in widths)]
     out += [line(r[k] for k, _ in cols) for r in rows]
     return "\n".join(out)

@@ -4,7 +4,8 @@ the batch axis, parameters replicated). Both take and give the same names as the
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 import numpy as np

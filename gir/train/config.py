@@ -48,7 +48,7 @@ class TrainConfig:
     rms_decay: float = attrs.field(default=0.9, validator=_fraction)
     eps: float = attrs.field(default=1e-8, validator=_positive)
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         """A copy with fields changed; unknown names and invalid values raise ValueError."""
         names = {f.name for f in attrs.fields(TrainConfig)}
         unknown = sorted(set(changes) - names)

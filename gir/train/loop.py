@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Self
 
 import attrs
 import numpy as np
@@ -21,7 +22,7 @@ from gir.lower.pipeline import LoweredModule, lower_graph
 from gir.nn.net import Net
 from gir.nn.params import init_params
 from gir.rewrite import passes_for
-from gir.train.augment import augment_batch, default_augment
+from gir.train.augment import Augment, augment_batch, default_augment
 from gir.train.backend import BackendError, IreeBackend, JaxBackend
 from gir.train.checkpoint import check_compatible, checkpoint_path, load_checkpoint, save_checkpoint
 from gir.train.config import TrainConfig
@@ -94,6 +95,22 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(logp[np.arange(len(labels)), labels]))
 
 
+def batch_indices(seed: int, n: int, batch: int, step: int) -> np.ndarray:
+    """Which training examples 1-based `step` uses: slice (step-1) of the epoch's seeded permutation
+    (an epoch is n // batch steps; the last partial batch is dropped)."""
+    epoch, i = divmod(step - 1, n // batch)
+    return np.random.default_rng([seed, epoch]).permutation(n)[i * batch:(i + 1) * batch]
+
+
+def train_batch(data: Dataset, idx: np.ndarray, augment: Augment | None, seed: int,
+                step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normalized float32 images (augmented with a generator seeded by (seed, step)) and int32 labels."""
+    images = data.train.images[idx]
+    if augment is not None:
+        images = augment_batch(images, augment, np.random.default_rng([seed, 1, step]))
+    return data.normalize(images), data.train.labels[idx].astype(np.int32)
+
+
 class _StopFlag:
     """SIGINT/SIGTERM set a flag the loop checks between steps; a second signal aborts at once."""
 
@@ -101,7 +118,7 @@ class _StopFlag:
         self.signal: str | None = None
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> Self:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._old[sig] = signal.signal(sig, self._handle)
         return self
@@ -111,7 +128,7 @@ class _StopFlag:
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum).name
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
@@ -178,13 +195,8 @@ class Trainer:
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """The images (normalized float32) and labels of 1-based `step`."""
-        epoch, i = divmod(step - 1, self.steps_per_epoch)
-        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.data.train.labels))
-        idx = order[i * self.config.batch_size:(i + 1) * self.config.batch_size]
-        images = self.data.train.images[idx]
-        if self.augment is not None:
-            images = augment_batch(images, self.augment, np.random.default_rng([self.config.seed, 1, step]))
-        return self.data.normalize(images), self.data.train.labels[idx].astype(np.int32)
+        idx = batch_indices(self.config.seed, len(self.data.train.labels), self.config.batch_size, step)
+        return train_batch(self.data, idx, self.augment, self.config.seed, step)
 
     def evaluate(self) -> dict[str, float]:
         """Top-1, top-5 and loss on the validation split, in batches of the compiled size."""
@@ -275,7 +287,7 @@ def train(net: Net, config: TrainConfig, options: RunOptions, resume: bool = Fal
         f"{data.classes} classes, {trainer.image}x{trainer.image}), batch {config.batch_size}, "
         f"{trainer.steps_per_epoch} steps/epoch x {config.epochs} epochs on {options.backend}"
         f"{'' if options.backend == 'jax' else ' ' + options.target}"
-        f"{f' x{options.devices} devices' if options.devices > 1 else ''}; compiled in {trainer.compile_s:.1f} s")
+        f"{f' x{options.devices} devices' if options.devices > 1 else ''}; modules ready in {trainer.compile_s:.1f} s")
     if resume:
         trainer.resume()
         log(f"resumed {out} at step {trainer.step} of {trainer.total_steps}")

@@ -4,7 +4,7 @@ for one parameter, the new parameter and the new slot values. Weight decay appli
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import attrs
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 TRACE = "trace.jsonl"
 METRICS = "metrics.json"
@@ -31,7 +32,7 @@ class Trace:
     def __init__(self, run_dir: Path, header: Mapping[str, Any] | None = None, resume_step: int | None = None):
         self.path = run_dir / TRACE
         if resume_step is None:
-            self._f = open(self.path, "w")
+            self._f = open(self.path, "w")  # noqa: SIM115 (kept open for the run; closed by close())
             self.write({"header": True, **(header or {})})
             return
         kept = [r for r in (read_trace(self.path) if self.path.exists() else [])
@@ -40,7 +41,7 @@ class Trace:
         with open(tmp, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)
         os.replace(tmp, self.path)
-        self._f = open(self.path, "a")
+        self._f = open(self.path, "a")  # noqa: SIM115 (kept open for the run; closed by close())
 
     def write(self, record: Mapping[str, Any]) -> None:
         self._f.write(json.dumps(record) + "\n")

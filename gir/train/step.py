@@ -11,7 +11,7 @@ variance as PyTorch does, so they never leave the device.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import attrs
 import sympy
@@ -20,10 +20,10 @@ from gir.autodiff import Backward, vjp
 from gir.ir.dtypes import DType
 from gir.ir.graph import Graph, Init, Loc
 from gir.ir.types import TensorType
-from gir.shapes.emit import Emitter
 from gir.lower.pipeline import LoweredModule, lower_graph
 from gir.nn.net import Net
 from gir.rewrite import Firing, passes_for
+from gir.shapes.emit import Emitter
 from gir.train.config import TrainConfig
 from gir.train.optim import OPTIMIZERS, Hyper, bias_corrections, clip_by_global_norm
 

@@ -1,0 +1,183 @@
+"""`gir train` end to end on the built-in digits data: accuracy, logs, exact resume after SIGKILL,
+clean SIGINT, the non-finite guard, JAX on 4 devices against 1, IREE against JAX, clear errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gir.cli import main
+from gir.train.augment import default_augment
+from gir.train.backend import IreeBackend
+from gir.train.checkpoint import load_checkpoint
+from gir.train.data import load_dataset
+from gir.train.loop import NonFiniteLoss, batch_indices, train, train_batch
+from gir.train.runlog import read_trace
+
+ROOT = Path(__file__).resolve().parents[2]
+NET = str(ROOT / "nets" / "digits_cnn.py")
+
+
+def losses(run: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_trace(run / "trace.jsonl") if "loss" in r and not r.get("eval")}
+
+
+def gir_train(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "gir", "train", NET, "-q", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+
+
+def wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if (run / "trace.jsonl").exists() and max(losses(run), default=0) >= step:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early: {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError(f"no step {step} within {timeout} s")
+
+
+def test_small_cnn_reaches_97_percent_on_digits(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", NET, "--out", str(out), "-q"]) == 0
+    said = capsys.readouterr().out
+    assert "digits (1442 train / 355 val images, 10 classes, 16x16)" in said and "done: 360 steps" in said
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val_top1"] >= 0.97 and metrics["steps"] == 360 and metrics["images_per_s"] > 0
+    records = read_trace(out / "trace.jsonl")
+    header, steps = records[0], [r for r in records[1:] if not r.get("eval")]
+    assert header["header"] and header["config"]["learning_rate"] == 0.05 and header["data"] == "digits"
+    assert [r["step"] for r in steps] == list(range(1, 361))
+    assert set(steps[0]) >= {"step", "epoch", "loss", "lr", "time"} and steps[-1]["epoch"] == 8
+    assert steps[-1]["loss"] < steps[0]["loss"] / 5
+    evals = [r for r in records if r.get("eval")]
+    assert [r["epoch"] for r in evals] == list(range(1, 9)) and evals[-1]["top1"] == metrics["val_top1"]
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    arrays, meta = load_checkpoint(out)
+    assert meta["step"] == 360 and meta["net"] == "digits_cnn" and "momentum:head.weight" in arrays
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_same_losses(tmp_path):
+    """Checkpoint every epoch (45 steps); the run is killed in epoch 2 and resumed from step 45."""
+    args = ["--epochs", "3", "--augment", "--checkpoint-every", "1"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main(["train", NET, "--out", str(full), "-q", *args]) == 0
+    proc = gir_train("--out", str(cut), *args)
+    wait_for_step(cut, 60, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert load_checkpoint(cut)[1]["step"] == 45 and max(losses(cut)) >= 60
+    assert main(["train", NET, "--resume", str(cut), "-q"]) == 0
+    assert losses(cut) == losses(full)                     # every step, bit for bit (IREE on the CPU)
+    assert load_checkpoint(cut)[1]["step"] == 135
+
+
+def test_sigint_stops_cleanly_with_a_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    proc = gir_train("--out", str(run), "--epochs", "2")
+    wait_for_step(run, 5, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    step = load_checkpoint(run)[1]["step"]
+    assert f"SIGINT: stopped after step {step} of 90; checkpoint {run}/checkpoint.npz; continue with --resume {run}" \
+        in err and "Traceback" not in err
+    assert max(losses(run)) == step
+    assert main(["train", NET, "--resume", str(run), "-q"]) == 0
+    assert sorted(losses(run)) == list(range(1, 91))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real = IreeBackend.step
+
+    def poisoned(self, images, labels, lr, step):
+        res = real(self, images, labels, lr, step)
+        return type(res)(float("nan"), None) if step == 50 else res
+
+    monkeypatch.setattr(IreeBackend, "step", poisoned)
+    from gir.netfile import load_net_file
+    from gir.train.loop import RunOptions
+    net, cfg = load_net_file(NET)
+    with pytest.raises(NonFiniteLoss, match=r"loss is nan at step 50 \(epoch 2\); stopped; the last good checkpoint "
+                                            r".*checkpoint.npz \(step 45\) is kept"):
+        train(net, cfg.replace(epochs=2), RunOptions(out=tmp_path, progress=False), log=lambda s: None)
+    assert load_checkpoint(tmp_path)[1]["step"] == 45 and max(losses(tmp_path)) == 49
+
+
+def test_jax_on_four_devices_matches_one_device(tmp_path):
+    """Data-parallel over 4 forced CPU devices gives the same losses as one device within 1e-5 (relative):
+    the same global batch, only the reductions' order differs."""
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    runs, said = {}, {}
+    for n in (4, 1):
+        proc = gir_train("--backend", "jax", "--devices", str(n), "--epochs", "1", "--out", str(tmp_path / f"d{n}"),
+                         env=env)
+        said[n], err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+        runs[n] = losses(tmp_path / f"d{n}")
+    assert "on jax x4 devices" in said[4] and "x4" not in said[1]
+    assert sorted(runs[4]) == list(range(1, 46))
+    np.testing.assert_allclose([runs[4][s] for s in sorted(runs[4])], [runs[1][s] for s in sorted(runs[1])],
+                               rtol=1e-5)
+
+
+def test_iree_and_jax_backends_agree(tmp_path):
+    for backend in ("iree", "jax"):
+        assert main(["train", NET, "--epochs", "1", "--backend", backend, "--out", str(tmp_path / backend), "-q"]) == 0
+    a, b = losses(tmp_path / "iree"), losses(tmp_path / "jax")
+    np.testing.assert_allclose([a[s] for s in range(1, 11)], [b[s] for s in range(1, 11)], rtol=1e-4)
+
+
+def test_batches_are_seeded_permutations_and_augmentation_keeps_labels():
+    data = load_dataset("digits", 16, 1, 10)
+    n, b = len(data.train.labels), 32
+    spe = n // b
+    epoch1 = np.concatenate([batch_indices(0, n, b, s) for s in range(1, spe + 1)])
+    assert len(set(epoch1)) == spe * b                                  # no example twice in an epoch
+    assert not np.array_equal(batch_indices(0, n, b, 1), batch_indices(0, n, b, spe + 1))   # a new order per epoch
+    assert np.array_equal(batch_indices(0, n, b, 7), batch_indices(0, n, b, 7))
+    idx = batch_indices(0, n, b, 3)
+    x1, y1 = train_batch(data, idx, default_augment(16), 0, 3)
+    x2, _ = train_batch(data, idx, default_augment(16), 0, 3)
+    plain, y0 = train_batch(data, idx, None, 0, 3)
+    assert np.array_equal(y1, data.train.labels[idx]) and np.array_equal(y0, y1)
+    assert np.array_equal(x1, x2) and not np.array_equal(x1, plain) and x1.dtype == np.float32
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--target", "rocm"], "no rocm device is available on this machine"),
+    (["--lr", "-1"], "invalid training option: --lr must be > 0, got -1.0"),
+    (["--epochs", "0"], "invalid training option: --epochs must be > 0, got 0"),
+    (["--label-smoothing", "1.5"], "invalid training option: --label-smoothing must be in [0, 1), got 1.5"),
+    (["--devices", "2"], "--devices 2 needs --backend jax"),
+    (["--data", "mnist:/nonexistent"], "/nonexistent"),
+    (["--data", "bogus:x"], "bogus"),
+    (["--backend", "jax", "--devices", "64"], "--devices 64: JAX sees"),
+])
+def test_bad_options_give_one_clear_line(tmp_path, capsys, args, match):
+    assert main(["train", NET, "--out", str(tmp_path / "r"), "-q", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gir: error: ") and match in err and err.count("\n") == 1, err
+
+
+def test_resume_errors(tmp_path, capsys):
+    assert main(["train", NET, "--resume", str(tmp_path)]) == 1
+    assert "has no checkpoint (checkpoint.npz)" in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert main(["train", NET, "--out", str(run), "--epochs", "1", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["train", NET, "--out", str(run), "-q"]) == 1
+    assert f"{run} already holds a run (checkpoint.npz); continue it with --resume {run}" in capsys.readouterr().err
+    assert main(["train", NET, "--resume", str(run), "--lr", "0.1"]) == 1
+    assert "--resume continues the saved run with its own recipe, data and folder; drop --lr" in capsys.readouterr().err
+    other = str(ROOT / "nets" / "mnist_cnn.py")
+    assert main(["train", other, "--resume", str(run), "-q"]) == 1
+    assert "is a checkpoint of net 'digits_cnn', not 'mnist_cnn'" in capsys.readouterr().err
