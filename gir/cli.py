@@ -29,11 +29,11 @@ from gir.train.backend import BackendError
 from gir.train.checkpoint import CheckpointError, load_checkpoint
 from gir.train.config import OPTIMIZERS, TrainConfig
 from gir.train.data import SOURCES, DataError
-from gir.train.loop import BACKENDS, Interrupted, NonFiniteLoss, RunOptions, train
+from gir.train.loop import BACKENDS, Interrupted, NonFiniteLoss, RunOptions, TrainError, train
 from gir.train.step import build_train_step, lower_train_step
 
 USER_ERRORS = (NetFileError, ShapeError, BindingError, ParamsError, CompileError, LoweringError, AdjointError,
-               RewriteError, DataError, CheckpointError, BackendError, DeviceUnavailable, NonFiniteLoss)
+               RewriteError, DataError, CheckpointError, BackendError, DeviceUnavailable, NonFiniteLoss, TrainError)
 
 
 class CliError(Exception):
@@ -240,7 +240,6 @@ def cmd_train(args: argparse.Namespace) -> int:
                            f"another --out")
     if args.devices > 1 and args.backend != "jax":
         raise CliError(f"--devices {args.devices} needs --backend jax (IREE runs on one device)")
-    _out_dir(out)
     options = RunOptions(data=data, out=out, backend=args.backend, target=args.target, chip=args.chip,
                          devices=args.devices, passes="none" if args.no_opt else args.passes,
                          iree_flags=tuple(args.iree_flag), progress=not args.quiet)

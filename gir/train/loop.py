@@ -8,6 +8,7 @@ uninterrupted run saw after step s.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -32,6 +33,11 @@ from gir.train.schedule import learning_rate
 from gir.train.step import lower_train_step
 
 BACKENDS = ("iree", "jax")
+
+
+class TrainError(Exception):
+    """A run that cannot start: a net without square NCHW input, a batch larger than the data, an
+    output folder that cannot be written."""
 
 
 class TrainingStopped(Exception):
@@ -65,11 +71,11 @@ def _input_geometry(net: Net, config: TrainConfig) -> tuple[int, int]:
     """(channels, image size) of the net's NCHW input at the config's image size."""
     shape = net.input_type.shape
     if len(shape) != 4:
-        raise BackendError(f"gir train needs a net whose input is NCHW images, {net.name!r} takes {net.input_type}")
+        raise TrainError(f"gir train needs a net whose input is NCHW images, {net.name!r} takes {net.input_type}")
     binding = net.binding(batch=config.batch_size, image=config.image_size)
     h, w = (int(d) if isinstance(d, int) else int(d.xreplace(binding)) for d in shape[2:])
     if h != w:
-        raise BackendError(f"gir train feeds square images; {net.name!r} takes {h}x{w}")
+        raise TrainError(f"gir train feeds square images; {net.name!r} takes {h}x{w}")
     return int(shape[1]), h
 
 
@@ -144,8 +150,8 @@ class Trainer:
         self.data: Dataset = load_dataset(options.data, self.image, channels, net.num_classes)
         self.steps_per_epoch = len(self.data.train.labels) // config.batch_size
         if self.steps_per_epoch < 1:
-            raise BackendError(f"batch {config.batch_size} is larger than the {len(self.data.train.labels)} "
-                               f"training images of {options.data}")
+            raise TrainError(f"batch {config.batch_size} is larger than the {len(self.data.train.labels)} "
+                             f"training images of {options.data}")
         self.total_steps = self.steps_per_epoch * config.epochs
         self.augment = default_augment(self.image) if config.augment else None
         if options.backend == "iree":
@@ -177,7 +183,7 @@ class Trainer:
         arrays, meta = load_checkpoint(self.options.out)
         where = str(checkpoint_path(self.options.out))
         if meta.get("net") != self.net.name:
-            raise BackendError(f"{where} is a checkpoint of net {meta.get('net')!r}, not {self.net.name!r}")
+            raise TrainError(f"{where} is a checkpoint of net {meta.get('net')!r}, not {self.net.name!r}")
         check_compatible(arrays, self.expected_arrays(), where)
         self.backend.load(arrays)
         self.step, self.elapsed = int(meta["step"]), float(meta["elapsed"])
@@ -280,8 +286,13 @@ def train(net: Net, config: TrainConfig, options: RunOptions, resume: bool = Fal
     """Trains `net` with `config`; writes trace.jsonl, checkpoint.npz, metrics.json and curves.png
     into options.out and returns the metrics."""
     out = Path(options.out)
-    out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(net, config, options, net_file, log)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainError(f"cannot create the run folder {out}: {e.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise TrainError(f"the run folder {out} is not writable")
     data = trainer.data
     log(f"gir train {net.name}: {options.data} ({len(data.train.labels)} train / {len(data.val.labels)} val images, "
         f"{data.classes} classes, {trainer.image}x{trainer.image}), batch {config.batch_size}, "

@@ -181,3 +181,10 @@ def test_resume_errors(tmp_path, capsys):
     other = str(ROOT / "nets" / "mnist_cnn.py")
     assert main(["train", other, "--resume", str(run), "-q"]) == 1
     assert "is a checkpoint of net 'digits_cnn', not 'mnist_cnn'" in capsys.readouterr().err
+
+
+def test_an_unusable_run_folder_is_reported(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["train", NET, "--out", str(blocker / "run"), "-q"]) == 1
+    assert f"gir: error: cannot create the run folder {blocker}/run: Not a directory" in capsys.readouterr().err
