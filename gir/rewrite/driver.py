@@ -194,6 +194,7 @@ def apply_rules(graph: Graph, rules: Sequence[Rule], ctx: Context | None = None,
     """Runs `rules` over `graph` until none fires (at most ctx.max_sweeps sweeps)."""
     ctx = ctx or Context()
     visit = _rule_visit(name, rules, ctx)
+    graph = dead_code_elimination(graph)  # use counts must not include dead users
     for _ in range(ctx.max_sweeps):
         graph, fired = rebuild(graph, visit)
         graph = dead_code_elimination(graph)

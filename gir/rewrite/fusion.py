@@ -20,8 +20,9 @@ def _bcast_chain(e: Emitter, m: Match) -> Value | None:
 
 
 def _const_chain(e: Emitter, m: Match) -> Value | None:
-    """op(op(x, c1), c2) -> op(x, op(c1, c2)); constant folding then makes one constant."""
-    if m.uses(m["inner"]) != 1:
+    """op(op(x, c1), c2) -> op(x, op(c1, c2)); constant folding then makes one constant. A constant x
+    is left to folding (else the three constants would rotate forever)."""
+    if m.uses(m["inner"]) != 1 or m["x"].producer is not None and m["x"].producer.op == "constant":
         return None
     return e.op(m.node.op, m["x"], e.op(m.node.op, m["c1"], m["c2"]))
 
