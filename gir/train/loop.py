@@ -82,7 +82,7 @@ def _input_geometry(net: Net, config: TrainConfig) -> tuple[int, int]:
 def compile_modules(net: Net, config: TrainConfig, passes: str) -> tuple[LoweredModule, LoweredModule]:
     """The train step and the eval function at the config's batch and image size."""
     binding = net.binding(batch=config.batch_size, image=config.image_size)
-    train = lower_train_step(net, config, passes=passes)
+    train = lower_train_step(net, config, batch=config.batch_size, image=config.image_size, passes=passes)
     names = passes_for(passes, bf16=config.bf16, bf16_conv=config.bf16_conv)
     evaluate = lower_graph(net.build(mode="eval"), binding, "eval", net.constraints, passes=names)
     return train, evaluate

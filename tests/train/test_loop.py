@@ -188,3 +188,11 @@ def test_an_unusable_run_folder_is_reported(tmp_path, capsys):
     blocker.write_text("not a folder")
     assert main(["train", NET, "--out", str(blocker / "run"), "-q"]) == 1
     assert f"gir: error: cannot create the run folder {blocker}/run: Not a directory" in capsys.readouterr().err
+
+
+def test_batch_and_image_flags_size_the_compiled_step(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", NET, "--batch", "16", "--image", "12", "--epochs", "1", "--out", str(out), "-q"]) == 0
+    header = read_trace(out / "trace.jsonl")[0]
+    assert header["image_size"] == 12 and header["steps_per_epoch"] == 1442 // 16
+    assert header["config"]["batch_size"] == 16 and max(losses(out)) == 1442 // 16
