@@ -22,5 +22,5 @@ net = Net(
 )
 
 # The reference ImageNet recipe (SGD, wd 4e-5, cosine, warmup, label smoothing 0.1) scaled to batch 64, 32x32 images.
-config = TrainConfig(learning_rate=0.05, batch_size=64, epochs=10, optimizer="sgd", momentum=0.9, weight_decay=4e-5,
+config = TrainConfig(learning_rate=0.05, batch_size=64, epochs=20, optimizer="sgd", momentum=0.9, weight_decay=4e-5,
                      cosine=True, warmup_epochs=1, label_smoothing=0.1, augment=True, image_size=32)

@@ -55,6 +55,7 @@ class Dataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: tuple[str, ...] = ()
+    mirror_safe: bool = True   # a horizontal flip keeps the label (not for digits: a flipped 2 is no 2)
 
     def normalize(self, images_u8: np.ndarray) -> np.ndarray:
         """float32 (x/255 - mean)/std per channel; channels are axis -3 ([n, C, S, S] or [C, S, S])."""
@@ -212,7 +213,7 @@ def _digits(spec: str, size: int, channels: int, num_classes: int | None) -> Dat
     train = Split(_fit(images[tr], size, channels), labels[tr])
     val = Split(_fit(images[va], size, channels), labels[va])
     mean, std = _stats(train.images)
-    return Dataset(spec, train, val, 10, mean, std, DIGIT_CLASSES)
+    return Dataset(spec, train, val, 10, mean, std, DIGIT_CLASSES, mirror_safe=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -373,7 +374,8 @@ def _mnist(spec: str, root: Path, size: int, channels: int, num_classes: int | N
     _need_dir(root)
     train = _mnist_split(root, "train", size, channels, num_classes)
     val = _mnist_split(root, "t10k", size, channels, num_classes)
-    return Dataset(spec, train, val, 10, MNIST_MEAN * channels, MNIST_STD * channels, DIGIT_CLASSES)
+    return Dataset(spec, train, val, 10, MNIST_MEAN * channels, MNIST_STD * channels, DIGIT_CLASSES,
+                   mirror_safe=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -153,7 +153,8 @@ class Trainer:
             raise TrainError(f"batch {config.batch_size} is larger than the {len(self.data.train.labels)} "
                              f"training images of {options.data}")
         self.total_steps = self.steps_per_epoch * config.epochs
-        self.augment = default_augment(self.image) if config.augment else None
+        self.augment = (attrs.evolve(default_augment(self.image), flip=self.data.mirror_safe)
+                        if config.augment else None)
         if options.backend == "iree":
             device_config(options.target)   # fail before compiling when the device is missing
         t0 = time.perf_counter()
