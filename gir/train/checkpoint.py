@@ -19,6 +19,7 @@ import numpy as np
 CHECKPOINT = "checkpoint.npz"
 META_KEY = "__gir_checkpoint__"
 FORMAT = 1
+TEMP_PREFIX, TEMP_SUFFIX = ".checkpoint-", ".npz.tmp"
 
 
 class CheckpointError(Exception):
@@ -33,15 +34,19 @@ def save_checkpoint(run_dir: str | Path, arrays: Mapping[str, np.ndarray], meta:
     """Writes run_dir/checkpoint.npz atomically; the previous checkpoint stays intact on any failure."""
     path = checkpoint_path(run_dir)
     record = json.dumps({"format": FORMAT, **meta})
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".npz.tmp", dir=path.parent)
+    tmp: str | None = None
     try:
+        for stale in path.parent.glob(TEMP_PREFIX + "*" + TEMP_SUFFIX):  # left by a write that was killed
+            stale.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **{META_KEY: np.array(record)}, **{k: np.asarray(v) for k, v in arrays.items()})
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
             raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e}; the previous checkpoint "
                                   f"(if any) is kept") from None
