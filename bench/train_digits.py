@@ -38,7 +38,9 @@ def main() -> None:
     ap.add_argument("--nets", default="mobilenet_v2,digits_cnn")
     ap.add_argument("--write", action="store_true", help="replace the section in docs/performance.md")
     args = ap.parse_args()
-    results = [run(n) for n in args.nets.split(",")]
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["GIR_CACHE_DIR"] = cache   # a cold IREE cache: the compile time is real
+        results = [run(n) for n in args.nets.split(",")]
     title = "## Training on the built-in digits data (bench/train_digits.py)"
     lines = [title, "", machine_line("`gir train NET` with each net file's own config, IREE cpu, data `digits` "
                                      "(1,442 train / 355 val images, resized to the net's input)."), "",
