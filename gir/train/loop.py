@@ -256,8 +256,9 @@ class Trainer:
                     ev = {"eval": True, "epoch": epoch, "step": step, **self.evaluate()}
                     trace.write(ev)
                     evals.append(ev)
-                    bar.write(f"epoch {epoch}: val top-1 {100 * ev['top1']:.2f}%  top-5 {100 * ev['top5']:.2f}%  "
-                              f"val loss {ev['val_loss']:.4f}")
+                    line = (f"epoch {epoch}: val top-1 {100 * ev['top1']:.2f}%  top-5 {100 * ev['top5']:.2f}%  "
+                            f"val loss {ev['val_loss']:.4f}")
+                    (bar.write if self.options.progress else self.log)(line)
                 if end_of_epoch and (epoch % cfg.checkpoint_every == 0 or step == self.total_steps):
                     self.checkpoint()
                 if stop.signal is not None:
