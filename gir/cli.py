@@ -1,6 +1,6 @@
 """The `gir` command: `gir show` (layer table), `gir lower` (StableHLO, IREE modules, graph dumps),
 `gir check` (the backward pass's invariants and numerics), `gir passes` (the rewrite passes),
-`gir train` (training on IREE or JAX, with checkpoints and resume)."""
+`gir train` (training on IREE or JAX, with checkpoints and resume), `gir bench` (train-step timing)."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from gir.autodiff import AdjointError
+from gir.bench import bench_train_step
 from gir.check import check_net
 from gir.ir.dot import to_dot
 from gir.ir.printer import print_graph
@@ -310,6 +311,27 @@ def _add_train_flags(s: argparse.ArgumentParser) -> None:
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+# ---- gir bench -----------------------------------------------------------------------------
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    net, config = load_net_file(args.net)
+    batch, image = args.batch or config.batch_size, args.image or config.image_size
+    check_binding(net.binding(batch=batch, image=image), net.constraints)
+    r = bench_train_step(net, config, batch, image, backend=args.backend, target=args.target, chip=args.chip,
+                         steps=args.steps, warmup=args.warmup, flags=tuple(args.iree_flag),
+                         passes="none" if args.no_opt else args.passes)
+    if args.json:
+        print(json.dumps(r.to_dict()))
+        return 0
+    where = f"iree {r.target}" if r.backend == "iree" else "jax"
+    print(f"gir bench {r.net}: train step at batch {r.batch}, {r.image}x{r.image} on {where} ({r.ops:,} ops, "
+          f"front end {r.front_end_s:.2f} s, compile {r.compile_s:.1f} s)")
+    print(f"{r.steps} steps after {r.warmup} warm-up: median {r.median_ms:.1f} ms (min {r.min_ms:.1f}, max "
+          f"{r.max_ms:.1f}); {r.images_per_s:.0f} images/s; {r.gflop_per_step:.2f} GFLOP per step, "
+          f"{r.gflops:.1f} GFLOP/s")
+    return 0
+
+
 # ---- gir check ------------------------------------------------------------------------------
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -390,6 +412,18 @@ def make_parser() -> argparse.ArgumentParser:
     s = net_cmd("train", "train the net on built-in or given data with IREE or JAX; checkpoints, resume, logs")
     _add_train_flags(s)
     s.set_defaults(func=cmd_train)
+
+    s = net_cmd("bench", "time the net's compiled train step on random data (median, min, max ms per step)")
+    s.add_argument("--backend", choices=BACKENDS, default="iree", help="iree (default) or jax")
+    s.add_argument("--target", choices=TARGETS, default="cpu", help="IREE target (default cpu)")
+    s.add_argument("--chip", help="GPU chip or CPU model for IREE")
+    s.add_argument("--iree-flag", action="append", default=[], metavar="FLAG", help="extra iree-compile flag")
+    s.add_argument("--steps", type=_positive_int("--steps"), default=10, help="timed steps (default 10)")
+    s.add_argument("--warmup", type=_int("--warmup"), default=2, help="untimed steps first (default 2)")
+    s.add_argument("--passes", default="default", help="rewrite pipeline or passes (see `gir passes`)")
+    s.add_argument("--no-opt", action="store_true", help="no rewrite passes")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("passes", help="list the rewrite passes, their rules and the pipelines",
                        description="list the rewrite passes, their rules and the pipelines")

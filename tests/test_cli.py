@@ -4,6 +4,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from gir.cli import main
 
 MNV2 = "nets/mobilenet_v2.py"
@@ -158,3 +160,16 @@ def test_lower_bf16_conv_casts_survive_to_the_text(tmp_path, capsys):
 def test_lower_rejects_an_unknown_pass(tmp_path, capsys):
     assert main(["lower", MNV2, "-o", str(tmp_path), "--no-compile", "--passes", "cse,nope"]) == 1
     assert "gir: error: unknown pass 'nope'; passes: " in capsys.readouterr().err
+
+
+def test_bench_prints_timings_and_json(capsys):
+    net = "nets/digits_cnn.py"
+    assert main(["bench", net, "--batch", "8", "--image", "16", "--steps", "3", "--warmup", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "gir bench digits_cnn: train step at batch 8, 16x16 on iree cpu" in out
+    assert re.search(r"3 steps after 1 warm-up: median [\d.]+ ms \(min [\d.]+, max [\d.]+\); \d+ images/s; "
+                     r"0\.03 GFLOP per step, [\d.]+ GFLOP/s", out), out
+    assert main(["bench", net, "--batch", "8", "--image", "16", "--steps", "3", "--backend", "jax", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["steps"] == 3 and r["backend"] == "jax" and 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+    assert r["images_per_s"] == pytest.approx(8 / (r["median_ms"] / 1e3)) and r["gflop_per_step"] > 0

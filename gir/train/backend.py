@@ -37,10 +37,12 @@ def carried_names(graph: Graph) -> list[str]:
 class IreeBackend:
     """The train step and the eval function in one IREE module on one device."""
 
-    def __init__(self, train: LoweredModule, evaluate: LoweredModule, target: str = "cpu", chip: str | None = None,
-                 flags: tuple[str, ...] = ()):
-        self.train, self.eval = train.primitive, evaluate.primitive
-        text = print_module({"train_step": self.train, "eval": self.eval}, f"{self.train.name}_module")
+    def __init__(self, train: LoweredModule, evaluate: LoweredModule | None, target: str = "cpu",
+                 chip: str | None = None, flags: tuple[str, ...] = ()):
+        self.train = train.primitive
+        self.eval = evaluate.primitive if evaluate is not None else None
+        functions = {"train_step": self.train, **({"eval": self.eval} if self.eval is not None else {})}
+        text = print_module(functions, f"{self.train.name}_module")
         self.session = IreeSession(compile_text(text, target, chip, list(flags)), target)
         self.carried = carried_names(self.train)
         self.state: dict[str, Any] = {}
@@ -59,6 +61,8 @@ class IreeBackend:
                           None if norm is None else float(np.asarray(norm.to_host())))
 
     def logits(self, images: np.ndarray) -> np.ndarray:
+        if self.eval is None:
+            raise BackendError("this backend was built without an eval function")
         args = [self.state[v.name] if v.name in self.state else self.session.to_device(images)
                 for v in self.eval.inputs]
         out = dict(zip(self.eval.outputs, self.session.call("eval", *args)))
@@ -72,14 +76,15 @@ class JaxBackend:
     """The same graphs through JAX: jit on one device, or a Mesh of `devices` with the batch split
     across them (parameters and state replicated; XLA inserts the cross-device reductions)."""
 
-    def __init__(self, train: LoweredModule, evaluate: LoweredModule, devices: int = 1):
+    def __init__(self, train: LoweredModule, evaluate: LoweredModule | None, devices: int = 1):
         import jax
         from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
         from gir.lower.jax_backend import as_jax_function
 
         self.jax = jax
-        self.train, self.eval = train.primitive, evaluate.primitive
+        self.train = train.primitive
+        self.eval = evaluate.primitive if evaluate is not None else None
         self.carried = carried_names(self.train)
         available = jax.devices()
         if devices > len(available):
@@ -96,7 +101,8 @@ class JaxBackend:
             return {v.name: self.split if v.name in ("images", "labels") else self.replicated for v in g.inputs}
 
         self._step = jax.jit(as_jax_function(self.train), in_shardings=(shardings(self.train),))
-        self._eval = jax.jit(as_jax_function(self.eval), in_shardings=(shardings(self.eval),))
+        self._eval = (jax.jit(as_jax_function(self.eval), in_shardings=(shardings(self.eval),))
+                      if self.eval is not None else None)
         self.state: dict[str, Any] = {}
 
     def load(self, values: Mapping[str, np.ndarray]) -> None:
@@ -111,6 +117,8 @@ class JaxBackend:
         return StepResult(float(out["loss"]), None if norm is None else float(norm))
 
     def logits(self, images: np.ndarray) -> np.ndarray:
+        if self._eval is None:
+            raise BackendError("this backend was built without an eval function")
         feed = {**{v.name: self.state[v.name] for v in self.eval.inputs if v.name in self.state},
                 "images": self.jax.device_put(images, self.split)}
         return np.asarray(self._eval(feed)["logits"])

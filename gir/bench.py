@@ -1,0 +1,78 @@
+"""`gir bench`: time a net's compiled train step (IREE or JAX) on random data, the way the loop
+runs it (parameters and state resident on the device, the loss read back every step)."""
+from __future__ import annotations
+
+import statistics
+import time
+
+import attrs
+import numpy as np
+
+from gir.lower.iree_runtime import device_config
+from gir.nn.net import Net
+from gir.nn.params import init_params
+from gir.shapes.macs import node_macs
+from gir.train.backend import IreeBackend, JaxBackend
+from gir.train.config import TrainConfig
+from gir.train.step import lower_train_step
+
+
+@attrs.frozen
+class BenchResult:
+    net: str
+    backend: str
+    target: str
+    batch: int
+    image: int
+    steps: int
+    warmup: int
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    images_per_s: float
+    gflop_per_step: float
+    gflops: float
+    front_end_s: float
+    compile_s: float
+    ops: int
+    chars: int
+
+    def to_dict(self) -> dict:
+        return attrs.asdict(self)
+
+
+def step_flops(graph) -> int:
+    """2 x the multiply-accumulates of every convolution and dot in a static graph."""
+    return 2 * sum(int(node_macs(n)) for n in graph.nodes)
+
+
+def bench_train_step(net: Net, config: TrainConfig, batch: int, image: int, backend: str = "iree",
+                     target: str = "cpu", chip: str | None = None, steps: int = 10, warmup: int = 2,
+                     flags: tuple[str, ...] = (), passes: str = "default") -> BenchResult:
+    """Median, min and max wall time of `steps` train steps after `warmup` ones (which also compile
+    JAX's jit), with the net's input at `batch` x `image`."""
+    if backend == "iree":
+        device_config(target)
+    t0 = time.perf_counter()
+    mod = lower_train_step(net, config.replace(batch_size=batch, image_size=image), batch=batch, image=image,
+                           passes=passes)
+    front = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    runner = (IreeBackend(mod, None, target, chip, flags) if backend == "iree" else JaxBackend(mod, None))
+    compile_s = time.perf_counter() - t0
+    g = mod.primitive
+    runner.load(init_params(g, config.seed))
+    rng = np.random.default_rng(config.seed)
+    images = rng.standard_normal(tuple(int(d) for d in g.input("images").type.shape)).astype(np.float32)
+    labels = rng.integers(0, net.num_classes, batch).astype(np.int32)
+    times = []
+    for step in range(1, warmup + steps + 1):
+        t = time.perf_counter()
+        runner.step(images, labels, 1e-3, step)
+        if step > warmup:
+            times.append(time.perf_counter() - t)
+    median = statistics.median(times)
+    flops = step_flops(g)
+    return BenchResult(net.name, backend, target if backend == "iree" else "jax", batch, image, steps, warmup,
+                       1e3 * median, 1e3 * min(times), 1e3 * max(times), batch / median, flops / 1e9,
+                       flops / median / 1e9, front, compile_s, len(g.nodes), len(mod.text))
