@@ -27,10 +27,10 @@ from gir.rewrite import PASSES, PIPELINES, Firing, RewriteError, passes_for
 from gir.shapes.errors import ShapeError
 from gir.shapes.specialize import BindingError, check_binding
 from gir.train.backend import BackendError
-from gir.train.checkpoint import CheckpointError, load_checkpoint
+from gir.train.checkpoint import CheckpointError, check_compatible, load_checkpoint
 from gir.train.config import OPTIMIZERS, TrainConfig
 from gir.train.data import SOURCES, DataError
-from gir.train.loop import BACKENDS, Interrupted, NonFiniteLoss, RunOptions, TrainError, train
+from gir.train.loop import BACKENDS, Interrupted, NonFiniteLoss, RunOptions, TrainError, checkpoint_arrays, train
 from gir.train.step import build_train_step, lower_train_step
 
 USER_ERRORS = (NetFileError, ShapeError, BindingError, ParamsError, CompileError, LoweringError, AdjointError,
@@ -222,20 +222,31 @@ def _default_out(net: Net) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     net, config = load_net_file(args.net)
+    build_graph(net, args.net)   # layer and shape errors now, before data or compiling
     if args.resume:
         given = sorted(FIELD_FLAGS[f] for d, f in RECIPE_FLAGS.items() if getattr(args, d) is not None)
         if given or args.data or args.out:
             raise CliError(f"--resume continues the saved run with its own recipe, data and folder; drop "
                            f"{', '.join(given + [f for f, v in (('--data', args.data), ('--out', args.out)) if v])}")
-        _, meta = load_checkpoint(args.resume)
+        arrays, meta = load_checkpoint(args.resume)
+        where = os.path.join(args.resume, "checkpoint.npz")
+        if meta.get("net") != net.name:
+            raise CheckpointError(f"{where} is a checkpoint of net {meta.get('net')!r}, not {net.name!r}")
         try:
             config = TrainConfig(**meta["config"])
+            check_compatible(arrays, checkpoint_arrays(build_train_step(net, config).graph), where)
+            total = int(meta["steps_per_epoch"]) * config.epochs
+            data, out, done = meta["data"], args.resume, int(meta["step"])
         except (TypeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{args.resume}: the checkpoint's config is not usable: {e}") from None
-        data, out = meta["data"], args.resume
+            raise CheckpointError(f"{where}: the checkpoint's record is not usable: {e}") from None
+        if done >= total:
+            print(f"the run in {out} is already complete ({done} of {total} steps); nothing to do")
+            return 0
     else:
         config = recipe(config, args)
         data, out = args.data or "digits", args.out or _default_out(net)
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise CliError(f"--out {out} is a file, not a folder")
         if os.path.exists(os.path.join(out, "checkpoint.npz")):
             raise CliError(f"{out} already holds a run (checkpoint.npz); continue it with --resume {out} or choose "
                            f"another --out")
@@ -375,6 +386,7 @@ def make_parser() -> argparse.ArgumentParser:
         s.add_argument("--batch", type=_positive_int("--batch"), help="bind N (batch size)")
         s.add_argument("--image", type=_positive_int("--image"), help="bind H and W (image size)")
         s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        s.set_defaults(command_parser=s)
         return s
 
     s = net_cmd("show", "print the layer table: path, op, symbolic output shape, params, MACs")
@@ -427,13 +439,15 @@ def make_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("passes", help="list the rewrite passes, their rules and the pipelines",
                        description="list the rewrite passes, their rules and the pipelines")
-    s.set_defaults(func=cmd_passes)
+    s.set_defaults(func=cmd_passes, command_parser=s)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the command's own usage line, which lists its flags
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except (CliError, *USER_ERRORS) as e:

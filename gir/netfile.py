@@ -25,6 +25,15 @@ def _line_in(tb: TracebackType | None, path: str) -> int | None:
     return line
 
 
+def _user_error(e: BaseException, path: str, full: str) -> NetFileError:
+    """The exception the user's code raised, at their line; attrs validators' (message, attribute,
+    ...) tuples shortened to the message."""
+    line = _line_in(e.__traceback__, full)
+    where = f"{path}:{line}" if line else path
+    msg = e.args[0] if len(e.args) > 1 and isinstance(e.args[0], str) else str(e)
+    return NetFileError(f"{where}: {type(e).__name__} while loading the net file: {msg}")
+
+
 def load_net_file(path: str) -> tuple[Net, TrainConfig]:
     """Runs the file and returns its `net` and `config` (TrainConfig() when it has none)."""
     if not os.path.exists(path):
@@ -35,11 +44,15 @@ def load_net_file(path: str) -> tuple[Net, TrainConfig]:
     try:
         ns = runpy.run_path(full, run_name="gir_net")
     except SyntaxError as e:
-        raise NetFileError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
-    except Exception as e:  # the user's code failed: point at their line, not ours
+        where = f"{path}:{e.lineno}" if e.lineno else path
+        raise NetFileError(f"{where}: syntax error: {e.msg}") from None
+    except SystemExit as e:
         line = _line_in(e.__traceback__, full)
-        where = f"{path}:{line}" if line else path
-        raise NetFileError(f"{where}: {type(e).__name__} while loading the net file: {e}") from e
+        raise NetFileError(f"{path}:{line}: SystemExit while loading the net file: it called sys.exit({e.code!r})"
+                           if line else f"{path}: SystemExit while loading the net file: it called "
+                           f"sys.exit({e.code!r})") from None
+    except Exception as e:  # the user's code failed: point at their line, not ours
+        raise _user_error(e, path, full) from e
     if "net" not in ns:
         raise NetFileError(f"{path} defines no `net`; a net file must set `net = Net(...)`")
     net, config = ns["net"], ns.get("config", TrainConfig())

@@ -39,6 +39,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GIR_CACHE_DIR") or Path.home() / ".cache" / "gir" / "iree")
 
 
+CHIP_TROUBLE = ("Unknown CPU", "does not provide any executable targets", "missing GPU target",
+                "not a recognized processor", "unsupported target")
+"""Diagnostics that mean the target chip name was not understood."""
+
+
 def cache_key(text: str, flags: Sequence[str]) -> str:
     h = hashlib.sha256()
     h.update(ireec.__name__.encode())
@@ -99,7 +104,10 @@ def compile_text(text: str, target: str = "cpu", chip: str | None = None, extra_
         # Locations stay as written (no debug-info rewriting) so diagnostics point at our text.
         vmfb = ireec.compile_str(text, extra_args=flags)
     except ireec.CompilerToolError as e:
-        raise CompileError(f"iree-compile ({target}) failed: {explain(str(e), text)}") from None
+        msg = explain(str(e), text)
+        if chip and any(k in msg for k in CHIP_TROUBLE):
+            msg += f" (is --chip {chip} a valid {target} {'CPU' if target == 'cpu' else 'GPU'} name?)"
+        raise CompileError(f"iree-compile ({target}) failed: {msg}") from None
     if use_cache:
         _write_atomic(path, vmfb)
     return vmfb

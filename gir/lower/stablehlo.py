@@ -249,7 +249,11 @@ def print_function(graph: Graph, fname: str) -> str:
             raise LoweringError(f"no StableHLO rule for op {node.op!r} at {node.loc} (decompose layer ops first)")
         if not all(v.type.is_static for v in node.outputs):
             raise LoweringError(f"{node.op} at {node.loc} has a symbolic shape; bind the symbols first")
-        rule(p, node, node.attrs)
+        try:
+            rule(p, node, node.attrs)
+        except LoweringError as e:
+            where = node.loc.where()
+            raise LoweringError(f"{where + ': ' if where else ''}{node.op} at layer '{node.loc.path}': {e}") from None
     outs = list(graph.outputs.values())
     results = ", ".join(ttype(v.type) for v in outs)
     head = f"  func.func public @{_ident(fname)}({', '.join(args)}) -> ({results}) {{"

@@ -13,6 +13,7 @@ from gir.nn.layer import Layer
 from gir.nn.layers import softmax_cross_entropy
 from gir.nn.provenance import frame_depth, short_path, user_frame
 from gir.shapes.dims import Constraints, H, N, W
+from gir.shapes.specialize import BindingError
 
 
 class Net:
@@ -46,6 +47,11 @@ class Net:
 
     def binding(self, batch: int | None = None, image: int | None = None) -> dict[sympy.Symbol, int]:
         """Symbol values: the defaults, with N set to `batch` and H, W to `image` when given."""
+        fixed = [d for d in self.input_type.shape[2:] if isinstance(d, int)]
+        if image is not None and len(self.input_type.shape) == 4 and fixed == list(self.input_type.shape[2:]) \
+                and fixed != [image, image]:
+            raise BindingError(f"image size {image} (--image, or the config's image_size): net {self.name!r} "
+                               f"takes a fixed {'x'.join(map(str, fixed))} input")
         out = dict(self.sizes)
         for s in self.symbols:
             if batch is not None and s == N:
@@ -62,6 +68,10 @@ class Net:
         for lay in self.layers:
             x = lay(b, x)
         g = b.graph
+        classes = x.type.shape[-1] if x.type.rank else None
+        if self.num_classes and isinstance(classes, int) and classes != self.num_classes:
+            raise ValueError(f"the last layer gives {classes} logits per example ({x.type.short()}) but the net "
+                             f"declares num_classes={self.num_classes}")
         g.set_output("logits", x)
         for path, mean, var in b.bn_stats:
             g.set_output(f"bn_mean:{path}", mean)

@@ -456,7 +456,11 @@ def _npz(spec: str, root: Path, size: int, channels: int, num_classes: int | Non
             names = tuple(str(s) for s in z["class_names"].reshape(-1)) if "class_names" in z.files else ()
     except DataError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+    except (ValueError, zipfile.BadZipFile) as e:
+        # np.load reads a non-zip file as a pickle and says so; it is simply not an .npz archive
+        why = "not a zip archive" if "pickle" in str(e) or isinstance(e, zipfile.BadZipFile) else str(e)
+        raise DataError(f"{root}: not a readable .npz file ({why})") from None
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{root}: not a readable .npz file: {e}") from None
     bound = num_classes if num_classes is not None else (len(names) or None)
     splits = []

@@ -18,6 +18,7 @@ from typing import Any, Self
 import attrs
 import numpy as np
 
+from gir.ir.graph import Graph
 from gir.lower.iree_runtime import device_config
 from gir.lower.pipeline import LoweredModule, lower_graph
 from gir.nn.net import Net
@@ -86,6 +87,12 @@ def compile_modules(net: Net, config: TrainConfig, passes: str) -> tuple[Lowered
     names = passes_for(passes, bf16=config.bf16, bf16_conv=config.bf16_conv)
     evaluate = lower_graph(net.build(mode="eval"), binding, "eval", net.constraints, passes=names)
     return train, evaluate
+
+
+def checkpoint_arrays(train_graph: Graph) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Name -> (shape, dtype) of what a checkpoint of this train step holds: parameters and state."""
+    return {v.name: (tuple(int(d) for d in v.type.shape), v.type.dtype.numpy_name)
+            for v in train_graph.inputs if v.role in ("param", "state")}
 
 
 def top_k(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -173,10 +180,6 @@ class Trainer:
 
     # ---- state ------------------------------------------------------------------------------
 
-    def expected_arrays(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        return {v.name: (tuple(int(d) for d in v.type.shape), v.type.dtype.numpy_name)
-                for v in self.train_graph.inputs if v.role in ("param", "state")}
-
     def start_fresh(self) -> None:
         self.backend.load(init_params(self.train_graph, self.config.seed))
 
@@ -185,7 +188,7 @@ class Trainer:
         where = str(checkpoint_path(self.options.out))
         if meta.get("net") != self.net.name:
             raise TrainError(f"{where} is a checkpoint of net {meta.get('net')!r}, not {self.net.name!r}")
-        check_compatible(arrays, self.expected_arrays(), where)
+        check_compatible(arrays, checkpoint_arrays(self.train_graph), where)
         self.backend.load(arrays)
         self.step, self.elapsed = int(meta["step"]), float(meta["elapsed"])
         return meta
@@ -278,6 +281,11 @@ class Trainer:
                 f"Try a lower --lr or --clip-norm")
 
 
+def _finite_or_none(x: float) -> float | None:
+    """JSON has no NaN: an unknown number is null."""
+    return x if math.isfinite(x) else None
+
+
 def _progress(total: int, done: int, enabled: bool):
     from tqdm import tqdm
     return tqdm(total=total, initial=done, unit="step", disable=not enabled, dynamic_ncols=True, leave=False)
@@ -288,13 +296,19 @@ def train(net: Net, config: TrainConfig, options: RunOptions, resume: bool = Fal
     """Trains `net` with `config`; writes trace.jsonl, checkpoint.npz, metrics.json and curves.png
     into options.out and returns the metrics."""
     out = Path(options.out)
-    trainer = Trainer(net, config, options, net_file, log)
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TrainError(f"cannot create the run folder {out}: {e.strerror}") from None
     if not os.access(out, os.W_OK):
         raise TrainError(f"the run folder {out} is not writable")
+    try:
+        trainer = Trainer(net, config, options, net_file, log)
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()   # nothing was written: leave no empty folder behind
+        raise
     data = trainer.data
     log(f"gir train {net.name}: {options.data} ({len(data.train.labels)} train / {len(data.val.labels)} val images, "
         f"{data.classes} classes, {trainer.image}x{trainer.image}), batch {config.batch_size}, "
@@ -320,7 +334,7 @@ def train(net: Net, config: TrainConfig, options: RunOptions, resume: bool = Fal
     records = read_trace(out / "trace.jsonl")
     evals = [r for r in records if r.get("eval")]
     metrics = {"net": net.name, "data": options.data, "backend": options.backend, "steps": trainer.step,
-               "epochs": config.epochs, "final_loss": result["last"]["loss"],
+               "epochs": config.epochs, "final_loss": _finite_or_none(result["last"]["loss"]),
                "val_top1": evals[-1]["top1"] if evals else None, "val_top5": evals[-1]["top5"] if evals else None,
                "best_val_top1": max((r["top1"] for r in evals), default=None),
                "train_time_s": round(trainer.elapsed, 2), "compile_time_s": round(trainer.compile_s, 2),
