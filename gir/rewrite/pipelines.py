@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from gir.rewrite import bf16 as bf16_policy  # noqa: F401
-from gir.rewrite import bn_fold, cse, fold, fusion, simplify  # noqa: F401  (importing registers the passes)
+from gir.rewrite import bn_fold, conv_forms, cse, fold, fusion, simplify  # noqa: F401  (importing registers them)
 from gir.rewrite.driver import PIPELINES, resolve
 
-PIPELINES["default"] = ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", "cse", "simplify", "dce")
+PIPELINES["default"] = ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", "conv_forms", "cse", "simplify", "dce")
 """CSE first so equal BNs fold once; fold again after fusion builds constant products; simplify
 after the last CSE, which can make both arms of a select the same value."""
 PIPELINES["none"] = ()

@@ -109,7 +109,8 @@ def test_dce_keeps_what_outputs_need():
 
 
 def test_pipelines_resolve_and_unknown_names_are_clear():
-    assert resolve("default") == ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", "cse", "simplify", "dce")
+    assert resolve("default") == ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", "conv_forms", "cse",
+                                "simplify", "dce")
     assert resolve("cse, dce") == ("cse", "dce")
     assert resolve("none") == ()
     with pytest.raises(RewriteError, match=r"unknown pass 'cs'; passes: .*cse.*; pipelines: default, none"):
