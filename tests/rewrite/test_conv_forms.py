@@ -48,3 +48,24 @@ def test_ordinary_convolutions_are_left_alone():
     g.set_output("dw", back.grads[w])
     g = run_pass(decompose(g), "dce")
     assert len(run_pass(g, "conv_forms").nodes) == len(g.nodes)
+
+
+@pytest.mark.parametrize("stride,dilation,padding,k", [(1, 1, "same", 3), (2, 1, "same", 3), (1, 2, "same", 3),
+                                                       (2, 1, "valid", 3), (2, 1, "same", 5)])
+def test_depthwise_forward_and_input_grad_as_taps(stride, dilation, padding, k, preserves):
+    """The input gradient of a strided depthwise conv has lhs dilation: interior padding in the taps form."""
+    b = Builder("dw")
+    x = b.input("x", (2, 4, 9, 9), role="param")
+    w = b.input("w", (4, 1, k, k))
+    y = b.depthwise_conv2d(x, w, stride=stride, padding=padding, dilation=dilation)
+    ct = b.input("ct", tuple(y.type.shape))
+    g = b.graph
+    g.set_output("y", y)
+    back = vjp(g, {"y": ct}, [x])
+    g.set_output("dx", back.grads[x])
+    g = decompose(g)
+    ctx = Context(trace=[], check=True)
+    out = run_pass(g, "conv_forms", ctx)
+    assert [f.rule for f in ctx.trace] == ["depthwise_conv_as_taps"] * 2
+    assert not [n for n in out.nodes if n.op == "convolution"]
+    preserves(g, out, rtol=1e-5, atol=1e-5)
