@@ -99,8 +99,15 @@ class _Printer:
                 f'      "stablehlo.return"(%r) : ({t}) -> () {location(loc)}\n    }})')
 
 
-def _init_value(kind: str, dtype: DType) -> float:
-    return {"sum": 0.0, "max": -math.inf, "min": math.inf}[kind]
+def _init_value(kind: str, dtype: DType) -> float | int | bool:
+    """The reduction's identity: 0, or the lowest/highest value of the type (+-inf for floats)."""
+    if kind == "sum":
+        return 0
+    if dtype == DType.i32:
+        return -(2 ** 31) if kind == "max" else 2 ** 31 - 1
+    if dtype == DType.i1:
+        return kind == "min"
+    return -math.inf if kind == "max" else math.inf
 
 
 Rule = Callable[[_Printer, Node, Any], None]
