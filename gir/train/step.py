@@ -71,7 +71,8 @@ def _update_running_stats(g: Graph, net: Net) -> None:
         x = bn.inputs[0]
         count = math.prod(x.type.shape[d] for d in range(x.type.rank) if d != 1)
         e = Emitter(g, bn.loc, None, net.constraints)
-        unbiased = e.mul_scalar(var, sympy.sympify(count) / (count - 1))  # a number once count is bound
+        # n/(n-1), a number once count is bound; a single value per channel has no spread to correct
+        unbiased = e.mul_scalar(var, sympy.sympify(count) / sympy.Max(count - 1, 1))
         for stat, batch in (("running_mean", mean), ("running_var", unbiased)):
             r = names.get(f"{path}.{stat}")
             if r is not None:

@@ -123,3 +123,11 @@ def test_mobilenet_v2_train_step_on_iree_and_jax_against_jax_grad():
     # This step is sensitive to rounding: perturbing the images by 1e-6 (relative) moves jax.grad's own
     # gradient by about 3e-2 (docs/performance.md). IREE's different f32 rounding lands within that.
     assert iree_err < 5e-2
+
+
+def test_a_single_value_per_channel_still_lowers():
+    """At batch 1 the last stages of MobileNetV2 at 32x32 are 1x1: one value per BN channel. The unbiased
+    variance factor n/(n-1) would divide by zero; with nothing to correct it is 1."""
+    net, cfg = load_net_file(str(NETS / "mobilenet_v2.py"))
+    mod = lower_train_step(net, cfg, batch=1, image=32, passes="none", check=True)
+    assert "inf" not in mod.text and "nan" not in mod.text.lower()
