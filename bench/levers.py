@@ -32,13 +32,11 @@ register_pass(Pass("conv_forms_wgrad_only", "conv_forms' depthwise weight-gradie
 WITHOUT_CONV_FORMS = "cse,bn_fold,simplify,fold,fusion,fold,cse,simplify,dce"
 WGRAD_ONLY = "cse,bn_fold,simplify,fold,fusion,fold,conv_forms_wgrad_only,cse,simplify,dce"
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {   # name -> (rewrite passes, iree-compile flags)
-    "baseline: default passes (conv_forms), llvm-cpu host": ("default", ()),
+    "baseline: default passes (conv_forms), llvm-cpu host, gir's CPU flags (O3, im2col)": ("default", ()),
     "no conv_forms: depthwise convs and their gradients as grouped convolutions": (WITHOUT_CONV_FORMS, ()),
     "conv_forms on depthwise weight gradients only": (WGRAD_ONLY, ()),
-    "im2col for convs": ("default", ("--iree-global-opt-use-im2col-for-convs",)),
     "data tiling": ("default", ("--iree-opt-data-tiling",)),
     "ukernels all": ("default", ("--iree-llvmcpu-enable-ukernels=all",)),
-    "--iree-opt-level=O3": ("default", ("--iree-opt-level=O3",)),
 }
 
 

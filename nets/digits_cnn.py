@@ -1,5 +1,4 @@
-"""A small CNN for the built-in digits data: two conv-BN-ReLU stages with 2x2 max-pools, global
-average pooling, one dense layer. Trains to ~98% validation top-1 in well under a minute on 2 cores."""
+"""Small CNN for the built-in digits data: three 3x3 conv-BN-ReLU (16, 32, 64), two 2x2 max-pools, GAP, dense 10."""
 from gir.nn import H, N, W, Constraints, Net, conv_bn, dense, global_avg_pool, max_pool
 from gir.train import TrainConfig
 

@@ -42,10 +42,12 @@ def cotangent_types(back: Backward) -> Finding:
 
 def completeness(back: Backward) -> Finding:
     """Every active (floating-point, dependent on a differentiated input) operand of a differentiated
-    node receives a cotangent from that node's adjoint."""
+    node receives a cotangent from that node's adjoint (a value in several operand positions may get
+    its whole cotangent in one of them)."""
     bad = [f"adjoint of {node.op} at {node.loc} gave no cotangent for its active input {i}"
            for node, cts in back.contributions.items()
-           for i, (v, ct) in enumerate(zip(node.inputs, cts)) if v in back.active and ct is None]
+           for i, (v, ct) in enumerate(zip(node.inputs, cts))
+           if v in back.active and all(c is None for u, c in zip(node.inputs, cts) if u is v)]
     return Finding("adjoint completeness", f"{len(back.contributions)} adjoints gave a cotangent to every "
                    "active input", tuple(bad))
 

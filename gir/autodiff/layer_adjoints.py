@@ -147,7 +147,8 @@ def _through_decomposition(e: Emitter, node: Node, cts: tuple[Ct, ...]):
     outs = res if isinstance(res, tuple) else (res,)
     seeds = {o: ct for o, ct in zip(outs, cts) if ct is not None}
     back = backprop(e.graph, e.graph.nodes[start:], seeds, node.inputs, owner=node, constraints=e.constraints)
-    return tuple(back.grads.get(v) for v in node.inputs)
+    # a value passed in several positions (attention(x, x, x)) has one total gradient: give it once
+    return tuple(back.grads.get(v) if node.inputs.index(v) == i else None for i, v in enumerate(node.inputs))
 
 
 for _op in ("layer_norm", "swish", "hard_swish", "gelu", "avg_pool", "softmax_cross_entropy", "attention"):

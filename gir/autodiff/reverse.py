@@ -94,9 +94,13 @@ def backprop(graph: Graph, nodes: Sequence[Node], seeds: Mapping[Value, Value], 
 def vjp(graph: Graph, seeds: Mapping[str, Value], wrt: Sequence[Value],
         constraints: Constraints = Constraints()) -> Backward:
     """Appends to `graph` the vector-Jacobian product of its named outputs (cotangents `seeds`)
-    with respect to `wrt`."""
-    return backprop(graph, list(graph.nodes), {graph.outputs[k]: ct for k, ct in seeds.items()}, wrt,
-                    constraints=constraints)
+    with respect to `wrt`. Output names that share a value have their cotangents summed."""
+    by_value: dict[Value, Value] = {}
+    for name, ct in seeds.items():
+        v = graph.outputs[name]
+        prev = by_value.get(v)
+        by_value[v] = ct if prev is None else Emitter(graph, Loc(path=name), None, constraints).add(prev, ct)
+    return backprop(graph, list(graph.nodes), by_value, wrt, constraints=constraints)
 
 
 def grad(graph: Graph, loss: str = "loss", wrt: Sequence[Value] | None = None,

@@ -13,9 +13,14 @@ CLEANUP_AFTER_BF16 = ("simplify", "cse", "dce")
 
 
 def passes_for(spec: str = "default", bf16: bool = False, bf16_conv: bool = False) -> tuple[str, ...]:
-    """The passes to run: a pipeline (or pass list) then, with a bf16 flag, the cast policy and,
-    unless the pipeline is empty, the cleanup that merges repeated casts."""
+    """The passes to run: a pipeline (or pass list) with, for a bf16 flag, the cast policy placed
+    before conv_forms (so depthwise convolutions become bf16 taps) or at the end, and, unless the
+    pipeline is empty, the cleanup that merges repeated casts."""
     names = resolve(spec)
-    if bf16 or bf16_conv:
-        names += ("bf16_conv" if bf16_conv else "bf16",) + (CLEANUP_AFTER_BF16 if names else ())
-    return names
+    if not (bf16 or bf16_conv):
+        return names
+    policy = "bf16_conv" if bf16_conv else "bf16"
+    if "conv_forms" in names:
+        i = names.index("conv_forms")
+        return names[:i] + (policy,) + names[i:] + CLEANUP_AFTER_BF16
+    return names + (policy,) + (CLEANUP_AFTER_BF16 if names else ())

@@ -106,7 +106,7 @@ def test_mobilenet_v2_train_step_on_iree_and_jax_against_jax_grad():
     vals = _feed(mod.primitive, batch=8, lr=0.01, classes=10)
     iree = dict(zip(mod.primitive.outputs, IreeSession(compile_text(mod.text)).call_numpy(
         "train_step", *[vals[v.name] for v in mod.primitive.inputs])))
-    jx = compile_jax(mod.primitive)(vals)
+    jx = compile_jax(mod.graph)(vals)   # the step before rewrites: XLA's convolutions, as the reference's
     fwd = specialize(net.build(mode="train", loss=True, label_smoothing=0.1), net.binding(batch=8, image=64))
     f = as_jax_function(fwd)
     fixed = {v.name: vals[v.name] for v in fwd.inputs if v.role != "param"}
