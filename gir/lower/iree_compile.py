@@ -22,8 +22,10 @@ class CompileError(Exception):
 
 
 CPU_SPEED_FLAGS = ("--iree-opt-level=O3", "--iree-global-opt-use-im2col-for-convs")
-"""Kept because they win on the CPU: MobileNetV2's train step at b8@64 runs 1.56x faster with both
-(O3 alone 1.42x, im2col alone 1.47x; bench/levers.py, docs/performance.md)."""
+"""Tried first on the CPU because they win: MobileNetV2's train step at b8@64 runs 1.56x faster with
+both (O3 alone 1.42x, im2col alone 1.47x; bench/levers.py, docs/performance.md). IREE 3.13 rejects
+some modules with them (small pooling and batched-matvec shapes), so a module they break is
+compiled again without them."""
 
 def target_flags(target: str, chip: str | None = None) -> list[str]:
     """iree-compile flags selecting the device: llvm-cpu on the host, HIP (gfx1100) or CUDA (sm_80)."""
@@ -32,7 +34,7 @@ def target_flags(target: str, chip: str | None = None) -> list[str]:
     chip = chip or DEFAULT_CHIPS[target]
     if target == "cpu":
         return ["--iree-hal-target-device=local", "--iree-hal-local-target-device-backends=llvm-cpu",
-                f"--iree-llvmcpu-target-cpu={chip}", *CPU_SPEED_FLAGS]
+                f"--iree-llvmcpu-target-cpu={chip}"]
     if target == "rocm":
         return ["--iree-hal-target-device=hip", f"--iree-rocm-target={chip}"]
     return ["--iree-hal-target-device=cuda", f"--iree-cuda-target={chip}"]
@@ -98,20 +100,25 @@ def explain(diagnostics: str, text: str) -> str:
 def compile_text(text: str, target: str = "cpu", chip: str | None = None, extra_flags: Sequence[str] = (),
                  use_cache: bool = True) -> bytes:
     """The compiled .vmfb bytes for `text`, from the cache when the same text, target and flags
-    were compiled before."""
+    were compiled before. On the CPU the speed flags are tried first, then plain flags."""
     flags = target_flags(target, chip) + list(extra_flags)
-    key = cache_key(text, flags)
+    attempts = [flags + list(CPU_SPEED_FLAGS), flags] if target == "cpu" else [flags]
+    key = cache_key(text, attempts[0])
     path = cache_dir() / f"{key}.vmfb"
     if use_cache and path.exists():
         return path.read_bytes()
-    try:
-        # Locations stay as written (no debug-info rewriting) so diagnostics point at our text.
-        vmfb = ireec.compile_str(text, extra_args=flags)
-    except ireec.CompilerToolError as e:
-        msg = explain(str(e), text)
-        if chip and any(k in msg for k in CHIP_TROUBLE):
-            msg += f" (is --chip {chip} a valid {target} {'CPU' if target == 'cpu' else 'GPU'} name?)"
-        raise CompileError(f"iree-compile ({target}) failed: {msg}") from None
+    for i, args in enumerate(attempts):
+        try:
+            # Locations stay as written (no debug-info rewriting) so diagnostics point at our text.
+            vmfb = ireec.compile_str(text, extra_args=args)
+            break
+        except ireec.CompilerToolError as e:
+            if i + 1 < len(attempts):
+                continue   # the speed flags broke it: compile plainly
+            msg = explain(str(e), text)
+            if chip and any(k in msg for k in CHIP_TROUBLE):
+                msg += f" (is --chip {chip} a valid {target} {'CPU' if target == 'cpu' else 'GPU'} name?)"
+            raise CompileError(f"iree-compile ({target}) failed: {msg}") from None
     if use_cache:
         _write_atomic(path, vmfb)
     return vmfb
