@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gir.ir.graph import Init, Value
 from gir.nn.builder import Builder
+from gir.shapes.errors import ShapeError
 from gir.nn.layer import Layer, layer
 
 ZEROS, ONES = Init("zeros"), Init("ones")
@@ -15,8 +16,16 @@ def conv_init(oc: int, ic: int, k: int) -> Init:
 
 
 def dense_init(fan_in: int, fan_out: int) -> Init:
-    """Uniform in +-1/sqrt(fan_in), the usual linear-layer default."""
-    return Init("uniform", scale=fan_in ** -0.5, fan_in=fan_in, fan_out=fan_out)
+    """Uniform in +-1/sqrt(fan_in), the usual linear-layer default (a size below 1 is left to the
+    parameter's shape check, which names the layer)."""
+    return Init("uniform", scale=fan_in ** -0.5 if fan_in > 0 else 1.0, fan_in=fan_in, fan_out=fan_out)
+
+
+def _need_rank(b: Builder, x: Value, rank: int, layer: str, layout: str) -> None:
+    """A layer that unpacks its input's shape says which rank it wants instead of failing to unpack."""
+    if x.type.rank != rank:
+        raise ShapeError(f"{layer} needs a rank-{rank} {layout} input, got rank {x.type.rank}",
+                         (("input", x.type),), layer, b.loc())
 
 
 ACTIVATION_OPS = {"relu": "relu", "relu6": "relu6", "swish": "swish", "silu": "swish",
@@ -245,6 +254,7 @@ def mb_conv(b: Builder, x: Value, ic: int, oc: int, t: int = 6, k: int = 3, stri
 def patch_embed(b: Builder, x: Value, ic: int, dim: int, patch: int = 16, class_token: bool = True) -> Value:
     """Image [N, C, H, W] -> tokens [N, T(+1), dim]: a patch x patch conv (stride patch), a learned
     class token and position embedding. Needs a fixed image size (T must be an int)."""
+    _need_rank(b, x, 4, "patch_embed", "[N, C, H, W]")
     n, _, h, w = x.type.shape
     if not isinstance(h, int) or not isinstance(w, int):
         raise ValueError(f"{b.loc()}: patch_embed needs a fixed image size for its position embedding; "
@@ -293,6 +303,7 @@ def transformer_encoder(b: Builder, x: Value, dim: int, heads: int, mlp: int, de
 @layer("cls")
 def class_token_pool(b: Builder, x: Value) -> Value:
     """Tokens [N, T, D] -> the first (class) token [N, D]."""
+    _need_rank(b, x, 3, "class_token_pool", "[N, T, D]")
     n, _, d = x.type.shape
     return b.reshape(b.slice(x, (0, 0, 0), (n, 1, d)), (n, d))
 

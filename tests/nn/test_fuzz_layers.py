@@ -26,13 +26,11 @@ The property: `Net(...).build()` either
     the errors `gir.cli.build_graph` reports as "while building net ..." against the net file.
 Any other exception (KeyError, IndexError, ZeroDivisionError, sympy's, ...) fails the test.
 
+Fixed since this test found them (the strategy draws them again): dense(0, k) divided by zero in
+`dense_init` before the parameter's shape check; class_token_pool/patch_embed on the wrong rank failed
+to unpack the shape instead of raising ShapeError.
+
 KNOWN CRASHES (found by this test; `KNOWN_CRASHES` keeps each out of the strategy until it is fixed):
-  * "dense_fan_in_0": dense(0, k) (also squeeze_excite(0, k), whose first dense it is) computes
-    0 ** -0.5 in `dense_init` before the parameter shape is checked -> ZeroDivisionError, where every
-    other zero-sized parameter gets a ShapeError.
-  * "token_layers_on_wrong_rank": class_token_pool() on a value whose rank is not 3, patch_embed(...) on
-    one whose rank is not 4: `n, _, d = x.type.shape` -> ValueError "too many (not enough) values to
-    unpack", a shape problem that is not a ShapeError.
   * "rank0_input": a rank-0 net input: flatten() -> IndexError in `Builder.flatten`; layer_norm(...) ->
     IndexError in the layer_norm shape rule (x.shape[-1]); `build(loss=True)` -> IndexError in
     `Net.build` (the labels' shape is input_shape[0]).
@@ -60,8 +58,7 @@ from gir.nn import (Net, avg_pool, batch_norm, bottleneck_block, class_token_poo
                     sequential, sigmoid, squeeze_excite, swish, transformer_encoder)
 from gir.shapes import Constraints, H, N, ShapeError, W, infer_node, specialize
 
-KNOWN_CRASHES = frozenset({"dense_fan_in_0", "token_layers_on_wrong_rank", "rank0_input",
-                           "unclear_argument_errors"})
+KNOWN_CRASHES = frozenset({"rank0_input", "unclear_argument_errors"})
 """The crashes listed in the module docstring that the strategy avoids; remove a name once it is fixed
 and the strategy draws that construct again."""
 
