@@ -45,11 +45,13 @@ def lower_graph(graph: Graph, binding: Mapping[sympy.Symbol, int], fname: str,
     passes and prints one module with one public function. `passes` is a pipeline name or a list
     of pass names (see gir.rewrite); fired rules are appended to `trace` when given."""
     static = specialize(graph, binding, constraints)
-    ctx = Context(constraints, trace, check=check, module=fname)
+    ctx = Context(constraints, trace, module=fname)   # per-pass verification: Context(check=True) in tests
     prim = decompose(run_pipeline(static, passes, "layer", ctx))
     if check:
         verify(prim, "decompose", type_rule=infer_node)
     prim = run_pipeline(prim, passes, "primitive", ctx)
+    if check:
+        verify(prim, "the rewrite passes", type_rule=infer_node)
     return LoweredModule(fname, static, prim, print_module({fname: prim}, f"{graph.name}_{fname}"))
 
 

@@ -118,31 +118,39 @@ def rebuild(graph: Graph, visit: Visit) -> tuple[Graph, int]:
     """
     users = Counter(v for n in graph.nodes for v in n.inputs)
     users.update(graph.outputs.values())
+    original = set(graph.inputs).union(*(n.outputs for n in graph.nodes))
     out = Graph(graph.name)
-    vmap: dict[Value, Value] = {v: out.add_input(v.name, v.type, v.role, v.init) for v in graph.inputs}
-    origin: dict[Value, Value | None] = {new: old for old, new in vmap.items()}
+    out.inputs = list(graph.inputs)   # the interface: shared, never copied or dropped
+    vmap: dict[Value, Value] = {}     # only values that changed
+    origin: dict[Value, Value | None] = {}
     nmap: dict[Node, Node] = {}
 
     def uses(v: Value) -> int:
-        old = origin.get(v)
+        old = origin[v] if v in origin else (v if v in original else None)
         return users[old] if old is not None else 1 << 30
 
     replaced = 0
     for node in graph.nodes:
-        cand = Node(node.op, tuple(vmap[v] for v in node.inputs), node.attrs, (v.type for v in node.outputs),
-                    node.loc, nmap.get(node.adjoint_of, node.adjoint_of))
+        ins = tuple(vmap.get(v, v) for v in node.inputs)
+        adjoint_of = nmap.get(node.adjoint_of, node.adjoint_of)
+        if ins == node.inputs and adjoint_of is node.adjoint_of:
+            cand = node   # nothing upstream changed: offer the node itself (nodes are never mutated)
+        else:
+            cand = Node(node.op, ins, node.attrs, (v.type for v in node.outputs), node.loc, adjoint_of)
         res = visit(out, cand, uses)
         if res is None:
             out.nodes.append(cand)
+            if cand is node:
+                continue
             nmap[node] = cand
             res = cand.outputs
         else:
             replaced += 1
         for old, new in zip(node.outputs, res):
             vmap[old] = new
-            origin[new] = old if new not in origin else None
+            origin[new] = None if new in origin or new in original else old
     for name, v in graph.outputs.items():
-        out.set_output(name, vmap[v])
+        out.set_output(name, vmap.get(v, v))
     return out, replaced
 
 
