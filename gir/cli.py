@@ -41,16 +41,29 @@ class CliError(Exception):
     """A problem with the command line or its files, reported as one line."""
 
 
-def _positive_int(flag: str) -> Callable[[str], int]:
-    def parse(s: str) -> int:
+def _number(flag: str, convert: Callable[[str], float], what: str, minimum: float | None = None) -> Callable:
+    """An argparse type for `flag`: `convert`ed, at least `minimum`, else a message saying what it wants."""
+    def parse(s: str):
         try:
-            v = int(s)
+            v = convert(s)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} wants a positive integer, got {s!r}") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{flag} wants a positive integer, got {v}")
+            raise argparse.ArgumentTypeError(f"{flag} wants {what}, got {s!r}") from None
+        if minimum is not None and v < minimum:
+            raise argparse.ArgumentTypeError(f"{flag} wants {what}, got {v}")
         return v
     return parse
+
+
+def _positive_int(flag: str) -> Callable[[str], int]:
+    return _number(flag, int, "a positive integer", 1)
+
+
+def _float(flag: str) -> Callable[[str], float]:
+    return _number(flag, float, "a number")
+
+
+def _int(flag: str) -> Callable[[str], int]:
+    return _number(flag, int, "an integer")
 
 
 def build_graph(net: Net, path: str, mode: str = "train"):
@@ -266,24 +279,6 @@ def cmd_train(args: argparse.Namespace) -> int:
           + f", {metrics['images_per_s']:.0f} images/s; wrote {out}/ (trace.jsonl, metrics.json, curves.png, "
             f"checkpoint.npz)")
     return 0
-
-
-def _float(flag: str) -> Callable[[str], float]:
-    def parse(s: str) -> float:
-        try:
-            return float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} wants a number, got {s!r}") from None
-    return parse
-
-
-def _int(flag: str) -> Callable[[str], int]:
-    def parse(s: str) -> int:
-        try:
-            return int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} wants an integer, got {s!r}") from None
-    return parse
 
 
 def _add_train_flags(s: argparse.ArgumentParser) -> None:

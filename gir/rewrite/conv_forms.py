@@ -82,10 +82,11 @@ def _weight_grad_taps(e: Emitter, m: Match) -> Value | None:
     a: od.ConvolutionAttrs = m.node.attrs
     _, c, _, _ = x.type.shape
     kh, kw = out.type.shape[2:]
-    if not all(isinstance(v, int) for v in (*x.type.shape, *ct.type.shape, kh, kw)) or c != a.batch_group_count \
-            or tuple(out.type.shape[:2]) != (c, 1) or kh * kw > MAX_TAPS or _static_pads(a) is None:
+    pads = _static_pads(a)
+    if pads is None or not all(isinstance(v, int) for v in (*x.type.shape, *ct.type.shape, kh, kw)) \
+            or c != a.batch_group_count or tuple(out.type.shape[:2]) != (c, 1) or kh * kw > MAX_TAPS:
         return None
-    xp = _padded(e, x, _static_pads(a))
+    xp = _padded(e, x, pads)
     # the gradient conv's window stride is the forward dilation, its rhs dilation the forward stride
     taps = [e.reshape(e.reduce(e.mul(_tap(e, xp, i, j, a.window_strides, a.rhs_dilation, tuple(ct.type.shape[2:])),
                                      ct), "sum", (0, 2, 3)), (c, 1))
