@@ -69,3 +69,53 @@ def test_depthwise_forward_and_input_grad_as_taps(stride, dilation, padding, k, 
     assert [f.rule for f in ctx.trace] == ["depthwise_conv_as_taps"] * 2
     assert not [n for n in out.nodes if n.op == "convolution"]
     preserves(g, out, rtol=1e-5, atol=1e-5)
+
+
+def _pointwise_train_graph(stride: int = 1):
+    """A 1x1 conv with the gradients of its input and weight as outputs."""
+    b = Builder("pw")
+    x = b.input("x", (3, 5, 6, 7), role="param")
+    w = b.input("w", (4, 5, 1, 1), role="param")
+    y = b.conv2d(x, w, stride=stride)
+    ct = b.input("ct", tuple(y.type.shape))
+    g = b.graph
+    g.set_output("y", y)
+    back = vjp(g, {"y": ct}, [x, w])
+    g.set_output("dx", back.grads[x])
+    g.set_output("dw", back.grads[w])
+    return decompose(g)
+
+
+def test_pointwise_conv_and_gradients_as_matmuls(preserves):
+    g = _pointwise_train_graph()
+    ctx = Context(trace=[], check=True)
+    out = run_pass(g, "conv_forms", ctx)
+    assert sorted(f.rule for f in ctx.trace) == ["pointwise_conv_as_matmul"] * 2 + ["pointwise_weight_grad_as_matmul"]
+    assert not [n for n in out.nodes if n.op == "convolution"]
+    assert not [n for n in out.nodes if n.op == "transpose" and n not in g.nodes]  # NCHW kept: no layout change
+    preserves(g, out, rtol=1e-5, atol=1e-5)
+
+
+def test_strided_pointwise_conv_stays_a_convolution():
+    g = _pointwise_train_graph(stride=2)
+    ctx = Context(trace=[])
+    run_pass(g, "conv_forms", ctx)
+    assert "pointwise_conv_as_matmul" not in {f.rule for f in ctx.trace}
+
+
+def test_pointwise_weight_grad_on_tiny_images_contracts_batch_and_space(preserves):
+    """2x2 images with many channels: one dot_general over (batch, space), no per-image products."""
+    b = Builder("pw")
+    x = b.input("x", (3, 160, 2, 2))
+    w = b.input("w", (320, 160, 1, 1), role="param")
+    y = b.conv2d(x, w)
+    ct = b.input("ct", tuple(y.type.shape))
+    g = b.graph
+    g.set_output("y", y)
+    g.set_output("dw", vjp(g, {"y": ct}, [w]).grads[w])
+    del g.outputs["y"]
+    g = decompose(g)
+    out = run_pass(g, "conv_forms", Context(check=True))
+    dots = [n for n in out.nodes if n.op == "dot_general"]
+    assert len(dots) == 1 and dots[0].attrs.lhs_contract == (0, 2) and not dots[0].attrs.lhs_batch
+    preserves(g, out, rtol=1e-5, atol=1e-5)
