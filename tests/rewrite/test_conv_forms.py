@@ -51,7 +51,8 @@ def test_ordinary_convolutions_are_left_alone():
 
 
 @pytest.mark.parametrize("stride,dilation,padding,k", [(1, 1, "same", 3), (2, 1, "same", 3), (1, 2, "same", 3),
-                                                       (2, 1, "valid", 3), (2, 1, "same", 5)])
+                                                       (2, 1, "valid", 3), (2, 1, "same", 5), (3, 1, "same", 3),
+                                                       (2, 2, "same", 3), (3, 1, "valid", 2)])
 def test_depthwise_forward_and_input_grad_as_taps(stride, dilation, padding, k, preserves):
     """The input gradient of a strided depthwise conv has lhs dilation: interior padding in the taps form."""
     b = Builder("dw")
