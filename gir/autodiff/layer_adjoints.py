@@ -50,16 +50,21 @@ def _bias_add(e: Emitter, node: Node, ct: Value, x: Value, b: Value):
 @adjoint("relu")
 @_none_if_no_ct
 def _relu(e: Emitter, node: Node, ct: Value, x: Value):
-    zero = e.zeros(x)
-    return (e.select(e.compare(x, zero, "GT"), ct, zero),)
+    """The mask from the output (y > 0 exactly where x > 0), so the input need not be kept."""
+    y = node.out
+    zero = e.zeros(y)
+    return (e.select(e.compare(y, zero, "GT"), ct, zero),)
 
 
 @adjoint("relu6")
 @_none_if_no_ct
 def _relu6(e: Emitter, node: Node, ct: Value, x: Value):
-    zero = e.zeros(x)
-    inside = e.select(e.compare(x, e.const(6.0, x), "LT"), ct, zero)
-    return (e.select(e.compare(x, zero, "GT"), inside, zero),)
+    """The mask from the output (0 < y < 6 exactly where 0 < x < 6): the pre-activation (a BN's
+    output in MobileNetV2) is then never stored for the backward pass."""
+    y = node.out
+    zero = e.zeros(y)
+    inside = e.select(e.compare(y, e.const(6.0, y), "LT"), ct, zero)
+    return (e.select(e.compare(y, zero, "GT"), inside, zero),)
 
 
 @adjoint("global_avg_pool")
@@ -108,12 +113,12 @@ def _batch_norm_train(e: Emitter, node: Node, cts: tuple[Ct, ...]):
     xc = e.sub(x, per_channel(mean))
     gx = gg = gb = None
     if dy is not None:
+        # xhat = xc * istd appears only through per-channel factors: no full-size xhat is formed
         istd = e.op("rsqrt", e.add(var, e.const(node.attrs.eps, var)))
-        xhat = e.mul(xc, per_channel(istd))
         gb = e.reduce(dy, "sum", stats)
-        gg = e.reduce(e.mul(dy, xhat), "sum", stats)
+        gg = e.mul(e.reduce(e.mul(dy, xc), "sum", stats), istd)
         inner = e.sub(e.sub(dy, e.mul_scalar(per_channel(gb), inv_m)),
-                      e.mul(xhat, per_channel(e.mul_scalar(gg, inv_m))))
+                      e.mul(xc, per_channel(e.mul_scalar(e.mul(gg, istd), inv_m))))
         gx = e.mul(inner, per_channel(e.mul(gamma, istd)))
     if dmean is not None:
         t = per_channel(e.mul_scalar(dmean, inv_m))
