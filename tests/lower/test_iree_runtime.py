@@ -44,3 +44,40 @@ def test_missing_gpu_driver_or_device_is_reported():
         assert "no rocm device is available" in str(e)
     except Exception as e:  # a rocm device exists but cannot run a cpu module: also not a crash of ours
         assert "rocm" in str(e).lower() or "hip" in str(e).lower()
+
+
+_KEPT = """
+import os, sys
+import numpy as np
+
+def resident_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+if sys.argv[1] == "session":
+    from tests.lower.test_iree_runtime import _step_module
+    from gir.lower.iree_runtime import IreeSession
+    IreeSession(_step_module())
+before = resident_mb()
+a = np.empty(256 << 20, np.uint8)
+a.fill(1)
+del a
+print(resident_mb() - before)
+"""
+
+
+def test_cpu_session_keeps_freed_host_memory_for_reuse():
+    """IREE's per-call transient buffers are large mallocs. Once a CPU session exists a freed
+    256 MB block stays mapped for the next call; without one, glibc unmaps it (and the next call
+    faults every page in again)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def kept_mb(mode: str) -> float:
+        out = subprocess.run([sys.executable, "-c", _KEPT, mode], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parents[2])
+        return float(out.stdout.split()[-1])
+
+    assert kept_mb("plain") < 32
+    assert kept_mb("session") > 224
