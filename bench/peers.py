@@ -2,7 +2,7 @@
 backward, AdamW) against its peers, in one run and interleaved:
 
   1. gir -> IREE cpu          (gir's train_step.mlir, gir.train.backend.IreeBackend, as `gir bench`)
-  2. gir -> JAX backend       (the same graph through jax.jit, gir.train.backend.JaxBackend)
+  2. gir -> JAX backend       (the same net through jax.jit, gir.train.backend.JaxBackend, default_jax passes)
   3. JAX jit                  (MobileNetV2 written below in jax.numpy / jax.lax, XLA CPU)
   4. JAX -> IREE              (that JAX step lowered to StableHLO text, compiled by the same IREE)
   5. PyTorch eager            (MobileNetV2 written below in torch.nn, torch.optim.AdamW)
@@ -258,7 +258,7 @@ class GirSystem(System):
 
     def setup(self):
         from gir.train.backend import IreeBackend, JaxBackend
-        mod = self.ctx["mod"]
+        mod = self.ctx["mod" if self.backend == "iree" else "mod_jax"]
         t0 = time.perf_counter()
         self.runner = IreeBackend(mod, None, "cpu") if self.backend == "iree" else JaxBackend(mod, None)
         self.info["setup_s"] = time.perf_counter() - t0
@@ -385,6 +385,7 @@ def measure_shape(batch: int, image: int, steps: int, gir_bench: bool, torch_1t:
     from gir.bench import bench_train_step, step_flops
     from gir.netfile import load_net_file
     from gir.nn.params import init_params
+    from gir.rewrite import pipeline_for_backend
     from gir.train.step import lower_train_step
 
     net, cfg = load_net_file(NET)
@@ -401,7 +402,9 @@ def measure_shape(batch: int, image: int, steps: int, gir_bench: bool, torch_1t:
     params, stats = jax_init(0)
     zeros = {k: np.zeros_like(v) for k, v in params.items()}
     jax_state = (params, stats, zeros, {k: z.copy() for k, z in zeros.items()})
-    ctx = {"mod": mod, "init": init_params(mod.primitive, cfg.seed), "images": images, "labels": labels,
+    mod_jax = lower_train_step(net, cfg, batch=batch, image=image, passes=pipeline_for_backend("default", "jax"))
+    ctx = {"mod": mod, "mod_jax": mod_jax, "init": init_params(mod.primitive, cfg.seed), "images": images,
+           "labels": labels,
            "jax_state": jax_state,
            "jax_args": lambda t: (jax_state, np.int32(t), np.float32(LR), images, labels)}
     flops = step_flops(mod.primitive)
@@ -628,7 +631,8 @@ def render(run: dict) -> str:
             f"rotating each round, {PAUSE_S * 1e3:.0f} ms pause between steps); rounds: {step_txt}. Every step "
             "uses the same random batch; parameters and optimizer state stay on the device between steps and the "
             "loss is read back every step. gir -> IREE and gir -> JAX backend are "
-            "`gir.train.backend.IreeBackend`/`JaxBackend` on `lower_train_step` (what `gir bench` runs); the "
+            "`gir.train.backend.IreeBackend`/`JaxBackend` on `lower_train_step` with each backend's default "
+            "pipeline (`default`, `default_jax`: what `gir bench` and `gir train` run); the "
             "`gir bench` (alone) rows are `gir.bench.bench_train_step` run afterwards on its own (not "
             "interleaved). JAX jit and PyTorch eager are MobileNetV2 written in bench/peers.py (He-normal convs, "
             "PyTorch-default dense; PyTorch: torch.optim.AdamW defaults otherwise, "

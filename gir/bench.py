@@ -11,6 +11,7 @@ import numpy as np
 from gir.lower.iree_runtime import device_config
 from gir.nn.net import Net
 from gir.nn.params import init_params
+from gir.rewrite import pipeline_for_backend
 from gir.shapes.macs import node_macs
 from gir.train.backend import IreeBackend, JaxBackend
 from gir.train.config import TrainConfig
@@ -55,7 +56,7 @@ def bench_train_step(net: Net, config: TrainConfig, batch: int, image: int, back
         device_config(target)
     t0 = time.perf_counter()
     mod = lower_train_step(net, config.replace(batch_size=batch, image_size=image), batch=batch, image=image,
-                           passes=passes)
+                           passes=pipeline_for_backend(passes, backend))
     front = time.perf_counter() - t0
     t0 = time.perf_counter()
     runner = (IreeBackend(mod, None, target, chip, flags) if backend == "iree" else JaxBackend(mod, None))

@@ -18,7 +18,7 @@ from gir.rewrite.driver import (
                                 run_pipeline,
 )
 from gir.rewrite.pattern import Const, Match, Op, Var, match
-from gir.rewrite.pipelines import passes_for
+from gir.rewrite.pipelines import passes_for, pipeline_for_backend
 
 __all__ = [
                                 "PASSES",
@@ -37,6 +37,7 @@ __all__ = [
                                 "get_pass",
                                 "match",
                                 "passes_for",
+                                "pipeline_for_backend",
                                 "rebuild",
                                 "register_pass",
                                 "resolve",

@@ -1,19 +1,23 @@
-"""Convolution forms IREE runs faster. Depthwise convolutions become one strided slice of the
-padded input per kernel tap: IREE lowers grouped convolutions slowly on the CPU; as taps they are
-elementwise multiply-adds (and reductions) it fuses well. Pointwise (1x1) convolutions become
-batched matmuls in NCHW, so IREE inserts no NHWC transposes around them.
+"""Convolution forms IREE runs faster than its lowering of the general convolution.
 
-- A depthwise conv (feature_group_count = C, one channel per group), forward or input gradient
-  (lhs dilation becomes interior padding): y = sum over taps of slice(xpad) * w[:, 0, i, j].
+`conv_forms` (IREE and XLA): depthwise convolutions as one slice of the padded input per kernel
+tap. Grouped convolutions lower slowly on the CPU; as taps they are elementwise multiply-adds (and
+reductions) that fuse well.
+- A depthwise conv (feature_group_count = C), forward or input gradient (lhs dilation becomes
+  interior padding): y = sum over taps of slice(xpad) * w[:, 0, i, j]. A strided one first splits
+  the padded input into its s*s phases (reshape + one transpose), so every tap reads a
+  contiguous window of one phase instead of a strided one.
 - A depthwise weight gradient (batch_group_count = C): dw[:, 0, i, j] = sum over batch and space
   of slice(xpad) * cotangent.
-- A pointwise conv, forward or input gradient: y[n] = w[:, :, 0, 0] @ x[n] over flattened space
-  (dot_general with the weight broadcast over the batch).
-- A pointwise weight gradient (1x1 output, window = the whole image): dw = sum over n of
-  ct[n] @ x[n]^T (a batched matmul, then a sum over the batch), or for tiny images one
-  dot_general contracting batch and space.
-Measured on MobileNetV2's shapes (docs/performance.md): depthwise forward 1.5-8x, weight gradient
-2-3.5x; pointwise forward 1.8-2.7x, weight gradient 1.4-5x.
+
+`pointwise_matmul` (IREE only; XLA:CPU runs it slower): 1x1 convolutions as batched matmuls in
+NCHW, so IREE inserts no NHWC transposes around them.
+- Forward or input gradient: y[n] = w[:, :, 0, 0] @ x[n] over flattened space (dot_general with
+  the weight broadcast over the batch).
+- Weight gradient (1x1 output, window = the whole image): dw = sum over n of ct[n] @ x[n]^T (a
+  batched matmul, then a sum over the batch), or for tiny images one dot_general contracting
+  batch and space.
+Measured on MobileNetV2 (docs/performance.md).
 """
 from __future__ import annotations
 
@@ -39,6 +43,11 @@ def _is_depthwise_weight_grad(a: od.ConvolutionAttrs) -> bool:
 def _is_depthwise(a: od.ConvolutionAttrs) -> bool:
     return (a.feature_group_count > 1 and a.batch_group_count == 1 and (a.lhs_layout, a.rhs_layout, a.out_layout)
             == ("NCHW", "OIHW", "NCHW"))
+
+
+def _weight_tap(e: Emitter, w: Value, i: int, j: int) -> Value:
+    c = w.type.shape[0]
+    return e.reshape(e.op("slice", w, attrs=od.SliceAttrs((0, 0, i, j), (c, 1, i + 1, j + 1), (1, 1, 1, 1))), (c,))
 
 
 def _is_plain(a: od.ConvolutionAttrs) -> bool:
@@ -84,8 +93,9 @@ def _tap(e: Emitter, xp: Value, i: int, j: int, dilation: tuple[int, ...], strid
                                                  (1, 1, sh, sw)))
 
 
-def _depthwise_taps(e: Emitter, m: Match) -> Value | None:
-    """y[n, c] = sum over taps (i, j) of xpad[n, c, i*d + h*s, j*d + w*s] * w[c, 0, i, j]."""
+def _depthwise_taps(e: Emitter, m: Match, phases: bool = True) -> Value | None:
+    """y[n, c] = sum over taps (i, j) of xpad[n, c, i*d + h*s, j*d + w*s] * w[c, 0, i, j]; a strided
+    conv reads its taps from the input's phases unless `phases` is off (bench/levers.py)."""
     x, w, out = m["x"], m["w"], m.node.outputs[0]
     a: od.ConvolutionAttrs = m.node.attrs
     _, c, _, _ = x.type.shape
@@ -95,6 +105,8 @@ def _depthwise_taps(e: Emitter, m: Match) -> Value | None:
             or a.feature_group_count != c or tuple(w.type.shape[:2]) != (c, 1) or out.type.shape[1] != c \
             or kh * kw > MAX_TAPS:
         return None
+    if phases and any(s > 1 for s in a.window_strides) and all(d == 1 for d in a.lhs_dilation):
+        return _strided_depthwise_phases(e, x, w, a, pads, out)
     xp = _padded(e, x, pads, tuple(d - 1 for d in a.lhs_dilation))
     y = None
     for i in range(kh):
@@ -103,6 +115,28 @@ def _depthwise_taps(e: Emitter, m: Match) -> Value | None:
                             (c,))
             window = _tap(e, xp, i, j, a.rhs_dilation, a.window_strides, tuple(out.type.shape[2:]))
             t = e.mul(window, e.bcast(wij, out.type.shape, (1,)))
+            y = t if y is None else e.add(y, t)
+    return y
+
+
+def _strided_depthwise_phases(e: Emitter, x: Value, w: Value, a: od.ConvolutionAttrs,
+                              pads: list[tuple[int, int]], out: Value) -> Value:
+    """A strided depthwise conv with the padded input split once into its s*s phases (a reshape and
+    one transpose), so that every tap reads a contiguous window of one phase."""
+    n, c, hx, wx = x.type.shape
+    (sh, sw), (dh, dw), (kh, kw) = a.window_strides, a.rhs_dilation, w.type.shape[2:]
+    ho, wo = out.type.shape[2:]
+    hp, wp = hx + pads[0][0] + pads[0][1], wx + pads[1][0] + pads[1][1]
+    hq, wq = -(-hp // sh), -(-wp // sw)
+    xp = _padded(e, x, [(pads[0][0], pads[0][1] + hq * sh - hp), (pads[1][0], pads[1][1] + wq * sw - wp)])
+    phases = e.transpose(e.reshape(xp, (n, c, hq, sh, wq, sw)), (0, 1, 3, 5, 2, 4))
+    y = None
+    for i in range(kh):
+        for j in range(kw):
+            (p, a0), (q, b0) = divmod(i * dh, sh)[::-1], divmod(j * dw, sw)[::-1]
+            window = e.reshape(e.op("slice", phases, attrs=od.SliceAttrs(
+                (0, 0, p, q, a0, b0), (n, c, p + 1, q + 1, a0 + ho, b0 + wo), (1, 1, 1, 1, 1, 1))), (n, c, ho, wo))
+            t = e.mul(window, e.bcast(_weight_tap(e, w, i, j), out.type.shape, (1,)))
             y = t if y is None else e.add(y, t)
     return y
 
@@ -160,6 +194,8 @@ RULES = (
          "depthwise convolution (feature_group_count = C) -> per-tap slice * weight, summed"),
     Rule("depthwise_weight_grad_as_taps", Op("convolution", (Var("x"), Var("ct")), attrs=_is_depthwise_weight_grad),
          _weight_grad_taps, "convolution with batch_group_count = C (a depthwise weight gradient) -> per-tap multiply + reduce"),
+)
+POINTWISE_RULES = (
     Rule("pointwise_conv_as_matmul", Op("convolution", (Var("x"), Var("w")), attrs=_is_pointwise_candidate),
          _pointwise_as_matmul, "1x1 convolution, stride 1, NCHW -> dot_general batched over images (no layout change)"),
     Rule("pointwise_weight_grad_as_matmul",
@@ -167,5 +203,9 @@ RULES = (
          _pointwise_weight_grad_as_matmul, "1x1 weight gradient (CNHW x IOHW) -> per-image dot_general, summed over images"),
 )
 
-CONV_FORMS = register_pass(Pass("conv_forms", "rewrite depthwise convolutions as per-tap multiply-adds and "
-                                              "pointwise ones as batched matmuls, which IREE runs faster", "primitive", RULES))
+CONV_FORMS = register_pass(Pass("conv_forms", "rewrite depthwise convolutions as per-tap multiply-adds, which IREE "
+                                              "and XLA run faster than grouped convolutions", "primitive", RULES))
+POINTWISE_MATMUL = register_pass(Pass(
+    "pointwise_matmul", "rewrite 1x1 convolutions and their gradients as NCHW batched matmuls, which IREE runs "
+                        "faster (XLA:CPU slower: the JAX backend's default pipeline leaves it out)", "primitive",
+    POINTWISE_RULES))

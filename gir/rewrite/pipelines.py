@@ -5,9 +5,13 @@ from gir.rewrite import bf16 as bf16_policy  # noqa: F401
 from gir.rewrite import bn_fold, conv_forms, cse, fold, fusion, simplify  # noqa: F401  (importing registers them)
 from gir.rewrite.driver import PIPELINES, resolve
 
-PIPELINES["default"] = ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", "conv_forms", "cse", "simplify", "dce")
+PIPELINES["default"] = ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", "conv_forms", "pointwise_matmul", "cse",
+                        "simplify", "dce")
 """CSE first so equal BNs fold once; fold again after fusion builds constant products; simplify
 after the last CSE, which can make both arms of a select the same value."""
+PIPELINES["default_jax"] = tuple(p for p in PIPELINES["default"] if p != "pointwise_matmul")
+"""What `default` means on the JAX backend: XLA:CPU runs the batched-matmul form of 1x1 convs
+1.6x slower than convolutions (docs/performance.md)."""
 PIPELINES["none"] = ()
 CLEANUP_AFTER_BF16 = ("simplify", "cse", "dce")
 
@@ -24,3 +28,8 @@ def passes_for(spec: str = "default", bf16: bool = False, bf16_conv: bool = Fals
         i = names.index("conv_forms")
         return names[:i] + (policy,) + names[i:] + CLEANUP_AFTER_BF16
     return names + (policy,) + (CLEANUP_AFTER_BF16 if names else ())
+
+
+def pipeline_for_backend(spec: str, backend: str) -> str:
+    """The pipeline a backend runs for `spec`: `default` on the JAX backend is `default_jax`."""
+    return "default_jax" if spec == "default" and backend == "jax" else spec

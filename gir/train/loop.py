@@ -23,7 +23,7 @@ from gir.lower.iree_runtime import device_config
 from gir.lower.pipeline import LoweredModule, lower_graph
 from gir.nn.net import Net
 from gir.nn.params import init_params
-from gir.rewrite import passes_for
+from gir.rewrite import passes_for, pipeline_for_backend
 from gir.train.augment import Augment, augment_batch, default_augment
 from gir.train.backend import BackendError, IreeBackend, JaxBackend
 from gir.train.checkpoint import check_compatible, checkpoint_path, load_checkpoint, save_checkpoint
@@ -80,8 +80,11 @@ def _input_geometry(net: Net, config: TrainConfig) -> tuple[int, int]:
     return int(shape[1]), h
 
 
-def compile_modules(net: Net, config: TrainConfig, passes: str) -> tuple[LoweredModule, LoweredModule]:
-    """The train step and the eval function at the config's batch and image size."""
+def compile_modules(net: Net, config: TrainConfig, passes: str, backend: str = "iree") -> tuple[LoweredModule,
+                                                                                                  LoweredModule]:
+    """The train step and the eval function at the config's batch and image size, rewritten by
+    `passes` as the backend runs them (`default` is `default_jax` on JAX)."""
+    passes = pipeline_for_backend(passes, backend)
     binding = net.binding(batch=config.batch_size, image=config.image_size)
     train = lower_train_step(net, config, batch=config.batch_size, image=config.image_size, passes=passes)
     names = passes_for(passes, bf16=config.bf16, bf16_conv=config.bf16_conv)
@@ -165,7 +168,7 @@ class Trainer:
         if options.backend == "iree":
             device_config(options.target)   # fail before compiling when the device is missing
         t0 = time.perf_counter()
-        train, evaluate = compile_modules(net, config, options.passes)
+        train, evaluate = compile_modules(net, config, options.passes, options.backend)
         self.train_graph = train.primitive
         if options.backend == "iree":
             self.backend: IreeBackend | JaxBackend = IreeBackend(train, evaluate, options.target, options.chip,

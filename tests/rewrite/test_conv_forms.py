@@ -90,7 +90,7 @@ def _pointwise_train_graph(stride: int = 1):
 def test_pointwise_conv_and_gradients_as_matmuls(preserves):
     g = _pointwise_train_graph()
     ctx = Context(trace=[], check=True)
-    out = run_pass(g, "conv_forms", ctx)
+    out = run_pass(g, "pointwise_matmul", ctx)
     assert sorted(f.rule for f in ctx.trace) == ["pointwise_conv_as_matmul"] * 2 + ["pointwise_weight_grad_as_matmul"]
     assert not [n for n in out.nodes if n.op == "convolution"]
     assert not [n for n in out.nodes if n.op == "transpose" and n not in g.nodes]  # NCHW kept: no layout change
@@ -100,7 +100,7 @@ def test_pointwise_conv_and_gradients_as_matmuls(preserves):
 def test_strided_pointwise_conv_stays_a_convolution():
     g = _pointwise_train_graph(stride=2)
     ctx = Context(trace=[])
-    run_pass(g, "conv_forms", ctx)
+    run_pass(g, "pointwise_matmul", ctx)
     assert "pointwise_conv_as_matmul" not in {f.rule for f in ctx.trace}
 
 
@@ -116,7 +116,7 @@ def test_pointwise_weight_grad_on_tiny_images_contracts_batch_and_space(preserve
     g.set_output("dw", vjp(g, {"y": ct}, [w]).grads[w])
     del g.outputs["y"]
     g = decompose(g)
-    out = run_pass(g, "conv_forms", Context(check=True))
+    out = run_pass(g, "pointwise_matmul", Context(check=True))
     dots = [n for n in out.nodes if n.op == "dot_general"]
     assert len(dots) == 1 and dots[0].attrs.lhs_contract == (0, 2) and not dots[0].attrs.lhs_batch
     preserves(g, out, rtol=1e-5, atol=1e-5)

@@ -109,11 +109,12 @@ def test_dce_keeps_what_outputs_need():
 
 
 def test_pipelines_resolve_and_unknown_names_are_clear():
-    assert resolve("default") == ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", "conv_forms", "cse",
-                                "simplify", "dce")
+    assert resolve("default") == ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", "conv_forms",
+                                "pointwise_matmul", "cse", "simplify", "dce")
+    assert resolve("default_jax") == tuple(p for p in resolve("default") if p != "pointwise_matmul")
     assert resolve("cse, dce") == ("cse", "dce")
     assert resolve("none") == ()
-    with pytest.raises(RewriteError, match=r"unknown pass 'cs'; passes: .*cse.*; pipelines: default, none"):
+    with pytest.raises(RewriteError, match=r"unknown pass 'cs'; passes: .*cse.*; pipelines: default, default_jax, none"):
         resolve("cs,dce")
     assert passes_for("none", bf16_conv=True) == ("bf16_conv",)
     assert passes_for("cse", bf16=True) == ("cse", "bf16", "simplify", "cse", "dce")
@@ -155,3 +156,11 @@ def test_pass_needs_rules_or_a_transform():
         Pass("empty", "nothing", "any")
     with pytest.raises(ValueError, match="level must be one of"):
         Pass("odd", "x", "middle", transform=lambda g, c: g)
+
+
+def test_default_pipeline_per_backend():
+    """`default` on the JAX backend leaves 1x1 convs as convolutions; explicit lists are kept."""
+    from gir.rewrite import pipeline_for_backend
+    assert pipeline_for_backend("default", "iree") == "default"
+    assert pipeline_for_backend("default", "jax") == "default_jax"
+    assert pipeline_for_backend("cse,pointwise_matmul", "jax") == "cse,pointwise_matmul"
