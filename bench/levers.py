@@ -1,18 +1,23 @@
 """Levers on MobileNetV2's train step: emitted forms (rewrite passes) and IREE compiler flags. Each
 variant is compiled, then all are timed in interleaved rounds (one step each per round) so the
-ratios to the baseline come from one run.
+ratios to the baseline come from one run. The host-heap setting is process-wide, so it is measured
+by child processes with and without it, alternating.
 
     python3 bench/levers.py [--batch 8] [--image 64] [--steps 10] [--write]
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+import attrs
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -21,26 +26,67 @@ from report import machine_line, write_section  # noqa: E402
 from gir.netfile import load_net_file  # noqa: E402
 from gir.nn.params import init_params  # noqa: E402
 from gir.rewrite import Pass, register_pass  # noqa: E402
-from gir.rewrite.conv_forms import CONV_FORMS  # noqa: E402
+from gir.rewrite.conv_forms import CONV_FORMS, _depthwise_taps  # noqa: E402
 from gir.train.backend import IreeBackend  # noqa: E402
 from gir.train.step import lower_train_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-# conv_forms' two rules measured apart: a bench-only pass with just the weight-gradient rule
-register_pass(Pass("conv_forms_wgrad_only", "conv_forms' depthwise weight-gradient rule alone", "primitive",
-                   tuple(r for r in CONV_FORMS.rules if r.name == "depthwise_weight_grad_as_taps")))
+# bench-only: conv_forms with strided depthwise taps read strided from the padded input (no phases)
+register_pass(Pass("conv_forms_no_phases", "conv_forms, strided taps without the phase split", "primitive",
+                   tuple(attrs.evolve(r, replace=functools.partial(_depthwise_taps, phases=False))
+                         if r.name == "depthwise_conv_as_taps" else r for r in CONV_FORMS.rules)))
 WITHOUT_CONV_FORMS = "cse,bn_fold,simplify,fold,fusion,fold,cse,simplify,dce"
-WGRAD_ONLY = "cse,bn_fold,simplify,fold,fusion,fold,conv_forms_wgrad_only,cse,simplify,dce"
+NO_PHASES = "cse,bn_fold,simplify,fold,fusion,fold,conv_forms_no_phases,pointwise_matmul,cse,simplify,dce"
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {   # name -> (rewrite passes, iree-compile flags)
-    "baseline: default passes (conv_forms), llvm-cpu host, gir's CPU flags (O3, im2col)": ("default", ()),
-    "no conv_forms: depthwise convs and their gradients as grouped convolutions": (WITHOUT_CONV_FORMS, ()),
-    "conv_forms on depthwise weight gradients only": (WGRAD_ONLY, ()),
-    "data tiling": ("default", ("--iree-opt-data-tiling",)),
-    "ukernels all": ("default", ("--iree-llvmcpu-enable-ukernels=all",)),
+    "baseline: default passes, llvm-cpu host, gir's CPU flags (O3, im2col)": ("default", ()),
+    "no pointwise_matmul: 1x1 convs stay convolutions (IREE makes them NHWC)": ("default_jax", ()),
+    "no conv_forms, no pointwise_matmul: depthwise and 1x1 convs as convolutions": (WITHOUT_CONV_FORMS, ()),
+    "strided depthwise taps read the padded input with strides (no phase split)": (NO_PHASES, ()),
+    "pads fused into their consumers": ("default", ("--iree-dispatch-creation-enable-fuse-padding-into-linalg-consumer-ops",)),
+    "pads fused into their producers": ("default", ("--iree-dispatch-creation-enable-fuse-padding-into-linalg-producer-ops",)),
 }
 
 
-PASS_LABEL = {"default": "default", WITHOUT_CONV_FORMS: "default - conv_forms", WGRAD_ONLY: "default, wgrad taps only"}
+PASS_LABEL = {"default": "default", "default_jax": "default - pointwise_matmul",
+              WITHOUT_CONV_FORMS: "default - conv_forms - pointwise_matmul", NO_PHASES: "default, no phase split"}
+
+
+def setup(batch: int, image: int, passes: set[str]):
+    net, cfg = load_net_file(str(ROOT / "nets" / "mobilenet_v2.py"))
+    cfg = cfg.replace(optimizer="adamw", weight_decay=0.05, batch_size=batch, image_size=image)
+    mods = {spec: lower_train_step(net, cfg, batch=batch, image=image, passes=spec) for spec in passes}
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((batch, 3, image, image)).astype(np.float32)
+    labels = rng.integers(0, 10, batch).astype(np.int32)
+    return mods, init_params(mods["default"].primitive, 0), images, labels
+
+
+def heap_child(batch: int, image: int, steps: int, retain: bool) -> None:
+    """Prints the median ms of `steps` steps, with or without gir's host-heap setting."""
+    import gir.lower.iree_runtime as rt
+    if not retain:
+        rt.retain_host_heap = lambda: False   # the session looks it up at creation
+    mods, init, images, labels = setup(batch, image, {"default"})
+    runner = IreeBackend(mods["default"], None, "cpu")
+    runner.load(init)
+    times = []
+    for s in range(steps + 2):
+        t0 = time.perf_counter()
+        runner.step(images, labels, 1e-3, s + 1)
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"median_ms": 1e3 * statistics.median(times[2:])}))
+
+
+def heap_lever(batch: int, image: int, steps: int, rounds: int = 3) -> dict[bool, list[float]]:
+    """Median ms per child process, children alternating with and without the heap setting."""
+    out: dict[bool, list[float]] = {True: [], False: []}
+    for i in range(2 * rounds):
+        retain = i % 2 == 0
+        run = subprocess.run([sys.executable, __file__, "--batch", str(batch), "--image", str(image), "--steps",
+                              str(steps), "--heap-child", "on" if retain else "off"], capture_output=True, text=True,
+                             check=True)
+        out[retain].append(json.loads(run.stdout.strip().splitlines()[-1])["median_ms"])
+    return out
 
 
 def main() -> None:
@@ -49,16 +95,12 @@ def main() -> None:
     ap.add_argument("--image", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--heap-child", choices=("on", "off"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    net, cfg = load_net_file(str(ROOT / "nets" / "mobilenet_v2.py"))
-    cfg = cfg.replace(optimizer="adamw", weight_decay=0.05, batch_size=args.batch, image_size=args.image)
-    mods = {spec: lower_train_step(net, cfg, batch=args.batch, image=args.image, passes=spec)
-            for spec in {p for p, _ in VARIANTS.values()}}
+    if args.heap_child:
+        return heap_child(args.batch, args.image, args.steps, args.heap_child == "on")
+    mods, init, images, labels = setup(args.batch, args.image, {p for p, _ in VARIANTS.values()})
     sizes = {spec: (len(m.primitive.nodes), len(m.text)) for spec, m in mods.items()}
-    init = init_params(mods["default"].primitive, 0)
-    rng = np.random.default_rng(0)
-    images = rng.standard_normal((args.batch, 3, args.image, args.image)).astype(np.float32)
-    labels = rng.integers(0, 10, args.batch).astype(np.int32)
     runners, compile_s, failed = {}, {}, {}
     for name, (spec, flags) in VARIANTS.items():
         print(f"compiling {name} ...", file=sys.stderr)
@@ -82,6 +124,8 @@ def main() -> None:
             times[name].append(time.perf_counter() - t0)
             losses[name] = r.loss
     base = statistics.median(times[next(iter(runners))])
+    del runners
+    heap = heap_lever(args.batch, args.image, args.steps)
     title = "## IREE compiler flags on the MobileNetV2 train step (bench/levers.py)"
     lines = [title, "", machine_line(f"batch {args.batch} at {args.image}x{args.image}, AdamW; {args.steps} "
                                      "interleaved rounds (one step of every variant per round, order alternating) "
@@ -98,6 +142,11 @@ def main() -> None:
         lines.append(f"| {name} | {PASS_LABEL[spec]} | "
                      f"`{' '.join(flags) or '-'}` | {compile_s[name]:.1f} | {1e3 * med:.1f} "
                      f"({1e3 * min(t):.1f}-{1e3 * max(t):.1f}) | {base / med:.2f} | {losses[name]:.6f} |")
+    on, off = statistics.median(heap[True]), statistics.median(heap[False])
+    lines += ["", f"Host heap (gir.lower.iree_runtime.retain_host_heap: glibc keeps freed memory instead of "
+              f"unmapping IREE's per-step transient buffers), child processes alternating, medians of their "
+              f"medians: with {on:.1f} ms ({', '.join(f'{t:.1f}' for t in heap[True])}), without {off:.1f} ms "
+              f"({', '.join(f'{t:.1f}' for t in heap[False])}); without / with = {off / on:.2f}."]
     lines += ["", "Module sizes: " + "; ".join(f"{PASS_LABEL[k]}: {n:,} ops, {c:,} chars" for k, (n, c) in
                                             sizes.items()) + "."]
     text = "\n".join(lines)
