@@ -44,6 +44,9 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {   # name -> (rewrite passes
     "strided depthwise taps read the padded input with strides (no phase split)": (NO_PHASES, ()),
     "pads fused into their consumers": ("default", ("--iree-dispatch-creation-enable-fuse-padding-into-linalg-consumer-ops",)),
     "pads fused into their producers": ("default", ("--iree-dispatch-creation-enable-fuse-padding-into-linalg-producer-ops",)),
+    "split reductions": ("default", ("--iree-dispatch-creation-enable-split-reduction",)),
+    "aggressive fusion": ("default", ("--iree-dispatch-creation-enable-aggressive-fusion",)),
+    "elementwise fusion of multi-reductions": ("default", ("--iree-dispatch-creation-element-wise-fuse-multi-reduction",)),
 }
 
 
