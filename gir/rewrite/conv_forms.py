@@ -21,6 +21,8 @@ Measured on MobileNetV2 (docs/performance.md).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gir.ir import opdefs as od
 from gir.ir.graph import Value
 from gir.rewrite.driver import Pass, Rule, register_pass
@@ -108,13 +110,17 @@ def _depthwise_taps(e: Emitter, m: Match, phases: bool = True) -> Value | None:
     if phases and any(s > 1 for s in a.window_strides) and all(d == 1 for d in a.lhs_dilation):
         return _strided_depthwise_phases(e, x, w, a, pads, out)
     xp = _padded(e, x, pads, tuple(d - 1 for d in a.lhs_dilation))
+    return _sum_of_taps(e, w, out.type.shape,
+                        lambda i, j: _tap(e, xp, i, j, a.rhs_dilation, a.window_strides, tuple(out.type.shape[2:])))
+
+
+def _sum_of_taps(e: Emitter, w: Value, shape: tuple, window: Callable[[int, int], Value]) -> Value:
+    """sum over kernel taps (i, j) of window(i, j) * w[:, 0, i, j] (per channel)."""
+    kh, kw = w.type.shape[2:]
     y = None
     for i in range(kh):
         for j in range(kw):
-            wij = e.reshape(e.op("slice", w, attrs=od.SliceAttrs((0, 0, i, j), (c, 1, i + 1, j + 1), (1, 1, 1, 1))),
-                            (c,))
-            window = _tap(e, xp, i, j, a.rhs_dilation, a.window_strides, tuple(out.type.shape[2:]))
-            t = e.mul(window, e.bcast(wij, out.type.shape, (1,)))
+            t = e.mul(window(i, j), e.bcast(_weight_tap(e, w, i, j), shape, (1,)))
             y = t if y is None else e.add(y, t)
     return y
 
@@ -124,21 +130,20 @@ def _strided_depthwise_phases(e: Emitter, x: Value, w: Value, a: od.ConvolutionA
     """A strided depthwise conv with the padded input split once into its s*s phases (a reshape and
     one transpose), so that every tap reads a contiguous window of one phase."""
     n, c, hx, wx = x.type.shape
-    (sh, sw), (dh, dw), (kh, kw) = a.window_strides, a.rhs_dilation, w.type.shape[2:]
+    (sh, sw), (dh, dw) = a.window_strides, a.rhs_dilation
     ho, wo = out.type.shape[2:]
     hp, wp = hx + pads[0][0] + pads[0][1], wx + pads[1][0] + pads[1][1]
     hq, wq = -(-hp // sh), -(-wp // sw)
     xp = _padded(e, x, [(pads[0][0], pads[0][1] + hq * sh - hp), (pads[1][0], pads[1][1] + wq * sw - wp)])
     phases = e.transpose(e.reshape(xp, (n, c, hq, sh, wq, sw)), (0, 1, 3, 5, 2, 4))
-    y = None
-    for i in range(kh):
-        for j in range(kw):
-            (p, a0), (q, b0) = divmod(i * dh, sh)[::-1], divmod(j * dw, sw)[::-1]
-            window = e.reshape(e.op("slice", phases, attrs=od.SliceAttrs(
-                (0, 0, p, q, a0, b0), (n, c, p + 1, q + 1, a0 + ho, b0 + wo), (1, 1, 1, 1, 1, 1))), (n, c, ho, wo))
-            t = e.mul(window, e.bcast(_weight_tap(e, w, i, j), out.type.shape, (1,)))
-            y = t if y is None else e.add(y, t)
-    return y
+
+    def window(i: int, j: int) -> Value:
+        """Tap (i, j) reads phase (i*dh mod sh, j*dw mod sw) from row i*dh // sh, column j*dw // sw on."""
+        (a0, p), (b0, q) = divmod(i * dh, sh), divmod(j * dw, sw)
+        return e.reshape(e.op("slice", phases, attrs=od.SliceAttrs(
+            (0, 0, p, q, a0, b0), (n, c, p + 1, q + 1, a0 + ho, b0 + wo), (1, 1, 1, 1, 1, 1))), (n, c, ho, wo))
+
+    return _sum_of_taps(e, w, out.type.shape, window)
 
 
 def _weight_grad_taps(e: Emitter, m: Match) -> Value | None:
