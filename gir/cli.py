@@ -23,7 +23,7 @@ from gir.netfile import NetFileError, load_net_file
 from gir.nn.net import Net
 from gir.nn.params import ParamsError
 from gir.nn.summary import summarize
-from gir.rewrite import PASSES, PIPELINES, Firing, RewriteError, passes_for
+from gir.rewrite import PASSES, PIPELINES, Firing, RewriteError, passes_for, resolve
 from gir.shapes.errors import ShapeError
 from gir.shapes.specialize import BindingError, check_binding
 from gir.train.backend import BackendError
@@ -39,6 +39,17 @@ USER_ERRORS = (NetFileError, ShapeError, BindingError, ParamsError, CompileError
 
 class CliError(Exception):
     """A problem with the command line or its files, reported as one line."""
+
+
+def _pass_spec(args: argparse.Namespace) -> str:
+    """The rewrite pipeline `--passes` / `--no-opt` ask for, checked before any work: an unknown
+    name is reported against the flag."""
+    spec = "none" if args.no_opt else args.passes
+    try:
+        resolve(spec)
+    except RewriteError as e:
+        raise CliError(f"--passes: {e}") from None
+    return spec
 
 
 def _number(flag: str, convert: Callable[[str], float], what: str, minimum: float | None = None) -> Callable:
@@ -149,12 +160,13 @@ def cmd_lower(args: argparse.Namespace) -> int:
     if not out:
         return 0
     check_binding(net.binding(batch=args.batch, image=args.image), net.constraints)
-    passes = passes_for("none" if args.no_opt else args.passes, bf16=args.bf16, bf16_conv=args.bf16_conv)
+    spec = _pass_spec(args)
+    passes = passes_for(spec, bf16=args.bf16, bf16_conv=args.bf16_conv)
     config = config.replace(bf16=args.bf16 or config.bf16, bf16_conv=args.bf16_conv or config.bf16_conv)
     trace: list[Firing] | None = [] if args.trace_rewrites else None
     modules = lower_net(net, batch=args.batch, image=args.image, passes=passes, trace=trace)
     modules["train_step"] = lower_train_step(net, config, batch=args.batch, image=args.image,
-                                             passes="none" if args.no_opt else args.passes, trace=trace)
+                                             passes=spec, trace=trace)
     if trace is not None:
         _print_trace(trace)
     for name, mod in modules.items():
@@ -266,7 +278,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.devices > 1 and args.backend != "jax":
         raise CliError(f"--devices {args.devices} needs --backend jax (IREE runs on one device)")
     options = RunOptions(data=data, out=out, backend=args.backend, target=args.target, chip=args.chip,
-                         devices=args.devices, passes="none" if args.no_opt else args.passes,
+                         devices=args.devices, passes=_pass_spec(args),
                          iree_flags=tuple(args.iree_flag), progress=not args.quiet)
     try:
         metrics = train(net, config, options, resume=bool(args.resume), net_file=args.net)
@@ -325,7 +337,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     check_binding(net.binding(batch=batch, image=image), net.constraints)
     r = bench_train_step(net, config, batch, image, backend=args.backend, target=args.target, chip=args.chip,
                          steps=args.steps, warmup=args.warmup, flags=tuple(args.iree_flag),
-                         passes="none" if args.no_opt else args.passes)
+                         passes=_pass_spec(args))
     if args.json:
         print(json.dumps(r.to_dict()))
         return 0

@@ -164,7 +164,7 @@ def test_lower_bf16_conv_casts_survive_to_the_text(tmp_path, capsys):
 
 def test_lower_rejects_an_unknown_pass(tmp_path, capsys):
     assert main(["lower", MNV2, "-o", str(tmp_path), "--no-compile", "--passes", "cse,nope"]) == 1
-    assert "gir: error: unknown pass 'nope'; passes: " in capsys.readouterr().err
+    assert "gir: error: --passes: unknown pass 'nope'; passes: " in capsys.readouterr().err
 
 
 def test_bench_prints_timings_and_json(capsys):
