@@ -17,8 +17,11 @@ class DeviceUnavailable(RuntimeError):
     """The target's driver or device is not present on this machine."""
 
 
+@functools.cache
 def device_config(target: str) -> ireert.Config:
-    """The IREE runtime config of `target`'s device; DeviceUnavailable when this machine has none."""
+    """The IREE runtime config of `target`'s device, created once per process (checking for the
+    device before compiling and then running on it share one device); DeviceUnavailable when this
+    machine has none."""
     driver = DRIVERS[target]
     try:
         return ireert.Config(driver)
