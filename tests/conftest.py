@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -65,3 +66,18 @@ def fuzz_settings_fixture():
     """`fuzz_settings(ci, slow, **overrides)` as a fixture; use it on a `@given` function defined inside
     the test: `fuzz_settings(10, 500)(given(...)(check))()`."""
     return fuzz_settings
+
+
+def assert_close_to_scale(have, want, rtol: float, atol: float, msg: str) -> float:
+    """assert_allclose with `atol` relative to the reference's largest magnitude (at least 1);
+    returns the largest difference in those units (for measuring a fuzz test's tolerance)."""
+    have, want = np.asarray(have), np.asarray(want)
+    scale = max(1.0, float(np.max(np.abs(want), initial=0.0)))
+    np.testing.assert_allclose(have, want, rtol=rtol, atol=atol * scale, err_msg=msg)
+    return float(np.max(np.abs(have - want), initial=0.0)) / scale
+
+
+@pytest.fixture(name="close_to_scale")
+def close_to_scale_fixture():
+    """`assert_close_to_scale(have, want, rtol, atol, msg)` as a fixture (see `examples`)."""
+    return assert_close_to_scale
