@@ -3,7 +3,10 @@ variant is compiled, then all are timed in interleaved rounds (one step each per
 ratios to the baseline come from one run. The host-heap setting is process-wide, so it is measured
 by child processes with and without it, alternating.
 
-    python3 bench/levers.py [--batch 8] [--image 64] [--steps 10] [--write]
+It prints one run's table. docs/performance.md's "Levers" section files each run (Run 1, 2, ...)
+with what was kept and why, so a run is added there by hand rather than replacing the section.
+
+    python3 bench/levers.py [--batch 8] [--image 64] [--steps 10]
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import attrs
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from report import machine_line, write_section  # noqa: E402
+from report import machine_line  # noqa: E402
 
 from gir.netfile import load_net_file  # noqa: E402
 from gir.nn.params import init_params  # noqa: E402
@@ -97,7 +100,6 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--image", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--write", action="store_true")
     ap.add_argument("--heap-child", choices=("on", "off"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.heap_child:
@@ -129,8 +131,7 @@ def main() -> None:
     base = statistics.median(times[next(iter(runners))])
     del runners
     heap = heap_lever(args.batch, args.image, args.steps)
-    title = "## IREE compiler flags on the MobileNetV2 train step (bench/levers.py)"
-    lines = [title, "", machine_line(f"batch {args.batch} at {args.image}x{args.image}, AdamW; {args.steps} "
+    lines = [machine_line(f"batch {args.batch} at {args.image}x{args.image}, AdamW; {args.steps} "
                                      "interleaved rounds (one step of every variant per round, order alternating) "
                                      "after 2 warm-up steps each."), "",
              "| variant | passes | flags | iree-compile (s) | step ms median (min-max) | baseline / variant | "
@@ -152,10 +153,7 @@ def main() -> None:
               f"({', '.join(f'{t:.1f}' for t in heap[False])}); without / with = {off / on:.2f}."]
     lines += ["", "Module sizes: " + "; ".join(f"{PASS_LABEL[k]}: {n:,} ops, {c:,} chars" for k, (n, c) in
                                             sizes.items()) + "."]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        write_section(title, text)
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
