@@ -132,8 +132,8 @@ def main() -> None:
     del runners
     heap = heap_lever(args.batch, args.image, args.steps)
     lines = [machine_line(f"batch {args.batch} at {args.image}x{args.image}, AdamW; {args.steps} "
-                                     "interleaved rounds (one step of every variant per round, order alternating) "
-                                     "after 2 warm-up steps each."), "",
+                          "interleaved rounds (one step of every variant per round, order alternating) "
+                          "after 2 warm-up steps each."), "",
              "| variant | passes | flags | iree-compile (s) | step ms median (min-max) | baseline / variant | "
              "loss after |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
