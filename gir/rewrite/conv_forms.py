@@ -103,9 +103,8 @@ def _depthwise_taps(e: Emitter, m: Match, phases: bool = True) -> Value | None:
     _, c, _, _ = x.type.shape
     kh, kw = w.type.shape[2:]
     pads = _static_pads(a)
-    if pads is None or not all(isinstance(v, int) for v in (*x.type.shape, *out.type.shape, kh, kw)) \
-            or a.feature_group_count != c or tuple(w.type.shape[:2]) != (c, 1) or out.type.shape[1] != c \
-            or kh * kw > MAX_TAPS:
+    if pads is None or not _static(x, w, out) or a.feature_group_count != c or tuple(w.type.shape[:2]) != (c, 1) \
+            or out.type.shape[1] != c or kh * kw > MAX_TAPS:
         return None
     if phases and any(s > 1 for s in a.window_strides) and all(d == 1 for d in a.lhs_dilation):
         return _strided_depthwise_phases(e, x, w, a, pads, out)
@@ -153,8 +152,8 @@ def _weight_grad_taps(e: Emitter, m: Match) -> Value | None:
     _, c, _, _ = x.type.shape
     kh, kw = out.type.shape[2:]
     pads = _static_pads(a)
-    if pads is None or not all(isinstance(v, int) for v in (*x.type.shape, *ct.type.shape, kh, kw)) \
-            or c != a.batch_group_count or tuple(out.type.shape[:2]) != (c, 1) or kh * kw > MAX_TAPS:
+    if pads is None or not _static(x, ct, out) or c != a.batch_group_count or tuple(out.type.shape[:2]) != (c, 1) \
+            or kh * kw > MAX_TAPS:
         return None
     xp = _padded(e, x, pads)
     # the gradient conv's window stride is the forward dilation, its rhs dilation the forward stride
