@@ -36,7 +36,7 @@ def retain_host_heap() -> bool:
     """Makes glibc keep freed memory for reuse instead of unmapping it. IREE's CPU device allocates
     each call's transient buffers (~320 MB for MobileNetV2's train step at b32@64) with malloc;
     glibc serves sizes that large with fresh mmaps, so every step paid page faults on all of it
-    (0.8 s of system time per second of training; 1.23x slower steps, docs/performance.md). The
+    (0.8 s of system time per second of training; steps 1.13-1.22x slower, docs/performance.md). The
     process keeps its peak host memory in exchange. False where the C library has no mallopt."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
