@@ -88,12 +88,13 @@ def main() -> None:
     ap.add_argument("--image", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--passes", default="default", help="rewrite pipeline or passes (see `gir passes`)")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     net, cfg = load_net_file(str(ROOT / "nets" / "mobilenet_v2.py"))
     cfg = cfg.replace(optimizer="adamw", weight_decay=0.05, label_smoothing=0.1, clip_norm=0.0,
                       batch_size=args.batch, image_size=args.image)
-    mod = lower_train_step(net, cfg, batch=args.batch, image=args.image)
+    mod = lower_train_step(net, cfg, batch=args.batch, image=args.image, passes=args.passes)
     g = mod.primitive
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -110,7 +111,8 @@ def main() -> None:
         k[1] += t
     lines = [TITLE, "", machine_line(f"MobileNetV2 train step (AdamW, label smoothing 0.1), batch {args.batch} at "
                                      f"{args.image}x{args.image}, gir -> IREE llvm-cpu with gir's flags and host heap "
-                                     f"setting; {args.steps} steps under IREE's HAL profiling (host-execution)."), "",
+                                     f"setting; passes `{args.passes}`; {args.steps} steps under IREE's HAL profiling "
+                                     f"(host-execution)."), "",
              f"Step {step_ms:.1f} ms (median); dispatches {total:.1f} ms of it ({len(ms)} dispatch functions); "
              f"the rest is the runtime between dispatches.", "",
              "| dispatch kind | functions | ms per step | share of dispatch time |", "| --- | --- | --- | --- |"]

@@ -6,7 +6,7 @@ by child processes with and without it, alternating.
 It prints one run's table. docs/performance.md's "Levers" section files each run (Run 1, 2, ...)
 with what was kept and why, so a run is added there by hand rather than replacing the section.
 
-    python3 bench/levers.py [--batch 8] [--image 64] [--steps 10]
+    python3 bench/levers.py [--batch 8] [--image 64] [--steps 10] [--only TEXT ...]
 """
 from __future__ import annotations
 
@@ -40,11 +40,15 @@ register_pass(Pass("conv_forms_no_phases", "conv_forms, strided taps without the
                          if r.name == "depthwise_conv_as_taps" else r for r in CONV_FORMS.rules)))
 WITHOUT_CONV_FORMS = "cse,bn_fold,simplify,fold,fusion,fold,cse,simplify,dce"
 NO_PHASES = "cse,bn_fold,simplify,fold,fusion,fold,conv_forms_no_phases,pointwise_matmul,cse,simplify,dce"
+CNHW = "cse,bn_fold,simplify,fold,fusion,fold,layout_cnhw,conv_forms,pointwise_matmul,cse,simplify,dce"
+NHWC = "cse,bn_fold,simplify,fold,fusion,fold,layout_nhwc,conv_forms,pointwise_matmul,cse,simplify,dce"
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {   # name -> (rewrite passes, iree-compile flags)
     "baseline: default passes, llvm-cpu host, gir's CPU flags (O3, im2col)": ("default", ()),
     "no pointwise_matmul: 1x1 convs stay convolutions (IREE makes them NHWC)": ("default_jax", ()),
     "no conv_forms, no pointwise_matmul: depthwise and 1x1 convs as convolutions": (WITHOUT_CONV_FORMS, ()),
     "strided depthwise taps read the padded input with strides (no phase split)": (NO_PHASES, ()),
+    "activations stored CNHW (layout_cnhw): 1x1 convs one matmul each, BN sums over rows": (CNHW, ()),
+    "activations stored NHWC (layout_nhwc): 1x1 convs one matmul each, taps along channels": (NHWC, ()),
     "pads fused into their consumers": ("default", ("--iree-dispatch-creation-enable-fuse-padding-into-linalg-consumer-ops",)),
     "pads fused into their producers": ("default", ("--iree-dispatch-creation-enable-fuse-padding-into-linalg-producer-ops",)),
     "split reductions": ("default", ("--iree-dispatch-creation-enable-split-reduction",)),
@@ -54,7 +58,8 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {   # name -> (rewrite passes
 
 
 PASS_LABEL = {"default": "default", "default_jax": "default - pointwise_matmul",
-              WITHOUT_CONV_FORMS: "default - conv_forms - pointwise_matmul", NO_PHASES: "default, no phase split"}
+              WITHOUT_CONV_FORMS: "default - conv_forms - pointwise_matmul", NO_PHASES: "default, no phase split",
+              CNHW: "default + layout_cnhw", NHWC: "default + layout_nhwc"}
 
 
 def setup(batch: int, image: int, passes: set[str]):
@@ -100,14 +105,19 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--image", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--only", action="append", metavar="TEXT",
+                    help="run the baseline and the variants whose name contains TEXT (no host-heap lever)")
     ap.add_argument("--heap-child", choices=("on", "off"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.heap_child:
         return heap_child(args.batch, args.image, args.steps, args.heap_child == "on")
-    mods, init, images, labels = setup(args.batch, args.image, {p for p, _ in VARIANTS.values()})
+    baseline = next(iter(VARIANTS))
+    variants = {k: v for k, v in VARIANTS.items()
+                if k == baseline or not args.only or any(t in k for t in args.only)}
+    mods, init, images, labels = setup(args.batch, args.image, {p for p, _ in variants.values()})
     sizes = {spec: (len(m.primitive.nodes), len(m.text)) for spec, m in mods.items()}
     runners, compile_s, failed = {}, {}, {}
-    for name, (spec, flags) in VARIANTS.items():
+    for name, (spec, flags) in variants.items():
         print(f"compiling {name} ...", file=sys.stderr)
         t0 = time.perf_counter()
         try:
@@ -130,14 +140,14 @@ def main() -> None:
             losses[name] = r.loss
     base = statistics.median(times[next(iter(runners))])
     del runners
-    heap = heap_lever(args.batch, args.image, args.steps)
+    heap = None if args.only else heap_lever(args.batch, args.image, args.steps)
     lines = [machine_line(f"batch {args.batch} at {args.image}x{args.image}, AdamW; {args.steps} "
                           "interleaved rounds (one step of every variant per round, order alternating) "
                           "after 2 warm-up steps each."), "",
              "| variant | passes | flags | iree-compile (s) | step ms median (min-max) | baseline / variant | "
              "loss after |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, (spec, flags) in VARIANTS.items():
+    for name, (spec, flags) in variants.items():
         if name in failed:
             lines.append(f"| {name} | {spec} | `{' '.join(flags)}` | rejected: {failed[name]} | | | |")
             continue
@@ -146,11 +156,12 @@ def main() -> None:
         lines.append(f"| {name} | {PASS_LABEL[spec]} | "
                      f"`{' '.join(flags) or '-'}` | {compile_s[name]:.1f} | {1e3 * med:.1f} "
                      f"({1e3 * min(t):.1f}-{1e3 * max(t):.1f}) | {base / med:.2f} | {losses[name]:.6f} |")
-    on, off = statistics.median(heap[True]), statistics.median(heap[False])
-    lines += ["", f"Host heap (gir.lower.iree_runtime.retain_host_heap: glibc keeps freed memory instead of "
-              f"unmapping IREE's per-step transient buffers), child processes alternating, medians of their "
-              f"medians: with {on:.1f} ms ({', '.join(f'{t:.1f}' for t in heap[True])}), without {off:.1f} ms "
-              f"({', '.join(f'{t:.1f}' for t in heap[False])}); without / with = {off / on:.2f}."]
+    if heap:
+        on, off = statistics.median(heap[True]), statistics.median(heap[False])
+        lines += ["", f"Host heap (gir.lower.iree_runtime.retain_host_heap: glibc keeps freed memory instead of "
+                  f"unmapping IREE's per-step transient buffers), child processes alternating, medians of their "
+                  f"medians: with {on:.1f} ms ({', '.join(f'{t:.1f}' for t in heap[True])}), without {off:.1f} ms "
+                  f"({', '.join(f'{t:.1f}' for t in heap[False])}); without / with = {off / on:.2f}."]
     lines += ["", "Module sizes: " + "; ".join(f"{PASS_LABEL[k]}: {n:,} ops, {c:,} chars" for k, (n, c) in
                                             sizes.items()) + "."]
     print("\n".join(lines))

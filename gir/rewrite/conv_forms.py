@@ -10,17 +10,20 @@ reductions) that fuse well.
 - A depthwise weight gradient (batch_group_count = C): dw[:, 0, i, j] = sum over batch and space
   of slice(xpad) * cotangent.
 
-`pointwise_matmul` (IREE only; XLA:CPU runs it slower): 1x1 convolutions as batched matmuls in
-NCHW, so IREE inserts no NHWC transposes around them.
-- Forward or input gradient: y[n] = w[:, :, 0, 0] @ x[n] over flattened space (dot_general with
-  the weight broadcast over the batch).
-- Weight gradient (1x1 output, window = the whole image): dw = sum over n of ct[n] @ x[n]^T (a
-  batched matmul, then a sum over the batch), or for tiny images one dot_general contracting
-  batch and space.
+`pointwise_matmul` (IREE only; XLA:CPU runs it slower): 1x1 convolutions as matmuls in the
+activations' own layout, so IREE inserts no NHWC transposes around them.
+- Forward or input gradient: in NCHW y[n] = w[:, :, 0, 0] @ x[n] over flattened space (dot_general
+  with the weight broadcast over the batch); with channels first (CNHW) or last (NHWC, see
+  gir.rewrite.layout) one matmul over batch and space.
+- Weight gradient (1x1 output, window = the whole image): in NCHW dw = sum over n of
+  ct[n] @ x[n]^T (a batched matmul, then a sum over the batch), or for tiny images one
+  dot_general contracting batch and space; with channels first or last one matmul.
+Both passes read the operands' layouts from the convolution's dimension numbers.
 Measured on MobileNetV2 (docs/performance.md).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from gir.ir import opdefs as od
@@ -38,18 +41,11 @@ dot_general contracting batch and space is 2-7x faster; at 16x16 and larger the 
 
 
 def _is_depthwise_weight_grad(a: od.ConvolutionAttrs) -> bool:
-    return (a.batch_group_count > 1 and a.feature_group_count == 1 and (a.lhs_layout, a.rhs_layout, a.out_layout)
-            == ("CNHW", "IOHW", "CNHW") and all(d == 1 for d in a.lhs_dilation))
+    return a.batch_group_count > 1 and a.feature_group_count == 1 and all(d == 1 for d in a.lhs_dilation)
 
 
 def _is_depthwise(a: od.ConvolutionAttrs) -> bool:
-    return (a.feature_group_count > 1 and a.batch_group_count == 1 and (a.lhs_layout, a.rhs_layout, a.out_layout)
-            == ("NCHW", "OIHW", "NCHW"))
-
-
-def _weight_tap(e: Emitter, w: Value, i: int, j: int) -> Value:
-    c = w.type.shape[0]
-    return e.reshape(e.op("slice", w, attrs=od.SliceAttrs((0, 0, i, j), (c, 1, i + 1, j + 1), (1, 1, 1, 1))), (c,))
+    return a.feature_group_count > 1 and a.batch_group_count == 1 and a.lhs_layout == a.out_layout
 
 
 def _is_plain(a: od.ConvolutionAttrs) -> bool:
@@ -59,12 +55,9 @@ def _is_plain(a: od.ConvolutionAttrs) -> bool:
             and all(p == 0 for pair in a.padding for p in pair))
 
 
-def _is_pointwise_candidate(a: od.ConvolutionAttrs) -> bool:
-    return _is_plain(a) and (a.lhs_layout, a.rhs_layout, a.out_layout) == ("NCHW", "OIHW", "NCHW")
-
-
-def _is_pointwise_weight_grad_candidate(a: od.ConvolutionAttrs) -> bool:
-    return _is_plain(a) and (a.lhs_layout, a.rhs_layout, a.out_layout) == ("CNHW", "IOHW", "CNHW")
+def _spatial(layout: str, *roles: str) -> tuple[int, ...]:
+    """The positions of a 2-D convolution operand's spatial dims (the letters other than `roles`)."""
+    return tuple(i for i, ch in enumerate(layout) if ch not in roles)
 
 
 def _static(*values: Value) -> bool:
@@ -79,20 +72,37 @@ def _static_pads(a: od.ConvolutionAttrs) -> list[tuple[int, int]] | None:
     return [(lo, max(hi, 0)) for lo, hi in a.padding]
 
 
-def _padded(e: Emitter, x: Value, pads: list[tuple[int, int]], interior: tuple[int, ...] = (0, 0)) -> Value:
+def _at(spatial: tuple[int, int], values: tuple[int, int], rest: int | list[int], rank: int = 4) -> list:
+    """A per-dim list with `values` at the spatial positions and `rest` (or rest[d]) elsewhere."""
+    out = list(rest) if isinstance(rest, list) else [rest] * rank
+    for d, v in zip(spatial, values):
+        out[d] = v
+    return out
+
+
+def _padded(e: Emitter, x: Value, spatial: tuple[int, int], pads: list[tuple[int, int]],
+            interior: tuple[int, ...] = (0, 0)) -> Value:
     return e.op("pad", x, e.scalar(0.0, x.type.dtype), attrs=od.PadAttrs(
-        (0, 0, *(lo for lo, _ in pads)), (0, 0, *(hi for _, hi in pads)), (0, 0, *interior)))
+        _at(spatial, tuple(lo for lo, _ in pads), 0), _at(spatial, tuple(hi for _, hi in pads), 0),
+        _at(spatial, interior, 0)))
 
 
-def _tap(e: Emitter, xp: Value, i: int, j: int, dilation: tuple[int, ...], strides: tuple[int, ...],
-         out_hw: tuple[int, ...]) -> Value:
+def _tap(e: Emitter, xp: Value, spatial: tuple[int, int], i: int, j: int, dilation: tuple[int, ...],
+         strides: tuple[int, ...], out_hw: tuple[int, ...]) -> Value:
     """The window of xp that kernel tap (i, j) meets at every output position."""
     (dh, dw), (sh, sw) = dilation, strides
-    n, c = xp.type.shape[:2]
     ho, wo = out_hw
-    return e.op("slice", xp, attrs=od.SliceAttrs((0, 0, i * dh, j * dw),
-                                                 (n, c, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1),
-                                                 (1, 1, sh, sw)))
+    return e.op("slice", xp, attrs=od.SliceAttrs(
+        _at(spatial, (i * dh, j * dw), 0),
+        _at(spatial, (i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1), list(xp.type.shape)),
+        _at(spatial, (sh, sw), 1)))
+
+
+def _weight_tap(e: Emitter, w: Value, spatial: tuple[int, int], i: int, j: int) -> Value:
+    """w[:, :, i, j] of a [C, 1, kh, kw] kernel (in its layout) as a [C] vector."""
+    c = max(w.type.shape[d] for d in range(4) if d not in spatial)
+    return e.reshape(e.op("slice", w, attrs=od.SliceAttrs(
+        _at(spatial, (i, j), 0), _at(spatial, (i + 1, j + 1), list(w.type.shape)), (1, 1, 1, 1))), (c,))
 
 
 def _depthwise_taps(e: Emitter, m: Match, phases: bool = True) -> Value | None:
@@ -100,90 +110,146 @@ def _depthwise_taps(e: Emitter, m: Match, phases: bool = True) -> Value | None:
     conv reads its taps from the input's phases unless `phases` is off (bench/levers.py)."""
     x, w, out = m["x"], m["w"], m.node.outputs[0]
     a: od.ConvolutionAttrs = m.node.attrs
-    _, c, _, _ = x.type.shape
-    kh, kw = w.type.shape[2:]
+    c_ax, sp = a.lhs_layout.index("C"), _spatial(a.lhs_layout, "N", "C")
+    w_sp = _spatial(a.rhs_layout, "O", "I")
+    c = x.type.shape[c_ax]
+    kh, kw = (w.type.shape[d] for d in w_sp)
     pads = _static_pads(a)
-    if pads is None or not _static(x, w, out) or a.feature_group_count != c or tuple(w.type.shape[:2]) != (c, 1) \
-            or out.type.shape[1] != c or kh * kw > MAX_TAPS:
+    if pads is None or not _static(x, w, out) or a.feature_group_count != c or out.type.shape[c_ax] != c \
+            or w.type.shape[a.rhs_layout.index("O")] != c or w.type.shape[a.rhs_layout.index("I")] != 1 \
+            or kh * kw > MAX_TAPS:
         return None
+    out_hw = tuple(out.type.shape[d] for d in sp)
     if phases and any(s > 1 for s in a.window_strides) and all(d == 1 for d in a.lhs_dilation):
-        return _strided_depthwise_phases(e, x, w, a, pads, out)
-    xp = _padded(e, x, pads, tuple(d - 1 for d in a.lhs_dilation))
-    return _sum_of_taps(e, w, out.type.shape,
-                        lambda i, j: _tap(e, xp, i, j, a.rhs_dilation, a.window_strides, tuple(out.type.shape[2:])))
+        window = _phase_windows(e, x, sp, a, pads, out_hw)
+    else:
+        xp = _padded(e, x, sp, pads, tuple(d - 1 for d in a.lhs_dilation))
 
+        def window(i: int, j: int) -> Value:
+            return _tap(e, xp, sp, i, j, a.rhs_dilation, a.window_strides, out_hw)
 
-def _sum_of_taps(e: Emitter, w: Value, shape: tuple, window: Callable[[int, int], Value]) -> Value:
-    """sum over kernel taps (i, j) of window(i, j) * w[:, 0, i, j] (per channel)."""
-    kh, kw = w.type.shape[2:]
     y = None
     for i in range(kh):
         for j in range(kw):
-            t = e.mul(window(i, j), e.bcast(_weight_tap(e, w, i, j), shape, (1,)))
+            t = e.mul(window(i, j), e.bcast(_weight_tap(e, w, w_sp, i, j), out.type.shape, (c_ax,)))
             y = t if y is None else e.add(y, t)
     return y
 
 
-def _strided_depthwise_phases(e: Emitter, x: Value, w: Value, a: od.ConvolutionAttrs,
-                              pads: list[tuple[int, int]], out: Value) -> Value:
-    """A strided depthwise conv with the padded input split once into its s*s phases (a reshape and
-    one transpose), so that every tap reads a contiguous window of one phase."""
-    n, c, hx, wx = x.type.shape
+def _phase_windows(e: Emitter, x: Value, sp: tuple[int, int], a: od.ConvolutionAttrs,
+                   pads: list[tuple[int, int]], out_hw: tuple[int, ...]) -> Callable[[int, int], Value]:
+    """The taps of a strided conv read from the padded input split once into its s*s phases (a
+    reshape and one transpose that puts the phases first), each a contiguous window of one phase."""
     (sh, sw), (dh, dw) = a.window_strides, a.rhs_dilation
-    ho, wo = out.type.shape[2:]
-    hp, wp = hx + pads[0][0] + pads[0][1], wx + pads[1][0] + pads[1][1]
+    ho, wo = out_hw
+    hp, wp = (x.type.shape[d] + lo + hi for d, (lo, hi) in zip(sp, pads))
     hq, wq = -(-hp // sh), -(-wp // sw)
-    xp = _padded(e, x, [(pads[0][0], pads[0][1] + hq * sh - hp), (pads[1][0], pads[1][1] + wq * sw - wp)])
-    phases = e.transpose(e.reshape(xp, (n, c, hq, sh, wq, sw)), (0, 1, 3, 5, 2, 4))
+    xp = _padded(e, x, sp, [(pads[0][0], pads[0][1] + hq * sh - hp), (pads[1][0], pads[1][1] + wq * sw - wp)])
+    split: list = []
+    for d, size in enumerate(xp.type.shape):
+        split += [hq, sh] if d == sp[0] else [wq, sw] if d == sp[1] else [size]
+    at_h, at_w = sp[0] + 1, sp[1] + 2   # the phase dims in the split shape
+    rest = [d for d in range(6) if d not in (at_h, at_w)]
+    phases = e.transpose(e.reshape(xp, split), (at_h, at_w, *rest))
+    rest_shape = [split[d] for d in rest]
+    rsp = (rest.index(at_h - 1), rest.index(at_w - 1))
+    out_shape = _at(rsp, (ho, wo), rest_shape)
 
     def window(i: int, j: int) -> Value:
         """Tap (i, j) reads phase (i*dh mod sh, j*dw mod sw) from row i*dh // sh, column j*dw // sw on."""
         (a0, p), (b0, q) = divmod(i * dh, sh), divmod(j * dw, sw)
-        return e.reshape(e.op("slice", phases, attrs=od.SliceAttrs(
-            (0, 0, p, q, a0, b0), (n, c, p + 1, q + 1, a0 + ho, b0 + wo), (1, 1, 1, 1, 1, 1))), (n, c, ho, wo))
+        tap = e.op("slice", phases, attrs=od.SliceAttrs(
+            (p, q, *_at(rsp, (a0, b0), 0)), (p + 1, q + 1, *_at(rsp, (a0 + ho, b0 + wo), rest_shape)), (1,) * 6))
+        return e.reshape(tap, out_shape)
 
-    return _sum_of_taps(e, w, out.type.shape, window)
+    return window
 
 
 def _weight_grad_taps(e: Emitter, m: Match) -> Value | None:
-    """out[c, 0, i, j] = sum over n, h, w of xpad[n, c, i*d + h*s, j*d + w*s] * ct[n, c, h, w]."""
+    """out[c, 0, i, j] = sum over n, h, w of xpad[n, c, i*d + h*s, j*d + w*s] * ct[n, c, h, w].
+    In the gradient conv's layouts x's channels play the batch ('N'), ct's the output features."""
     x, ct, out = m["x"], m["ct"], m.node.outputs[0]
     a: od.ConvolutionAttrs = m.node.attrs
-    _, c, _, _ = x.type.shape
-    kh, kw = out.type.shape[2:]
+    c_ax, sp = a.lhs_layout.index("N"), _spatial(a.lhs_layout, "N", "C")
+    c = x.type.shape[c_ax]
+    o_sp = _spatial(a.out_layout, "N", "C")
+    kh, kw = (out.type.shape[d] for d in o_sp)
     pads = _static_pads(a)
-    if pads is None or not _static(x, ct, out) or c != a.batch_group_count or tuple(out.type.shape[:2]) != (c, 1) \
-            or kh * kw > MAX_TAPS:
+    if pads is None or not _static(x, ct, out) or c != a.batch_group_count or kh * kw > MAX_TAPS \
+            or (a.rhs_layout.index("O"), a.rhs_layout.index("I"), _spatial(a.rhs_layout, "O", "I")) \
+            != (c_ax, a.lhs_layout.index("C"), sp) or tuple(out.type.shape) != (c, 1, kh, kw):
         return None
-    xp = _padded(e, x, pads)
+    xp = _padded(e, x, sp, pads)
+    others = tuple(d for d in range(4) if d != c_ax)
+    ct_hw = tuple(ct.type.shape[d] for d in sp)
     # the gradient conv's window stride is the forward dilation, its rhs dilation the forward stride
-    taps = [e.reshape(e.reduce(e.mul(_tap(e, xp, i, j, a.window_strides, a.rhs_dilation, tuple(ct.type.shape[2:])),
-                                     ct), "sum", (0, 2, 3)), (c, 1))
+    taps = [e.reshape(e.reduce(e.mul(_tap(e, xp, sp, i, j, a.window_strides, a.rhs_dilation, ct_hw), ct),
+                               "sum", others), (c, 1))
             for i in range(kh) for j in range(kw)]
     stacked = taps[0] if len(taps) == 1 else e.op("concatenate", *taps, attrs=od.ConcatAttrs(1))
     return e.reshape(stacked, out.type.shape)
 
 
+def _matrix(e: Emitter, w: Value, layout: str, rows: str, cols: str) -> Value:
+    """A 1x1 kernel as a [rows, cols] matrix (its two feature roles in that order)."""
+    i, j = layout.index(rows), layout.index(cols)
+    wt = e.transpose(w, (i, j, *_spatial(layout, rows, cols)))
+    return e.reshape(wt, (w.type.shape[i], w.type.shape[j]))
+
+
+def _flat(e: Emitter, x: Value, keep: int) -> Value:
+    """x as a matrix: dim `keep` (first or last) by everything else."""
+    size = x.type.shape[keep]
+    rest = math.prod(d for k, d in enumerate(x.type.shape) if k != keep)
+    return e.reshape(x, (size, rest) if keep == 0 else (rest, size))
+
+
 def _pointwise_as_matmul(e: Emitter, m: Match) -> Value | None:
-    """y[n, o, :] = sum over c of w[o, c] * x[n, c, :] as a batched dot_general (batch n)."""
+    """y[n, o, :] = sum over c of w[o, c] * x[n, c, :]: one matmul when the channels are the first
+    or last dim in memory, else (NCHW) a dot_general batched over images."""
     x, w, out = m["x"], m["w"], m.node.outputs[0]
-    if not _static(x, w, out) or tuple(w.type.shape[2:]) != (1, 1):
+    a: od.ConvolutionAttrs = m.node.attrs
+    if not _static(x, w, out) or a.out_layout != a.lhs_layout \
+            or any(w.type.shape[d] != 1 for d in _spatial(a.rhs_layout, "O", "I")):
         return None
-    n, c, h, wd = x.type.shape
-    o = w.type.shape[0]
-    wb = e.bcast(e.reshape(w, (o, c)), (n, o, c), (1, 2))
-    y = e.op("dot_general", wb, e.reshape(x, (n, c, h * wd)), attrs=od.DotGeneralAttrs((0,), (0,), (2,), (1,)))
+    c_ax, n_ax = a.lhs_layout.index("C"), a.lhs_layout.index("N")
+    wm = _matrix(e, w, a.rhs_layout, "O", "I")
+    o, c = wm.type.shape
+    if c_ax == 0:
+        y = e.op("dot_general", wm, _flat(e, x, 0), attrs=od.DotGeneralAttrs((), (), (1,), (0,)))
+    elif c_ax == 3:
+        y = e.op("dot_general", _flat(e, x, 3), wm, attrs=od.DotGeneralAttrs((), (), (1,), (1,)))
+    elif (n_ax, c_ax) == (0, 1):
+        n, _, h, wd = x.type.shape
+        wb = e.bcast(wm, (n, o, c), (1, 2))
+        y = e.op("dot_general", wb, e.reshape(x, (n, c, h * wd)), attrs=od.DotGeneralAttrs((0,), (0,), (2,), (1,)))
+    else:
+        return None
     return e.reshape(y, out.type.shape)
 
 
 def _pointwise_weight_grad_as_matmul(e: Emitter, m: Match) -> Value | None:
-    """dw[o, c] = sum over n, h, w of ct[n, o, h, w] * x[n, c, h, w]: per-image matmuls summed over n."""
+    """dw[o, c] = sum over n, h, w of ct[n, o, h, w] * x[n, c, h, w]: one matmul when the channels
+    are the first or last dim in memory, else (NCHW) per-image matmuls summed over n."""
     x, ct, out = m["x"], m["ct"], m.node.outputs[0]
-    if not _static(x, ct, out) or tuple(out.type.shape[2:]) != (1, 1) \
-            or tuple(x.type.shape[2:]) != tuple(ct.type.shape[2:]):
+    a: od.ConvolutionAttrs = m.node.attrs
+    c_ax, n_ax, sp = a.lhs_layout.index("N"), a.lhs_layout.index("C"), _spatial(a.lhs_layout, "N", "C")
+    o_sp = _spatial(a.out_layout, "N", "C")
+    ct_axes = (a.rhs_layout.index("O"), a.rhs_layout.index("I"), _spatial(a.rhs_layout, "O", "I"))
+    if not _static(x, ct, out) or any(out.type.shape[d] != 1 for d in o_sp) or ct_axes != (c_ax, n_ax, sp) \
+            or tuple(x.type.shape[d] for d in sp) != tuple(ct.type.shape[d] for d in sp) \
+            or a.out_layout.index("C") > a.out_layout.index("N"):
         return None
-    n, c, h, wd = x.type.shape
-    o = ct.type.shape[1]
+    c, o = x.type.shape[c_ax], ct.type.shape[c_ax]
+    if c_ax == 0:
+        return e.reshape(e.op("dot_general", _flat(e, ct, 0), _flat(e, x, 0),
+                              attrs=od.DotGeneralAttrs((), (), (1,), (1,))), out.type.shape)
+    if c_ax == 3:
+        return e.reshape(e.op("dot_general", _flat(e, ct, 3), _flat(e, x, 3),
+                              attrs=od.DotGeneralAttrs((), (), (0,), (0,))), out.type.shape)
+    if (n_ax, c_ax) != (0, 1):
+        return None
+    n, _, h, wd = x.type.shape
     ct3, x3 = e.reshape(ct, (n, o, h * wd)), e.reshape(x, (n, c, h * wd))
     if o * c > PER_IMAGE_GROWTH * h * wd * (o + c):
         # tiny images: n per-image products would dwarf the operands; contract batch and space at once
@@ -200,11 +266,13 @@ RULES = (
          _weight_grad_taps, "convolution with batch_group_count = C (a depthwise weight gradient) -> per-tap multiply + reduce"),
 )
 POINTWISE_RULES = (
-    Rule("pointwise_conv_as_matmul", Op("convolution", (Var("x"), Var("w")), attrs=_is_pointwise_candidate),
-         _pointwise_as_matmul, "1x1 convolution, stride 1, NCHW -> dot_general batched over images (no layout change)"),
+    Rule("pointwise_conv_as_matmul", Op("convolution", (Var("x"), Var("w")), attrs=_is_plain),
+         _pointwise_as_matmul,
+         "1x1 convolution, stride 1 -> one dot_general (channels first or last) or batched over images (NCHW)"),
     Rule("pointwise_weight_grad_as_matmul",
-         Op("convolution", (Var("x"), Var("ct")), attrs=_is_pointwise_weight_grad_candidate),
-         _pointwise_weight_grad_as_matmul, "1x1 weight gradient (CNHW x IOHW) -> per-image dot_general, summed over images"),
+         Op("convolution", (Var("x"), Var("ct")), attrs=_is_plain),
+         _pointwise_weight_grad_as_matmul,
+         "1x1 weight gradient -> one dot_general (channels first or last) or per-image ones summed (NCHW)"),
 )
 
 CONV_FORMS = register_pass(Pass("conv_forms", "rewrite depthwise convolutions as per-tap multiply-adds, which IREE "
