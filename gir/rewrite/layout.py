@@ -43,8 +43,7 @@ class Relayout:
     """The values of a graph being rebuilt: each old value in its own order (`plain`) or stored
     transposed by `perm` (`moved`), each form made from the other on demand, once."""
 
-    def __init__(self, out: Graph, perm: tuple[int, ...]):
-        self.out = out
+    def __init__(self, perm: tuple[int, ...]):
         self.perm = perm
         self.inverse = tuple(perm.index(d) for d in range(len(perm)))
         self.plain: dict[Value, Value] = {}
@@ -209,7 +208,7 @@ def relayout(graph: Graph, perm: tuple[int, ...]) -> Graph:
     """A copy of `graph` whose 4-D activations are stored transposed by `perm`."""
     out = Graph(graph.name)
     out.inputs = list(graph.inputs)
-    r = Relayout(out, perm)
+    r = Relayout(perm)
     r.plain.update({v: v for v in graph.inputs})
     for node in graph.nodes:
         e = Emitter(out, node.loc, node.adjoint_of)
