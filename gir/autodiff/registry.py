@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 from gir.ir.graph import Node, Value
+from gir.ir.ops import rule_registrar
 from gir.shapes.emit import Emitter
 
 Cotangents = Sequence[Optional[Value]]
@@ -29,10 +30,5 @@ class AdjointError(Exception):
     """An op that cannot be differentiated here, or an adjoint that broke its contract."""
 
 
-def adjoint(*ops: str):
-    """Registers `fn` as the adjoint of each op."""
-    def deco(fn: Adjoint) -> Adjoint:
-        for op in ops:
-            ADJOINTS[op] = fn
-        return fn
-    return deco
+adjoint = rule_registrar(ADJOINTS)
+"""`@adjoint("op", ...)` registers the function as the adjoint of each op."""

@@ -1,9 +1,11 @@
 """The op registry: one `OpDef` per op name; every stage keys its own rule table by that name."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import attrs
+
+F = TypeVar("F", bound=Callable)
 
 
 @attrs.frozen
@@ -61,3 +63,15 @@ def get_op(name: str) -> OpDef:
 def missing_rules(table: dict[str, Callable] | set[str], what: str) -> list[str]:
     """Lines naming each registered op without an entry in a stage's rule table (the coverage check)."""
     return [f"op {name!r} has no {what}" for name in sorted(OPS) if name not in table]
+
+
+def rule_registrar(table: dict[str, Callable]) -> Callable[..., Callable[[F], F]]:
+    """The decorator a stage files its rules with: `@register("op", ...)` puts the function in
+    `table` under each op name and returns it unchanged."""
+    def register(*ops: str) -> Callable[[F], F]:
+        def deco(fn: F) -> F:
+            for op in ops:
+                table[op] = fn
+            return fn
+        return deco
+    return register

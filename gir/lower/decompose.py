@@ -10,7 +10,7 @@ import sympy
 from gir.ir import opdefs as od
 from gir.ir.graph import Graph, Node, Value
 from gir.ir.types import Dim
-from gir.ir.ops import get_op
+from gir.ir.ops import get_op, rule_registrar
 from gir.shapes.emit import Emitter
 from gir.shapes.padding import explicit_pads
 
@@ -18,12 +18,8 @@ Decomposition = Callable[[Emitter, Any, tuple[Value, ...]], "Value | tuple[Value
 DECOMPOSITIONS: dict[str, Decomposition] = {}
 
 
-def decomposes(*ops: str):
-    def deco(fn: Decomposition) -> Decomposition:
-        for op in ops:
-            DECOMPOSITIONS[op] = fn
-        return fn
-    return deco
+decomposes = rule_registrar(DECOMPOSITIONS)
+"""`@decomposes("op", ...)` files a decomposition."""
 
 
 def convolution_attrs(a: od.ConvAttrs, x: Value, w: Value, groups: int) -> od.ConvolutionAttrs:

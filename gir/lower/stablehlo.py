@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 from gir.ir import opdefs as od
 from gir.ir.dtypes import DType
 from gir.ir.graph import Graph, Loc, Node, Value
+from gir.ir.ops import rule_registrar
 from gir.ir.types import TensorType
 
 
@@ -114,12 +115,8 @@ Rule = Callable[[_Printer, Node, Any], None]
 STABLEHLO_RULES: dict[str, Rule] = {}
 
 
-def prints(*ops: str):
-    def deco(fn: Rule) -> Rule:
-        for op in ops:
-            STABLEHLO_RULES[op] = fn
-        return fn
-    return deco
+prints = rule_registrar(STABLEHLO_RULES)
+"""`@prints("op", ...)` files a printing rule."""
 
 
 _NAMES = {"exp": "exponential", "log": "log", "tanh": "tanh", "logistic": "logistic", "sqrt": "sqrt",

@@ -60,6 +60,15 @@ def _spatial(layout: str, *roles: str) -> tuple[int, ...]:
     return tuple(i for i, ch in enumerate(layout) if ch not in roles)
 
 
+def _weight_grad_axes(a: od.ConvolutionAttrs) -> tuple[int, int, tuple[int, ...]] | None:
+    """(channel dim, image dim, spatial dims) of a weight gradient's operands: in its layouts x's
+    channels play the batch ('N') and its images the features ('C'), the cotangent's channels the
+    output features ('O'), its images the input features ('I'). None unless both agree."""
+    axes = (a.lhs_layout.index("N"), a.lhs_layout.index("C"), _spatial(a.lhs_layout, "N", "C"))
+    ct_axes = (a.rhs_layout.index("O"), a.rhs_layout.index("I"), _spatial(a.rhs_layout, "O", "I"))
+    return axes if axes == ct_axes else None
+
+
 def _static(*values: Value) -> bool:
     return all(isinstance(d, int) for v in values for d in v.type.shape)
 
@@ -100,7 +109,7 @@ def _tap(e: Emitter, xp: Value, spatial: tuple[int, int], i: int, j: int, dilati
 
 def _weight_tap(e: Emitter, w: Value, spatial: tuple[int, int], i: int, j: int) -> Value:
     """w[:, :, i, j] of a [C, 1, kh, kw] kernel (in its layout) as a [C] vector."""
-    c = max(w.type.shape[d] for d in range(4) if d not in spatial)
+    c = math.prod(w.type.shape[d] for d in range(4) if d not in spatial)
     return e.reshape(e.op("slice", w, attrs=od.SliceAttrs(
         _at(spatial, (i, j), 0), _at(spatial, (i + 1, j + 1), list(w.type.shape)), (1, 1, 1, 1))), (c,))
 
@@ -166,18 +175,16 @@ def _phase_windows(e: Emitter, x: Value, sp: tuple[int, int], a: od.ConvolutionA
 
 
 def _weight_grad_taps(e: Emitter, m: Match) -> Value | None:
-    """out[c, 0, i, j] = sum over n, h, w of xpad[n, c, i*d + h*s, j*d + w*s] * ct[n, c, h, w].
-    In the gradient conv's layouts x's channels play the batch ('N'), ct's the output features."""
+    """out[c, 0, i, j] = sum over n, h, w of xpad[n, c, i*d + h*s, j*d + w*s] * ct[n, c, h, w]."""
     x, ct, out = m["x"], m["ct"], m.node.outputs[0]
     a: od.ConvolutionAttrs = m.node.attrs
-    c_ax, sp = a.lhs_layout.index("N"), _spatial(a.lhs_layout, "N", "C")
+    axes, pads = _weight_grad_axes(a), _static_pads(a)
+    if axes is None or pads is None or not _static(x, ct, out):
+        return None
+    c_ax, _, sp = axes
     c = x.type.shape[c_ax]
-    o_sp = _spatial(a.out_layout, "N", "C")
-    kh, kw = (out.type.shape[d] for d in o_sp)
-    pads = _static_pads(a)
-    if pads is None or not _static(x, ct, out) or c != a.batch_group_count or kh * kw > MAX_TAPS \
-            or (a.rhs_layout.index("O"), a.rhs_layout.index("I"), _spatial(a.rhs_layout, "O", "I")) \
-            != (c_ax, a.lhs_layout.index("C"), sp) or tuple(out.type.shape) != (c, 1, kh, kw):
+    kh, kw = (out.type.shape[d] for d in _spatial(a.out_layout, "N", "C"))
+    if c != a.batch_group_count or kh * kw > MAX_TAPS or tuple(out.type.shape) != (c, 1, kh, kw):
         return None
     xp = _padded(e, x, sp, pads)
     others = tuple(d for d in range(4) if d != c_ax)
@@ -233,10 +240,11 @@ def _pointwise_weight_grad_as_matmul(e: Emitter, m: Match) -> Value | None:
     are the first or last dim in memory, else (NCHW) per-image matmuls summed over n."""
     x, ct, out = m["x"], m["ct"], m.node.outputs[0]
     a: od.ConvolutionAttrs = m.node.attrs
-    c_ax, n_ax, sp = a.lhs_layout.index("N"), a.lhs_layout.index("C"), _spatial(a.lhs_layout, "N", "C")
-    o_sp = _spatial(a.out_layout, "N", "C")
-    ct_axes = (a.rhs_layout.index("O"), a.rhs_layout.index("I"), _spatial(a.rhs_layout, "O", "I"))
-    if not _static(x, ct, out) or any(out.type.shape[d] != 1 for d in o_sp) or ct_axes != (c_ax, n_ax, sp) \
+    axes = _weight_grad_axes(a)
+    if axes is None or not _static(x, ct, out):
+        return None
+    c_ax, n_ax, sp = axes
+    if any(out.type.shape[d] != 1 for d in _spatial(a.out_layout, "N", "C")) \
             or tuple(x.type.shape[d] for d in sp) != tuple(ct.type.shape[d] for d in sp) \
             or a.out_layout.index("C") > a.out_layout.index("N"):
         return None

@@ -22,6 +22,7 @@ import attrs
 
 from gir.ir import opdefs as od
 from gir.ir.graph import Graph, Node, Value
+from gir.ir.ops import rule_registrar
 from gir.rewrite.driver import Pass, dead_code_elimination, register_pass
 from gir.shapes.emit import Emitter
 
@@ -111,12 +112,8 @@ Rule = Callable[[Relayout, Emitter, Node], "tuple[Value, bool] | None"]
 RULES: dict[str, Rule] = {}
 
 
-def layout_rule(*ops: str):
-    def deco(fn: Rule) -> Rule:
-        for op in ops:
-            RULES[op] = fn
-        return fn
-    return deco
+layout_rule = rule_registrar(RULES)
+"""`@layout_rule("op", ...)` files a layout rule."""
 
 
 @layout_rule(*ELEMENTWISE)
