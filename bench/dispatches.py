@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from report import machine_line, write_section  # noqa: E402
+from report import machine_line, publish  # noqa: E402
 
 from gir.lower.iree_compile import compile_text  # noqa: E402
 from gir.netfile import load_net_file  # noqa: E402
@@ -122,9 +122,7 @@ def main() -> None:
     for name, t in sorted(ms.items(), key=lambda kv: -kv[1])[:args.top]:
         lines.append(f"| `{name.split('train_step_', 1)[-1]}` | {t:.2f} |")
     text = "\n".join(lines)
-    print(text)
-    if args.write:
-        write_section(TITLE, text)
+    publish(TITLE, text, args.write)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from gir.lower.jax_backend import compile_jax
 from gir.lower.pipeline import lower_net
 from gir.netfile import load_net_file
 from gir.nn.params import init_params
-from report import machine_line, write_section
+from report import machine_line, publish
 
 NET = os.path.join(os.path.dirname(__file__), "..", "nets", "mobilenet_v2.py")
 
@@ -79,9 +79,7 @@ def main() -> None:
                      f"{r['compile_s']:.1f} | {r['iree_ms']:.1f} ({r['iree_min']:.1f}-{r['iree_max']:.1f}) | "
                      f"{r['jax_ms']:.1f} ({r['jax_min']:.1f}-{r['jax_max']:.1f}) | {r['jax_ms'] / r['iree_ms']:.2f} |")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        write_section(lines[0], text)
+    publish(lines[0], text, args.write)
 
 
 if __name__ == "__main__":

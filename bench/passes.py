@@ -25,7 +25,7 @@ from gir.rewrite import PIPELINES, Firing
 from gir.shapes.dims import H, W
 from gir.shapes.specialize import BindingError, check_binding
 from gir.train.step import lower_train_step
-from report import machine_line, write_section
+from report import machine_line, publish
 
 NETS = os.path.join(os.path.dirname(__file__), "..", "nets")
 MOBILENET = os.path.join(NETS, "mobilenet_v2.py")
@@ -261,9 +261,7 @@ def main() -> None:
         f"{t['compile_default']:.1f} s with the passes, and {speed}. {same}",
     ]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        write_section(title, text)
+    publish(title, text, args.write)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ import traceback
 from collections.abc import Callable
 
 import numpy as np
-from report import machine_line, write_section
+from report import machine_line, publish
 
 NET = os.path.join(os.path.dirname(__file__), "..", "nets", "mobilenet_v2.py")
 TITLE = "## Train step against peers (bench/peers.py)"
@@ -578,9 +578,7 @@ def main() -> None:
             with open(args.save, "w") as f:
                 json.dump(run, f, indent=1)
     out = render(run)
-    print(out)
-    if args.write:
-        write_section(TITLE, out)
+    publish(TITLE, out, args.write)
 
 
 def measure(args) -> dict:

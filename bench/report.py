@@ -13,6 +13,13 @@ def machine_line(what: str) -> str:
             f"({platform.processor() or 'cpu'}), {what}")
 
 
+def publish(title: str, text: str, write: bool) -> None:
+    """Prints a script's section; with `write` (its --write flag) also files it in performance.md."""
+    print(text)
+    if write:
+        write_section(title, text)
+
+
 def write_section(title: str, text: str) -> None:
     """Replaces the section starting with `title` (or appends it), keeping the others."""
     old = open(PATH).read() if os.path.exists(PATH) else "# Performance\n\nEvery number here comes from a script in bench/.\n"

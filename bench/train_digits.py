@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-from report import machine_line, write_section  # noqa: E402
+from report import machine_line, publish  # noqa: E402
 
 from gir.netfile import load_net_file  # noqa: E402
 from gir.train.loop import RunOptions, train  # noqa: E402
@@ -59,9 +59,7 @@ def main() -> None:
     for r in results:
         lines.append(f"- {r['name']}: " + ", ".join(f"{100 * e['top1']:.1f}" for e in r["evals"]))
     text = "\n".join(lines)
-    print(text)
-    if args.write:
-        write_section(title, text)
+    publish(title, text, args.write)
 
 
 if __name__ == "__main__":

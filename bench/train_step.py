@@ -19,7 +19,7 @@ from gir.nn.params import init_params
 from gir.rewrite import pipeline_for_backend
 from gir.shapes.specialize import specialize
 from gir.train.step import lower_train_step
-from report import machine_line, write_section
+from report import machine_line, publish
 
 NET = os.path.join(os.path.dirname(__file__), "..", "nets", "mobilenet_v2.py")
 
@@ -118,9 +118,7 @@ def main() -> None:
         "backward applies 1/sqrt(var + eps) per channel after the sums (no full-size xhat), an order of "
         "operations the reference does not share; before that change the JAX backend agreed to 7e-3.",
     ])
-    print(text)
-    if args.write:
-        write_section(title, text)
+    publish(title, text, args.write)
 
 
 if __name__ == "__main__":
