@@ -42,12 +42,14 @@ WITHOUT_CONV_FORMS = "cse,bn_fold,simplify,fold,fusion,fold,cse,simplify,dce"
 NO_PHASES = "cse,bn_fold,simplify,fold,fusion,fold,conv_forms_no_phases,pointwise_matmul,cse,simplify,dce"
 CNHW = "cse,bn_fold,simplify,fold,fusion,fold,layout_cnhw,conv_forms,pointwise_matmul,cse,simplify,dce"
 NHWC = "cse,bn_fold,simplify,fold,fusion,fold,layout_nhwc,conv_forms,pointwise_matmul,cse,simplify,dce"
+CNHW_SMALL = CNHW.replace("layout_cnhw", "layout_cnhw_small")
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {   # name -> (rewrite passes, iree-compile flags)
     "baseline: default passes, llvm-cpu host, gir's CPU flags (O3, im2col)": ("default", ()),
     "no pointwise_matmul: 1x1 convs stay convolutions (IREE makes them NHWC)": ("default_jax", ()),
     "no conv_forms, no pointwise_matmul: depthwise and 1x1 convs as convolutions": (WITHOUT_CONV_FORMS, ()),
     "strided depthwise taps read the padded input with strides (no phase split)": (NO_PHASES, ()),
     "activations stored CNHW (layout_cnhw): 1x1 convs one matmul each, BN sums over rows": (CNHW, ()),
+    "activations stored CNHW at 28x28 and below (layout_cnhw_small), larger ones NCHW": (CNHW_SMALL, ()),
     "activations stored NHWC (layout_nhwc): 1x1 convs one matmul each, taps along channels": (NHWC, ()),
     "pads fused into their consumers": ("default", ("--iree-dispatch-creation-enable-fuse-padding-into-linalg-consumer-ops",)),
     "pads fused into their producers": ("default", ("--iree-dispatch-creation-enable-fuse-padding-into-linalg-producer-ops",)),
@@ -59,7 +61,8 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {   # name -> (rewrite passes
 
 PASS_LABEL = {"default": "default", "default_jax": "default - pointwise_matmul",
               WITHOUT_CONV_FORMS: "default - conv_forms - pointwise_matmul", NO_PHASES: "default, no phase split",
-              CNHW: "default + layout_cnhw", NHWC: "default + layout_nhwc"}
+              CNHW: "default + layout_cnhw", NHWC: "default + layout_nhwc",
+              CNHW_SMALL: "default + layout_cnhw_small"}
 
 
 def setup(batch: int, image: int, passes: set[str]):

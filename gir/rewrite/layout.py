@@ -16,6 +16,7 @@ run through their rule: their outputs start the new order.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import attrs
@@ -44,8 +45,9 @@ class Relayout:
     """The values of a graph being rebuilt: each old value in its own order (`plain`) or stored
     transposed by `perm` (`moved`), each form made from the other on demand, once."""
 
-    def __init__(self, perm: tuple[int, ...]):
+    def __init__(self, perm: tuple[int, ...], max_pixels: int | None = None):
         self.perm = perm
+        self.max_pixels = max_pixels
         self.inverse = tuple(perm.index(d) for d in range(len(perm)))
         self.plain: dict[Value, Value] = {}
         self.moved: dict[Value, Value] = {}
@@ -53,6 +55,11 @@ class Relayout:
 
     def is_moved(self, v: Value) -> bool:
         return v in self.moved
+
+    def small(self, v: Value) -> bool:
+        """Whether convolutions store the (NCHW) activation v in the new order: every one does,
+        or those of at most `max_pixels` pixels per image."""
+        return self.max_pixels is None or math.prod(int(d) for d in v.type.shape[2:]) <= self.max_pixels
 
     def moved_shape(self, shape) -> tuple:
         return tuple(shape[p] for p in self.perm)
@@ -154,12 +161,26 @@ def _convolution(r: Relayout, e: Emitter, node: Node):
     x, w = node.inputs
     if x.type.rank != 4 or a.out_layout not in (WRITTEN, WEIGHT_GRAD):
         return None
-    to_new = a.out_layout == WRITTEN
-    moved = [True, not to_new or r.is_moved(w) or r.cheap_to_move(w)]
+    if a.out_layout == WRITTEN:
+        to_new = r.small(node.outputs[0])
+        if not to_new and not r.is_moved(x):
+            return None
+        # a large input read by a small output's convolution is transposed for it alone: were
+        # it filed as moved, its other consumers (at its size) would follow it
+        xm = r.as_moved(e, x) if r.small(x) else e.transpose(r.plain[x], r.perm)
+        wm = r.is_moved(w) or r.cheap_to_move(w)
+        moved = [True, wm]
+        ins = [xm, r.as_moved(e, w) if wm else r.plain[w]]
+    else:
+        if not (r.is_moved(x) or r.is_moved(w)) or not (r.small(x) and r.small(w)):
+            return None
+        to_new, moved = False, [True, True]
+        ins = [r.as_moved(e, x), r.as_moved(e, w)]
     lhs, rhs = (permute_layout(lay, r.perm) if m else lay for lay, m in zip((a.lhs_layout, a.rhs_layout), moved))
-    out = permute_layout(a.out_layout, r.perm) if to_new else a.out_layout
-    ins = [r.as_moved(e, v) if m else r.plain[v] for v, m in zip((x, w), moved)]
+    out = permute_layout(a.out_layout, r.perm) if a.out_layout == WRITTEN else a.out_layout
     y = e.op("convolution", *ins, attrs=attrs.evolve(a, lhs_layout=lhs, rhs_layout=rhs, out_layout=out))
+    if a.out_layout == WRITTEN and not to_new:
+        return e.transpose(y, r.inverse), False   # a large output: NCHW, as its consumers
     return y, to_new
 
 
@@ -201,11 +222,13 @@ def _transpose(r: Relayout, e: Emitter, node: Node):
     return e.transpose(r.moved[node.inputs[0]], tuple(r.inverse[p] for p in node.attrs.perm)), False
 
 
-def relayout(graph: Graph, perm: tuple[int, ...]) -> Graph:
-    """A copy of `graph` whose 4-D activations are stored transposed by `perm`."""
+def relayout(graph: Graph, perm: tuple[int, ...], max_pixels: int | None = None) -> Graph:
+    """A copy of `graph` whose 4-D activations are stored transposed by `perm`: all of them, or
+    those that convolutions write at most `max_pixels` pixels per image (and what is computed
+    from them), the larger ones staying NCHW."""
     out = Graph(graph.name)
     out.inputs = list(graph.inputs)
-    r = Relayout(perm)
+    r = Relayout(perm, max_pixels)
     r.plain.update({v: v for v in graph.inputs})
     for node in graph.nodes:
         e = Emitter(out, node.loc, node.adjoint_of)
@@ -226,13 +249,21 @@ def relayout(graph: Graph, perm: tuple[int, ...]) -> Graph:
     return dead_code_elimination(out)   # what was re-emitted in the new order leaves its plain form unused
 
 
-def _layout_pass(name: str, order: str, why: str) -> Pass:
+def _layout_pass(name: str, order: str, why: str, max_pixels: int | None = None) -> Pass:
     perm = tuple(WRITTEN.index(ch) for ch in order)
-    return register_pass(Pass(name, f"store 4-D activations {order} instead of NCHW: {why}", "primitive",
-                              transform=lambda g, ctx: relayout(g, perm)))
+    which = "4-D activations" if max_pixels is None else f"4-D activations of at most {max_pixels} pixels"
+    return register_pass(Pass(name, f"store {which} {order} instead of NCHW: {why}", "primitive",
+                              transform=lambda g, ctx: relayout(g, perm, max_pixels)))
 
 
 LAYOUT_NHWC = _layout_pass("layout_nhwc", "NHWC", "1x1 convolutions become one matmul, depthwise taps "
                                                   "vectorize along channels")
 LAYOUT_CNHW = _layout_pass("layout_cnhw", "CNHW", "1x1 convolutions become one matmul, batch-norm "
                                                   "statistics row sums")
+SMALL_PIXELS = 28 * 28
+"""Where channels-first wins on IREE's CPU code: MobileNetV2 at 224x224 runs 1.0x with every
+activation CNHW (its 1x1 matmuls gain, the fused batch-norm dispatches over 112x112 rows lose)
+and faster with only the 28x28-and-smaller layers moved (docs/performance.md, Levers run 6)."""
+LAYOUT_CNHW_SMALL = _layout_pass("layout_cnhw_small", "CNHW", "the same, where the image is small (28x28 "
+                                                              "or less); larger layers stay NCHW",
+                                 SMALL_PIXELS)

@@ -1,6 +1,7 @@
 """layout_nhwc / layout_cnhw alone and followed by conv_forms and pointwise_matmul: the same
 values, the activations stored in the new order between the first convolution and the outputs,
-and the convolution forms rewritten for that order."""
+and the convolution forms rewritten for that order; with a pixel limit (layout_cnhw_small), only
+the small activations moved."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,7 @@ from gir.autodiff import vjp
 from gir.lower.decompose import decompose
 from gir.nn import Builder
 from gir.rewrite import Context, run_pass
-from gir.rewrite.layout import permute_layout
+from gir.rewrite.layout import permute_layout, relayout
 
 LAYOUTS = {"layout_nhwc": "NHWC", "layout_cnhw": "CNHW"}
 
@@ -88,6 +89,42 @@ def test_conv_forms_after_layout(name, preserves):
     assert len(dots) == 6 and not any(n.attrs.lhs_batch for n in dots)
     assert {f.rule for f in ctx.trace} == {"depthwise_conv_as_taps", "depthwise_weight_grad_as_taps",
                                            "pointwise_conv_as_matmul", "pointwise_weight_grad_as_matmul"}
+    preserves(g, out, rtol=1e-5, atol=1e-6)
+
+
+def _small_only(g):
+    """CNHW for activations of at most 9 pixels: the block's 6x6 layers stay NCHW, its 3x3 ones move."""
+    return relayout(g, (1, 0, 2, 3), max_pixels=9)
+
+
+@pytest.mark.parametrize("body", BODIES, ids=str)
+def test_small_layout_keeps_values(body, preserves):
+    g = _train_graph(BODIES[body])
+    preserves(g, _small_only(g), rtol=1e-5, atol=1e-6)
+
+
+def test_small_layout_moves_only_small_activations(preserves):
+    """Every 4-D value computed at 6x6 stays NCHW and every one at 3x3 is CNHW, forward and back;
+    the strided depthwise convolution between them reads its input transposed and its input
+    gradient leaves CNHW, and conv_forms still rewrites every convolution."""
+    g = _train_graph(_block)
+    moved = _small_only(g)
+    for n in moved.nodes:
+        for v in n.outputs:
+            shape = tuple(v.type.shape)
+            if n.op not in ("transpose", "convolution") and v.type.rank == 4 and 2 in shape[:2]:
+                if shape[2:] == (6, 6):
+                    assert shape[0] == 2, (n, v.type)   # NCHW
+                elif shape[2:] == (3, 3):
+                    assert shape[1] == 2, (n, v.type)   # CNHW
+    # activations change order only at the strided depthwise convolution: its 6x6 input in, its
+    # input gradient out, and its 3x3 cotangent out for the (NCHW, 6x6) weight gradient
+    crossings = sorted((tuple(n.inputs[0].type.shape), tuple(n.outputs[0].type.shape)) for n in moved.nodes
+                       if n.op == "transpose" and n.inputs[0].producer is not None and n.outputs[0].type.rank == 4)
+    assert crossings == [((2, 6, 6, 6), (6, 2, 6, 6)), ((6, 2, 3, 3), (2, 6, 3, 3)), ((6, 2, 6, 6), (2, 6, 6, 6))]
+    ctx = Context(check=True)
+    out = run_pass(run_pass(moved, "conv_forms", ctx), "pointwise_matmul", ctx)
+    assert not [n for n in out.nodes if n.op == "convolution"]
     preserves(g, out, rtol=1e-5, atol=1e-6)
 
 
