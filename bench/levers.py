@@ -28,7 +28,7 @@ from report import machine_line  # noqa: E402
 
 from gir.netfile import load_net_file  # noqa: E402
 from gir.nn.params import init_params  # noqa: E402
-from gir.rewrite import Pass, register_pass  # noqa: E402
+from gir.rewrite import PIPELINES, Pass, register_pass  # noqa: E402
 from gir.rewrite.conv_forms import CONV_FORMS, _depthwise_taps  # noqa: E402
 from gir.train.backend import IreeBackend  # noqa: E402
 from gir.train.step import lower_train_step  # noqa: E402
@@ -38,19 +38,29 @@ ROOT = Path(__file__).resolve().parents[1]
 register_pass(Pass("conv_forms_no_phases", "conv_forms, strided taps without the phase split", "primitive",
                    tuple(attrs.evolve(r, replace=functools.partial(_depthwise_taps, phases=False))
                          if r.name == "depthwise_conv_as_taps" else r for r in CONV_FORMS.rules)))
-WITHOUT_CONV_FORMS = "cse,bn_fold,simplify,fold,fusion,fold,cse,simplify,dce"
-NO_PHASES = "cse,bn_fold,simplify,fold,fusion,fold,conv_forms_no_phases,pointwise_matmul,cse,simplify,dce"
-CNHW = "cse,bn_fold,simplify,fold,fusion,fold,layout_cnhw,conv_forms,pointwise_matmul,cse,simplify,dce"
-NHWC = "cse,bn_fold,simplify,fold,fusion,fold,layout_nhwc,conv_forms,pointwise_matmul,cse,simplify,dce"
-CNHW_SMALL = CNHW.replace("layout_cnhw", "layout_cnhw_small")
+DEFAULT = PIPELINES["default"]
+
+
+def variant(without: tuple[str, ...] = (), swap: tuple[str, str] | None = None) -> str:
+    """The default pipeline without some passes, or with one pass swapped for another."""
+    names = [swap[1] if swap and p == swap[0] else p for p in DEFAULT if p not in without]
+    return ",".join(names)
+
+
+ALL_NCHW = variant(without=("layout_cnhw_small",))
+NO_POINTWISE = variant(without=("layout_cnhw_small", "pointwise_matmul"))
+WITHOUT_CONV_FORMS = variant(without=("layout_cnhw_small", "conv_forms", "pointwise_matmul"))
+NO_PHASES = variant(swap=("conv_forms", "conv_forms_no_phases"))
+CNHW = variant(swap=("layout_cnhw_small", "layout_cnhw"))
+NHWC = variant(swap=("layout_cnhw_small", "layout_nhwc"))
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {   # name -> (rewrite passes, iree-compile flags)
     "baseline: default passes, llvm-cpu host, gir's CPU flags (O3, im2col)": ("default", ()),
-    "no pointwise_matmul: 1x1 convs stay convolutions (IREE makes them NHWC)": ("default_jax", ()),
+    "no pointwise_matmul: 1x1 convs stay convolutions (IREE makes them NHWC)": (NO_POINTWISE, ()),
     "no conv_forms, no pointwise_matmul: depthwise and 1x1 convs as convolutions": (WITHOUT_CONV_FORMS, ()),
     "strided depthwise taps read the padded input with strides (no phase split)": (NO_PHASES, ()),
-    "activations stored CNHW (layout_cnhw): 1x1 convs one matmul each, BN sums over rows": (CNHW, ()),
-    "activations stored CNHW at 28x28 and below (layout_cnhw_small), larger ones NCHW": (CNHW_SMALL, ()),
-    "activations stored NHWC (layout_nhwc): 1x1 convs one matmul each, taps along channels": (NHWC, ()),
+    "activations stored NCHW throughout (no layout pass)": (ALL_NCHW, ()),
+    "activations stored CNHW throughout (layout_cnhw)": (CNHW, ()),
+    "activations stored NHWC throughout (layout_nhwc)": (NHWC, ()),
     "pads fused into their consumers": ("default", ("--iree-dispatch-creation-enable-fuse-padding-into-linalg-consumer-ops",)),
     "pads fused into their producers": ("default", ("--iree-dispatch-creation-enable-fuse-padding-into-linalg-producer-ops",)),
     "split reductions": ("default", ("--iree-dispatch-creation-enable-split-reduction",)),
@@ -59,10 +69,10 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {   # name -> (rewrite passes
 }
 
 
-PASS_LABEL = {"default": "default", "default_jax": "default - pointwise_matmul",
-              WITHOUT_CONV_FORMS: "default - conv_forms - pointwise_matmul", NO_PHASES: "default, no phase split",
-              CNHW: "default + layout_cnhw", NHWC: "default + layout_nhwc",
-              CNHW_SMALL: "default + layout_cnhw_small"}
+PASS_LABEL = {"default": "default", NO_POINTWISE: "default - layout_cnhw_small - pointwise_matmul",
+              WITHOUT_CONV_FORMS: "default - layout_cnhw_small - conv_forms - pointwise_matmul",
+              NO_PHASES: "default, no phase split", ALL_NCHW: "default - layout_cnhw_small",
+              CNHW: "default, layout_cnhw for layout_cnhw_small", NHWC: "default, layout_nhwc for layout_cnhw_small"}
 
 
 def setup(batch: int, image: int, passes: set[str]):
