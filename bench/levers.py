@@ -57,7 +57,7 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {   # name -> (rewrite passes
     "baseline: default passes, llvm-cpu host, gir's CPU flags (O3, im2col)": ("default", ()),
     "no pointwise_matmul: 1x1 convs stay convolutions (IREE makes them NHWC)": (NO_POINTWISE, ()),
     "no conv_forms, no pointwise_matmul: depthwise and 1x1 convs as convolutions": (WITHOUT_CONV_FORMS, ()),
-    "strided depthwise taps read the padded input with strides (no phase split)": (NO_PHASES, ()),
+    "strided depthwise forward taps read the padded input with strides (no phase split; weight gradients still split)": (NO_PHASES, ()),
     "activations stored NCHW throughout (no layout pass)": (ALL_NCHW, ()),
     "activations stored CNHW throughout (layout_cnhw)": (CNHW, ()),
     "activations stored NHWC throughout (layout_nhwc)": (NHWC, ()),

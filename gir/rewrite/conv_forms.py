@@ -8,7 +8,8 @@ reductions) that fuse well.
   the padded input into its s*s phases (reshape + one transpose), so every tap reads a
   contiguous window of one phase instead of a strided one.
 - A depthwise weight gradient (batch_group_count = C): dw[:, 0, i, j] = sum over batch and space
-  of slice(xpad) * cotangent.
+  of slice(xpad) * cotangent; a strided one reads the forward's phases (the same split, kept once
+  by CSE) instead of strided windows of a second padded copy of x.
 
 `pointwise_matmul` (IREE only; XLA:CPU runs it slower): 1x1 convolutions as matmuls in the
 activations' own layout, so IREE inserts no NHWC transposes around them.
@@ -130,7 +131,7 @@ def _depthwise_taps(e: Emitter, m: Match, phases: bool = True) -> Value | None:
         return None
     out_hw = tuple(out.type.shape[d] for d in sp)
     if phases and any(s > 1 for s in a.window_strides) and all(d == 1 for d in a.lhs_dilation):
-        window = _phase_windows(e, x, sp, a, pads, out_hw)
+        window = _phase_windows(e, x, sp, a.window_strides, a.rhs_dilation, pads, out_hw)
     else:
         xp = _padded(e, x, sp, pads, tuple(d - 1 for d in a.lhs_dilation))
 
@@ -145,11 +146,12 @@ def _depthwise_taps(e: Emitter, m: Match, phases: bool = True) -> Value | None:
     return y
 
 
-def _phase_windows(e: Emitter, x: Value, sp: tuple[int, int], a: od.ConvolutionAttrs,
+def _phase_windows(e: Emitter, x: Value, sp: tuple[int, int], strides: tuple[int, ...], dilation: tuple[int, ...],
                    pads: list[tuple[int, int]], out_hw: tuple[int, ...]) -> Callable[[int, int], Value]:
     """The taps of a strided conv read from the padded input split once into its s*s phases (a
-    reshape and one transpose that puts the phases first), each a contiguous window of one phase."""
-    (sh, sw), (dh, dw) = a.window_strides, a.rhs_dilation
+    reshape and one transpose that puts the phases first), each a contiguous window of one phase.
+    The forward conv and its weight gradient split the same x the same way, so CSE keeps one split."""
+    (sh, sw), (dh, dw) = strides, dilation
     ho, wo = out_hw
     hp, wp = (x.type.shape[d] + lo + hi for d, (lo, hi) in zip(sp, pads))
     hq, wq = -(-hp // sh), -(-wp // sw)
@@ -186,13 +188,19 @@ def _weight_grad_taps(e: Emitter, m: Match) -> Value | None:
     kh, kw = (out.type.shape[d] for d in _spatial(a.out_layout, "N", "C"))
     if c != a.batch_group_count or kh * kw > MAX_TAPS or tuple(out.type.shape) != (c, 1, kh, kw):
         return None
-    xp = _padded(e, x, sp, pads)
     others = tuple(d for d in range(4) if d != c_ax)
     ct_hw = tuple(ct.type.shape[d] for d in sp)
     # the gradient conv's window stride is the forward dilation, its rhs dilation the forward stride
-    taps = [e.reshape(e.reduce(e.mul(_tap(e, xp, sp, i, j, a.window_strides, a.rhs_dilation, ct_hw), ct),
-                               "sum", others), (c, 1))
-            for i in range(kh) for j in range(kw)]
+    stride, dilation = a.rhs_dilation, a.window_strides
+    if any(s > 1 for s in stride) and all(d == 1 for d in a.lhs_dilation):
+        window = _phase_windows(e, x, sp, stride, dilation, pads, ct_hw)   # the forward's phases
+    else:
+        xp = _padded(e, x, sp, pads)
+
+        def window(i: int, j: int) -> Value:
+            return _tap(e, xp, sp, i, j, dilation, stride, ct_hw)
+
+    taps = [e.reshape(e.reduce(e.mul(window(i, j), ct), "sum", others), (c, 1)) for i in range(kh) for j in range(kw)]
     stacked = taps[0] if len(taps) == 1 else e.op("concatenate", *taps, attrs=od.ConcatAttrs(1))
     return e.reshape(stacked, out.type.shape)
 

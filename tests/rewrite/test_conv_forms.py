@@ -39,6 +39,24 @@ def test_depthwise_weight_grad_as_taps(stride, dilation, padding, k, preserves):
     preserves(g, out, rtol=1e-5, atol=1e-5)
 
 
+def test_strided_weight_grad_shares_the_forward_phases(preserves):
+    """A strided depthwise conv and its weight gradient read their taps from one padded copy of x
+    split into phases: after CSE one pad and one transpose serve both."""
+    b = Builder("dw")
+    x = b.input("x", (2, 4, 9, 9))
+    w = b.input("w", (4, 1, 3, 3), role="param")
+    y = b.depthwise_conv2d(x, w, stride=2)
+    ct = b.input("ct", tuple(y.type.shape))
+    g = b.graph
+    g.set_output("y", y)
+    g.set_output("dw", vjp(g, {"y": ct}, [w]).grads[w])
+    g = decompose(g)
+    out = run_pass(run_pass(g, "conv_forms"), "cse")
+    assert not [n for n in out.nodes if n.op == "convolution"]
+    assert sum(n.op == "pad" for n in out.nodes) == 1 and sum(n.op == "transpose" for n in out.nodes) == 1
+    preserves(g, out, rtol=1e-5, atol=1e-5)
+
+
 def test_ordinary_convolutions_are_left_alone():
     b = Builder("c")
     x, w = b.input("x", (2, 3, 8, 8)), b.input("w", (4, 3, 3, 3), role="param")
