@@ -9,6 +9,7 @@ from typing import Any
 
 import iree.runtime as ireert
 import numpy as np
+from iree.runtime.function import InvokeContext, Invocation, _extract_vm_sequence_to_python
 
 from gir.lower.iree_compile import DRIVERS
 
@@ -59,6 +60,7 @@ class IreeSession:
         self.context.add_vm_module(vm_module)
         self.module = self.context.modules[vm_module.name]
         self._funcs: dict[str, Any] = {}
+        self._transients: dict[str, ireert.HalBuffer | None] = {}
 
     @property
     def device(self) -> ireert.HalDevice:
@@ -76,10 +78,30 @@ class IreeSession:
         """A device copy of `a`; scalars stay rank 0 (np.ascontiguousarray would make them rank 1)."""
         return ireert.asdevicearray(self.device, np.asarray(a, order="C"))
 
+    def transient_storage(self, name: str) -> ireert.HalBuffer | None:
+        """The buffer function `name` takes for its intermediates (gir.lower.stablehlo's
+        TRANSIENT_STORAGE argument), allocated on the first call and reused by every later one
+        (calls are synchronous); None for a function without that argument."""
+        if name not in self._transients:
+            size = self.function(name).vm_function.reflection.get("iree.abi.transients.size.constant")
+            self._transients[name] = None if size is None else self.device.allocator.allocate_buffer(
+                memory_type=ireert.MemoryType.DEVICE_LOCAL, allowed_usage=ireert.BufferUsage.DEFAULT,
+                allocation_size=max(int(size), 1))
+        return self._transients[name]
+
     def call(self, name: str, *args: Any) -> list[ireert.DeviceArray]:
         """Calls function `name` on NumPy arrays or DeviceArrays; always returns a list."""
-        out = self.function(name)(*args)
-        return list(out) if isinstance(out, (tuple, list)) else [out]
+        fn, storage = self.function(name), self.transient_storage(name)
+        if storage is None:
+            out = fn(*args)
+            return list(out) if isinstance(out, (tuple, list)) else [out]
+        # iree.runtime's FunctionInvoker packs only arrays: pack those with it, append the storage
+        # buffer by hand and invoke the VM function directly (iree-base-runtime is pinned)
+        packed = fn._arg_packer.pack(InvokeContext(self.device), args, {})
+        packed.push_ref(storage)
+        results = ireert.VmVariantList(len(fn._ret_descs) if fn._ret_descs is not None else 1)
+        fn._vm_context.invoke(fn.vm_function, packed, results)
+        return list(_extract_vm_sequence_to_python(Invocation(self.device), results, fn._ret_descs))
 
     def call_numpy(self, name: str, *args: Any) -> list[np.ndarray]:
         return [np.array(o.to_host()) for o in self.call(name, *args)]  # copies: host views may alias reused buffers

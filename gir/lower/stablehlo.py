@@ -225,12 +225,19 @@ def _reduce_window(p: _Printer, node: Node, a: od.ReduceWindowAttrs) -> None:
               extra_in=[(init, TensorType((), dtype))])
 
 
-def print_module(graphs: dict[str, Graph], module_name: str = "gir") -> str:
+TRANSIENT_STORAGE = "%transients: !hal.buffer {iree.abi.transients}"
+"""The extra last argument of a function whose caller provides IREE's transient storage: IREE
+places the call's intermediate buffers in it instead of allocating (and zero-filling) them on
+every call (gir.lower.iree_runtime.IreeSession allocates it once per function)."""
+
+
+def print_module(graphs: dict[str, Graph], module_name: str = "gir", transient_storage: bool = False) -> str:
     """One StableHLO module with a public function per (static, primitive-only) graph; each
-    function takes the graph's inputs in order and returns its outputs in order."""
+    function takes the graph's inputs in order (then, with `transient_storage`, an IREE buffer
+    for its intermediates) and returns its outputs in order."""
     parts = [f"module @{_ident(module_name)} {{"]
     for fname, g in graphs.items():
-        parts.append(print_function(g, fname))
+        parts.append(print_function(g, fname, transient_storage))
     parts.append("}")
     return "\n".join(parts) + "\n"
 
@@ -239,7 +246,7 @@ def _ident(s: str) -> str:
     return "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in s) or "m"
 
 
-def print_function(graph: Graph, fname: str) -> str:
+def print_function(graph: Graph, fname: str, transient_storage: bool = False) -> str:
     p = _Printer(graph)
     args = []
     for i, v in enumerate(graph.inputs):
@@ -247,6 +254,8 @@ def print_function(graph: Graph, fname: str) -> str:
             raise LoweringError(f"input {v.name!r} has symbolic shape {v.type}; bind the symbols first")
         p.names[v] = f"%arg{i}"
         args.append(f"%arg{i}: {ttype(v.type)} loc(\"{v.name}\")")
+    if transient_storage:
+        args.append(TRANSIENT_STORAGE)
     for node in graph.nodes:
         rule = STABLEHLO_RULES.get(node.op)
         if rule is None:

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from gir.ir import Graph, TensorType
+from gir.ir import opdefs as od
 from gir.shapes.emit import Emitter
 from gir.lower.iree_compile import compile_text
 from gir.lower.iree_runtime import DeviceUnavailable, IreeSession
@@ -29,6 +30,36 @@ def test_outputs_stay_on_device_and_feed_back():
         assert isinstance(x, ireert.DeviceArray) and isinstance(v, ireert.DeviceArray)
     np.testing.assert_array_equal(x.to_host(), np.full(4, 1 + 2 + 4 + 8 + 16, np.float32))
     np.testing.assert_array_equal(v.to_host(), np.full(4, 32, np.float32))
+
+
+def _chain_module(transient_storage: bool) -> bytes:
+    """f(a, b) = sum over rows of (a @ b) * a, in dispatches whose intermediates IREE keeps in
+    transient buffers."""
+    g = Graph("chain")
+    a = g.add_input("a", TensorType((64, 64)), "param")
+    b = g.add_input("b", TensorType((64, 64)), "state")
+    e = Emitter(g)
+    prod = e.op("dot_general", a, b, attrs=od.DotGeneralAttrs(lhs_contract=(1,), rhs_contract=(0,)))
+    g.set_output("y", e.reduce(e.op("multiply", prod, a), "sum", (1,)))
+    g.set_output("b", e.op("multiply", prod, b))
+    return compile_text(print_module({"f": g}, "chain", transient_storage), "cpu")
+
+
+def test_caller_kept_transient_storage_is_allocated_once_and_changes_no_value():
+    """A function printed with TRANSIENT_STORAGE gets one buffer for its intermediates, reused by
+    every call; its results are the plain function's."""
+    plain, kept = IreeSession(_chain_module(False)), IreeSession(_chain_module(True))
+    assert plain.transient_storage("f") is None
+    storage = kept.transient_storage("f")
+    assert isinstance(storage, ireert.HalBuffer) and storage.byte_length() > 0
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((64, 64)).astype(np.float32) for _ in range(2))
+    b1 = b2 = b
+    for _ in range(3):
+        (y1, b1), (y2, b2) = plain.call("f", a, b1), kept.call("f", a, b2)
+        np.testing.assert_array_equal(y1.to_host(), y2.to_host())
+        np.testing.assert_array_equal(b1.to_host(), b2.to_host())
+    assert kept.transient_storage("f") is storage
 
 
 def test_unknown_function_is_a_clear_error():
