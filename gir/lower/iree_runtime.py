@@ -35,7 +35,8 @@ def device_config(target: str) -> ireert.Config:
 @functools.cache
 def retain_host_heap() -> bool:
     """Makes glibc keep freed memory for reuse instead of unmapping it. IREE's CPU device allocates
-    each call's transient buffers (~320 MB for MobileNetV2's train step at b32@64) with malloc;
+    each call's outputs, and the transient buffers of a function without caller-kept storage
+    (~320 MB for MobileNetV2's train step at b32@64), with malloc;
     glibc serves sizes that large with fresh mmaps, so every step paid page faults on all of it
     (0.8 s of system time per second of training; steps 1.13-1.22x slower, docs/performance.md). The
     process keeps its peak host memory in exchange. False where the C library has no mallopt."""

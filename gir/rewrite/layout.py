@@ -156,7 +156,8 @@ def _convolution(r: Relayout, e: Emitter, node: Node):
     """A convolution written NCHW (forward or input gradient) reads its input and writes its
     output in the new order; a weight gradient (gir's adjoint writes it CNHW: weight-shaped)
     reads both activations in the new order and keeps its output. Each operand's layout string
-    is permuted to match."""
+    is permuted to match. Under a pixel limit an output larger than it goes back to NCHW, and a
+    weight gradient with a larger activation runs NCHW."""
     a: od.ConvolutionAttrs = node.attrs
     x, w = node.inputs
     if x.type.rank != 4 or a.out_layout not in (WRITTEN, WEIGHT_GRAD):
