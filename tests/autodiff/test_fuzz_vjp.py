@@ -51,12 +51,12 @@ CI runs 50 examples (about 10 s: one jit per example); `--slow` runs 500.
 """
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 
 import jax
 import numpy as np
+from fuzz_helpers import embeddings, static_shape
 from hypothesis import given, note
 from hypothesis import strategies as st
 
@@ -78,16 +78,6 @@ SPLATS = (0.5, -1.5, 2.0, 0.25)
 DIRECTIONS = ("EQ", "NE", "LT", "LE", "GT", "GE")
 MAX_NODES = 40
 RTOL, ATOL = 1e-9, 1e-11
-
-
-def _embeddings(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """Every broadcast_in_dim `dims` taking shape `src` into shape `dst` (size-1 dims may expand)."""
-    return [dims for dims in itertools.combinations(range(len(dst)), len(src))
-            if all(s in (1, dst[d]) for s, d in zip(src, dims))]
-
-
-def _shape(v: Value) -> tuple[int, ...]:
-    return tuple(int(d) for d in v.type.shape)
 
 
 def _fits(size: int, k: int, dilation: int, lo: int, hi: int) -> bool:
@@ -123,7 +113,7 @@ class _Gen:
 
     def pick(self, rank=None, shape=None, no_ties: bool = False) -> Value | None:
         cands = [v for v in self.pool if (rank is None or v.type.rank in ((rank,) if isinstance(rank, int) else rank))
-                 and (shape is None or _shape(v) == tuple(shape)) and not (no_ties and v.id in self.ties)]
+                 and (shape is None or static_shape(v) == tuple(shape)) and not (no_ties and v.id in self.ties)]
         return self.choice(cands) if cands else None
 
     def push(self, v: Value, *sources: Value, ties: bool = False) -> Value:
@@ -140,16 +130,16 @@ class _Gen:
 
     def positive(self, x: Value) -> Value:
         """x * x + 0.5: a smooth, positive argument for log, sqrt, rsqrt and divisors."""
-        return self.b.add(self.b.multiply(x, x), self.b.constant(0.5, _shape(x), F64))
+        return self.b.add(self.b.multiply(x, x), self.b.constant(0.5, static_shape(x), F64))
 
     def partner(self, x: Value) -> tuple[Value, bool]:
         """A value of x's shape: from the pool (maybe x itself), a splat, or a broadcast (which makes ties)."""
-        shape = _shape(x)
+        shape = static_shape(x)
         kind = self.choice(("pool", "pool", "splat", "bcast"))
         if kind == "splat":
             return self.splat(shape), False
         if kind == "bcast" and shape:
-            opts = [(v, d) for v in self.pool if v.type.rank < len(shape) for d in _embeddings(_shape(v), shape)]
+            opts = [(v, d) for v in self.pool if v.type.rank < len(shape) for d in embeddings(static_shape(v), shape)]
             if opts:
                 v, dims = self.choice(opts)
                 return self.b.broadcast_in_dim(v, shape, dims), True
@@ -183,7 +173,7 @@ class _Gen:
         y, tie = self.partner(x)
         p = self.op("compare", x, y, attrs=od.CompareAttrs(self.choice(DIRECTIONS)))
         t, tie2 = self.partner(x)
-        self.push(self.op("select", p, t, self.pick(shape=_shape(x))), t, ties=tie or tie2)
+        self.push(self.op("select", p, t, self.pick(shape=static_shape(x))), t, ties=tie or tie2)
 
     def clamp(self):
         x = self.pick()
@@ -197,16 +187,16 @@ class _Gen:
 
     def broadcast(self):
         x = self.pick(rank=(0, 1, 2, 3))
-        src = _shape(x)
-        targets = sorted({_shape(v) for v in self.pool} | {(2, 3, 4), (2, 3, 5, 4), (3, 2)})
-        opts = [(t, d) for t in targets if len(t) > len(src) for d in _embeddings(src, t)]
+        src = static_shape(x)
+        targets = sorted({static_shape(v) for v in self.pool} | {(2, 3, 4), (2, 3, 5, 4), (3, 2)})
+        opts = [(t, d) for t in targets if len(t) > len(src) for d in embeddings(src, t)]
         if opts:
             t, dims = self.choice(opts)
             self.push(self.b.broadcast_in_dim(x, t, dims), x, ties=True)
 
     def reshape(self):
         x = self.pick(rank=(1, 2, 3, 4))
-        shape = _shape(x)
+        shape = static_shape(x)
         n = math.prod(shape)
         opts = sorted({(n,), (1, n), tuple(reversed(shape))} | {(d, n // d) for d in range(2, n) if n % d == 0})
         self.push(self.b.reshape(x, self.choice(opts)), x)
@@ -224,7 +214,7 @@ class _Gen:
     def slice(self):
         x = self.pick(rank=(1, 2, 3, 4))
         start, limit, strides = [], [], []
-        for d in _shape(x):
+        for d in static_shape(x):
             lo = self.draw(st.integers(0, d - 1))
             start.append(lo)
             limit.append(self.draw(st.integers(lo + 1, d)))
@@ -245,7 +235,7 @@ class _Gen:
         x = self.pick(rank=(1, 2, 3, 4))
         dim = self.draw(st.integers(0, x.type.rank - 1))
         same = [v for v in self.pool if v.type.rank == x.type.rank
-                and all(a == b for i, (a, b) in enumerate(zip(_shape(v), _shape(x))) if i != dim)]
+                and all(a == b for i, (a, b) in enumerate(zip(static_shape(v), static_shape(x))) if i != dim)]
         ys = [self.choice(same) for _ in range(self.draw(st.integers(1, 2)))]
         self.push(self.b.concatenate([x, *ys], dim), x, *ys, ties=any(y is x for y in ys))
 
@@ -260,7 +250,7 @@ class _Gen:
         x = self.pick(rank=(2, 3), no_ties=kind == "max")
         if x is None:
             return
-        shape = _shape(x)
+        shape = static_shape(x)
         window = tuple(self.draw(st.integers(1, min(d, 3))) for d in shape)
         strides = tuple(self.draw(st.integers(1, 2)) for _ in shape)
         # padding at most window - 1 per side: a window entirely in the padding would be -inf for max
@@ -271,7 +261,7 @@ class _Gen:
     def dot(self):
         x = self.pick(rank=(1, 2, 3))
         y = self.pick(rank=(1, 2, 3))
-        xs, ys = _shape(x), _shape(y)
+        xs, ys = static_shape(x), static_shape(y)
         pairs = [(i, j) for i in range(len(xs)) for j in range(len(ys)) if xs[i] == ys[j]]
         if not pairs:
             w = self.input("w", (xs[-1], self.draw(st.integers(1, 4))))
@@ -286,20 +276,20 @@ class _Gen:
 
     def dense(self):
         x = self.pick(rank=(2, 3))
-        k = _shape(x)[-1]
+        k = static_shape(x)[-1]
         y = self.b.dense(x, self.input("dense_w", (k, self.draw(st.integers(1, 5)))))
         if self.flip():
-            y = self.b.bias_add(y, self.input("bias", (_shape(y)[-1],)), axis=-1)
+            y = self.b.bias_add(y, self.input("bias", (static_shape(y)[-1],)), axis=-1)
         self.push(y, x)
 
     def bias_add(self):
         x = self.pick(rank=(2, 3, 4))
         axis = self.draw(st.integers(0, x.type.rank - 1))
-        self.push(self.b.bias_add(x, self.input("bias", (_shape(x)[axis],)), axis), x)
+        self.push(self.b.bias_add(x, self.input("bias", (static_shape(x)[axis],)), axis), x)
 
     def conv(self):
         x = self.pick(rank=4)
-        _, c, h, w = _shape(x)
+        _, c, h, w = static_shape(x)
         kind = self.choice(("conv2d", "depthwise", "convolution"))
         if kind in ("conv2d", "depthwise"):
             k, dil = self.draw(st.integers(1, 3)), self.choice((1, 1, 2))
@@ -336,7 +326,7 @@ class _Gen:
         if kind == "global_avg_pool":
             self.push(self.b.global_avg_pool(x), x)
             return
-        _, _, h, w = _shape(x)
+        _, _, h, w = static_shape(x)
         k = self.draw(st.integers(1, min(h, w, 3)))
         stride = self.draw(st.integers(1, 2))
         padding = self.choice(("valid", "same"))
@@ -347,7 +337,7 @@ class _Gen:
         x = self.pick(rank=(2, 4), no_ties=True)
         if x is None:
             return
-        c = _shape(x)[1]
+        c = static_shape(x)[1]
         gamma = self.input("gamma", (c,))
         beta = gamma if self.one_in(4) else self.input("beta", (c,))   # one value as both: the adjoint sums
         if self.flip():
@@ -365,7 +355,7 @@ class _Gen:
             x = self.pick(rank=(2, 3), no_ties=True)
             if x is None:
                 return
-            d = _shape(x)[-1]
+            d = static_shape(x)[-1]
             gamma = self.input("ln_g", (d,))
             beta = gamma if self.flip() else self.input("ln_b", (d,))   # one value in two positions too
             self.push(self.b.layer_norm(x, gamma, beta), x)
@@ -375,15 +365,15 @@ class _Gen:
 
     def attention(self):
         x = self.pick(rank=3)
-        d = _shape(x)[-1]
+        d = static_shape(x)[-1]
         heads = self.choice([h for h in (1, 2, 3) if d % h == 0])
-        k = self.pick(shape=_shape(x))
-        v = self.pick(shape=_shape(x))
+        k = self.pick(shape=static_shape(x))
+        v = self.pick(shape=static_shape(x))
         self.push(self.b.attention(x, k, v, heads), x, k, v)
 
     def xent(self):
         x = self.pick(rank=2)
-        n, classes = _shape(x)
+        n, classes = static_shape(x)
         labels = self.input("labels", (n,), f"labels:{classes}", DType.i32)
         self.push(self.b.softmax_cross_entropy(x, labels, self.choice((0.0, 0.1))), x)
 
@@ -420,7 +410,7 @@ def _feeds(g: Graph, kinds: dict[str, str], seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     out = {}
     for v in g.inputs:
-        shape, kind = _shape(v), kinds[v.name]
+        shape, kind = static_shape(v), kinds[v.name]
         if kind.startswith("labels:"):
             out[v.name] = rng.integers(0, int(kind.split(":")[1]), shape).astype(np.int32)
             continue

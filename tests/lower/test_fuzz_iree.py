@@ -48,11 +48,11 @@ iree-compile takes 0.5-2 s per module on 2 cores: CI runs 12 examples (about 8 s
 """
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 
 import numpy as np
+from fuzz_helpers import embeddings, static_shape
 from hypothesis import given, note
 from hypothesis import strategies as st
 
@@ -84,15 +84,6 @@ IREE_WINDOW_BUG = True
 IREE_SCALAR_BF16_BUG = True
 """The IREE bugs in the module docstring: set each to False once IREE (or a workaround in gir's lowering)
 handles it, and the strategy makes the construct again."""
-
-
-def _embeddings(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[int, ...]]:
-    return [dims for dims in itertools.combinations(range(len(dst)), len(src))
-            if all(s in (1, dst[d]) for s, d in zip(src, dims))]
-
-
-def _shape(v: Value) -> tuple[int, ...]:
-    return tuple(int(d) for d in v.type.shape)
 
 
 def _hits_window_bug(sizes, extents, strides, pads) -> bool:
@@ -137,7 +128,7 @@ class _Gen:
     def pick(self, dtype=F32, rank=None, shape=None, exact: bool = False) -> Value | None:
         ranks = (rank,) if isinstance(rank, int) else rank
         cands = [v for v in self.pool if v.type.dtype == dtype and (ranks is None or v.type.rank in ranks)
-                 and (shape is None or _shape(v) == tuple(shape)) and (not exact or v.id in self.exact)]
+                 and (shape is None or static_shape(v) == tuple(shape)) and (not exact or v.id in self.exact)]
         return self.choice(cands) if cands else None
 
     def is_exact(self, v: Value) -> bool:
@@ -168,16 +159,16 @@ class _Gen:
         return c
 
     def positive(self, x: Value) -> Value:
-        return self.b.add(self.b.multiply(x, x), self.b.constant(0.5, _shape(x), F32))
+        return self.b.add(self.b.multiply(x, x), self.b.constant(0.5, static_shape(x), F32))
 
     def partner(self, x: Value) -> Value:
-        shape, dt = _shape(x), x.type.dtype
+        shape, dt = static_shape(x), x.type.dtype
         kind = self.choice(("pool", "pool", "splat", "bcast"))
         if kind == "splat":
             return self.splat(shape, dt)
         if kind == "bcast" and shape:
             opts = [(v, d) for v in self.pool if v.type.dtype == dt and v.type.rank < len(shape)
-                    for d in _embeddings(_shape(v), shape)]
+                    for d in embeddings(static_shape(v), shape)]
             if opts:
                 v, dims = self.choice(opts)
                 return self.push(self.b.broadcast_in_dim(v, shape, dims))
@@ -219,12 +210,12 @@ class _Gen:
         x = self.pick(rank=(2, 3))
         if x is None:
             return
-        window = tuple(self.draw(st.integers(1, min(d, 3))) for d in _shape(x))
+        window = tuple(self.draw(st.integers(1, min(d, 3))) for d in static_shape(x))
         strides = tuple(self.draw(st.integers(1, 2)) for _ in window)
         pads = tuple((self.draw(st.integers(0, min(1, k - 1))), self.draw(st.integers(0, min(1, k - 1))))
                      for k in window)   # never a window inside the padding alone (-inf for max)
         kind = self.choice(("sum", "max"))
-        if _hits_window_bug(_shape(x), window, strides, pads):
+        if _hits_window_bug(static_shape(x), window, strides, pads):
             strides = (1,) * len(window)
         self.push(self.op("reduce_window", x, attrs=od.ReduceWindowAttrs(kind, window, strides, pads)))
 
@@ -232,7 +223,7 @@ class _Gen:
         x = self.pick(rank=4)
         if x is None:
             return
-        _, c, h, w = _shape(x)
+        _, c, h, w = static_shape(x)
         kind = self.choice(("conv2d", "depthwise", "convolution"))
         if kind == "convolution":
             groups = self.choice([g for g in (1, 2, 3) if c % g == 0])
@@ -269,7 +260,7 @@ class _Gen:
         if kind == "global_avg_pool":
             self.push(self.b.global_avg_pool(x))
             return
-        _, _, h, w = _shape(x)
+        _, _, h, w = static_shape(x)
         k = self.draw(st.integers(1, min(h, w, 3)))
         stride, padding = self.draw(st.integers(1, 2)), self.choice(("valid", "same"))
         if _policy_hits_window_bug((h, w), k, stride, padding):
@@ -279,14 +270,14 @@ class _Gen:
 
     def dense(self):
         x = self.pick(rank=(2, 3))
-        y = self.b.dense(x, self.input("dense_w", (_shape(x)[-1], self.draw(st.integers(1, 5)))))
+        y = self.b.dense(x, self.input("dense_w", (static_shape(x)[-1], self.draw(st.integers(1, 5)))))
         if self.flip():
-            y = self.b.bias_add(y, self.input("bias", (_shape(y)[-1],)), axis=-1)
+            y = self.b.bias_add(y, self.input("bias", (static_shape(y)[-1],)), axis=-1)
         self.push(y)
 
     def batch_norm(self):
         x = self.pick(rank=(2, 4))
-        c = _shape(x)[1]
+        c = static_shape(x)[1]
         gamma, beta = self.input("gamma", (c,)), self.input("beta", (c,))
         if self.flip():
             for v in self.b.emit("batch_norm", (x, gamma, beta), od.BatchNormAttrs(1e-5, 0.1, True)).outputs:
@@ -298,7 +289,7 @@ class _Gen:
     def normalize(self):
         if self.flip():
             x = self.pick(rank=(2, 3))
-            d = _shape(x)[-1]
+            d = static_shape(x)[-1]
             self.push(self.b.layer_norm(x, self.input("ln_g", (d,)), self.input("ln_b", (d,))))
         else:
             x = self.pick(rank=(1, 2, 3, 4))
@@ -307,13 +298,13 @@ class _Gen:
 
     def attention(self):
         q = self.pick(rank=3)
-        d = _shape(q)[-1]
-        k, v = self.pick(shape=_shape(q)), self.pick(shape=_shape(q))
+        d = static_shape(q)[-1]
+        k, v = self.pick(shape=static_shape(q)), self.pick(shape=static_shape(q))
         self.push(self.b.attention(q, k, v, self.choice([h for h in (1, 2, 3) if d % h == 0])))
 
     def xent(self):
         x = self.pick(rank=2)
-        n, classes = _shape(x)
+        n, classes = static_shape(x)
         labels = self.input("labels", (n,), I32, f"labels:{classes}")
         self.push(self.b.softmax_cross_entropy(x, labels, self.choice((0.0, 0.1))))
 
@@ -325,11 +316,11 @@ class _Gen:
     def compare_select(self):
         dt = self.choice((F32, I32))
         x = self.pick(dt, exact=True)
-        y = self.pick(dt, shape=_shape(x), exact=True) if self.flip() else None
-        y = y if y is not None else self.splat(_shape(x), dt)
+        y = self.pick(dt, shape=static_shape(x), exact=True) if self.flip() else None
+        y = y if y is not None else self.splat(static_shape(x), dt)
         p = self.push(self.op("compare", x, y, attrs=od.CompareAttrs(self.choice(DIRECTIONS))))
         out_dt = self.any_dtype()
-        t = self.pick(out_dt, shape=_shape(x)) or self.splat(_shape(x), out_dt)
+        t = self.pick(out_dt, shape=static_shape(x)) or self.splat(static_shape(x), out_dt)
         self.push(self.op("select", p, t, self.partner(t)))
 
     def convert(self):
@@ -345,7 +336,7 @@ class _Gen:
 
     def iota(self):
         x = self.pick(I32) or self.pick()
-        shape = _shape(x)
+        shape = static_shape(x)
         if not shape:
             return
         io = self.op("iota", attrs=od.IotaAttrs(self.draw(st.integers(0, len(shape) - 1)), x.type.with_dtype(I32)))
@@ -355,9 +346,9 @@ class _Gen:
         x = self.pick(self.any_dtype(), rank=(0, 1, 2, 3))
         if x is None:
             return
-        src = _shape(x)
-        targets = sorted({_shape(v) for v in self.pool} | {(2, 3, 4), (3, 2)})
-        opts = [(t, d) for t in targets if len(t) > len(src) for d in _embeddings(src, t)]
+        src = static_shape(x)
+        targets = sorted({static_shape(v) for v in self.pool} | {(2, 3, 4), (3, 2)})
+        opts = [(t, d) for t in targets if len(t) > len(src) for d in embeddings(src, t)]
         if opts:
             t, dims = self.choice(opts)
             self.push(self.b.broadcast_in_dim(x, t, dims))
@@ -366,7 +357,7 @@ class _Gen:
         x = self.pick(self.any_dtype(), rank=(1, 2, 3, 4))
         if x is None:
             return
-        shape = _shape(x)
+        shape = static_shape(x)
         n = math.prod(shape)
         opts = sorted({(n,), (1, n), tuple(reversed(shape))} | {(d, n // d) for d in range(2, n) if n % d == 0})
         self.push(self.b.reshape(x, self.choice(opts)))
@@ -389,7 +380,7 @@ class _Gen:
         if x is None:
             return
         start, limit, strides = [], [], []
-        for d in _shape(x):
+        for d in static_shape(x):
             lo = self.draw(st.integers(0, d - 1))
             start.append(lo)
             limit.append(self.draw(st.integers(lo + 1, d)))
@@ -413,7 +404,7 @@ class _Gen:
             return
         dim = self.draw(st.integers(0, x.type.rank - 1))
         same = [v for v in self.pool if v.type.rank == x.type.rank and v.type.dtype == x.type.dtype
-                and all(a == b for i, (a, b) in enumerate(zip(_shape(v), _shape(x))) if i != dim)]
+                and all(a == b for i, (a, b) in enumerate(zip(static_shape(v), static_shape(x))) if i != dim)]
         self.push(self.b.concatenate([x] + [self.choice(same) for _ in range(self.draw(st.integers(1, 2)))], dim))
 
     def reduce(self):
@@ -429,7 +420,7 @@ class _Gen:
         x, y = self.pick(dt, rank=(1, 2, 3)), self.pick(dt, rank=(1, 2, 3))
         if x is None:
             return
-        xs, ys = _shape(x), _shape(y)
+        xs, ys = static_shape(x), static_shape(y)
         pairs = [(i, j) for i in range(len(xs)) for j in range(len(ys)) if xs[i] == ys[j]]
         chosen = self.draw(st.lists(st.sampled_from(pairs), min_size=1, max_size=3,
                                     unique_by=(lambda p: p[0], lambda p: p[1]))) if pairs else []
@@ -468,7 +459,7 @@ def _feeds(g: Graph, kinds: dict[str, str], seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     out = {}
     for v in g.inputs:
-        shape, kind, dt = _shape(v), kinds[v.name], v.type.dtype
+        shape, kind, dt = static_shape(v), kinds[v.name], v.type.dtype
         if kind.startswith("labels:"):
             out[v.name] = rng.integers(0, int(kind.split(":")[1]), shape).astype(np.int32)
         elif dt == I32:

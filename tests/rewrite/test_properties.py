@@ -44,11 +44,11 @@ the default pipeline is not always a fixed point (see `_default_until_fixed`).
 """
 from __future__ import annotations
 
-import itertools
 import math
 
 import jax
 import pytest
+from fuzz_helpers import embeddings
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
@@ -82,11 +82,6 @@ SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[Healt
 
 
 # ---- the graph strategy --------------------------------------------------------------------
-
-def _embeddings(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """Every broadcast_in_dim `dims` taking shape `src` into shape `dst` (size-1 dims may expand)."""
-    return [dims for dims in itertools.combinations(range(len(dst)), len(src))
-            if all(s in (1, dst[d]) for s, d in zip(src, dims))]
 
 
 def _reshapes(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -150,7 +145,7 @@ class _Gen:
     def bcast_from_pool(self, shape) -> Value | None:
         """A broadcast of a smaller pool value (or a scalar splat) to `shape`, if one fits."""
         opts = [(v, dims) for v in self.pool if len(v.type.shape) < len(shape)
-                for dims in _embeddings(self.shape_of(v), tuple(shape))]
+                for dims in embeddings(self.shape_of(v), tuple(shape))]
         if not opts or self.flip():
             return self.b.broadcast_in_dim(self.splat(()), shape, ())
         v, dims = self.choice(opts)
@@ -230,12 +225,12 @@ class _Gen:
         x = self.pick()
         src = self.shape_of(x)
         targets = sorted({self.shape_of(v) for v in self.pool} | {(2, 3), (2, 3, 4), (1, 2, 3, 4)})
-        opts = [(t, d) for t in targets for d in _embeddings(src, t)]
+        opts = [(t, d) for t in targets for d in embeddings(src, t)]
         kind = self.choice(("identity", "one", "two"))
         t, dims = (src, tuple(range(len(src)))) if kind == "identity" else self.choice(opts)
         y = self.b.broadcast_in_dim(x, t, dims)
         if kind == "two":
-            opts2 = [(t2, d2) for t2 in targets for d2 in _embeddings(t, t2) if t2 != t]
+            opts2 = [(t2, d2) for t2 in targets for d2 in embeddings(t, t2) if t2 != t]
             if opts2:
                 t2, d2 = self.choice(opts2)
                 y = self.b.broadcast_in_dim(y, t2, d2)
@@ -341,7 +336,7 @@ class _Gen:
         x = self.pick()
         shape = self.shape_of(x)
         opts = [(s, d) for s in sorted({self.shape_of(v) for v in self.pool} | {()})
-                if len(s) < len(shape) for d in _embeddings(s, shape)]
+                if len(s) < len(shape) for d in embeddings(s, shape)]
         if not opts:
             return
         op = self.choice(("multiply", "add"))
