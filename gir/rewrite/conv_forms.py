@@ -130,20 +130,25 @@ def _depthwise_taps(e: Emitter, m: Match, phases: bool = True) -> Value | None:
             or kh * kw > MAX_TAPS:
         return None
     out_hw = tuple(out.type.shape[d] for d in sp)
-    if phases and any(s > 1 for s in a.window_strides) and all(d == 1 for d in a.lhs_dilation):
-        window = _phase_windows(e, x, sp, a.window_strides, a.rhs_dilation, pads, out_hw)
-    else:
-        xp = _padded(e, x, sp, pads, tuple(d - 1 for d in a.lhs_dilation))
-
-        def window(i: int, j: int) -> Value:
-            return _tap(e, xp, sp, i, j, a.rhs_dilation, a.window_strides, out_hw)
-
+    window = _tap_windows(e, x, sp, a.window_strides, a.rhs_dilation, a.lhs_dilation, pads, out_hw, phases)
     y = None
     for i in range(kh):
         for j in range(kw):
             t = e.mul(window(i, j), e.bcast(_weight_tap(e, w, w_sp, i, j), out.type.shape, (c_ax,)))
             y = t if y is None else e.add(y, t)
     return y
+
+
+def _tap_windows(e: Emitter, x: Value, sp: tuple[int, int], strides: tuple[int, ...], dilation: tuple[int, ...],
+                 lhs_dilation: tuple[int, ...], pads: list[tuple[int, int]], out_hw: tuple[int, ...],
+                 phases: bool = True) -> Callable[[int, int], Value]:
+    """window(i, j): what kernel tap (i, j) reads at every output position. Strided taps come from
+    the phase split (unless `phases` is off), others from windows of the padded (and, for lhs
+    dilation, interior-padded) input."""
+    if phases and any(s > 1 for s in strides) and all(d == 1 for d in lhs_dilation):
+        return _phase_windows(e, x, sp, strides, dilation, pads, out_hw)
+    xp = _padded(e, x, sp, pads, tuple(d - 1 for d in lhs_dilation))
+    return lambda i, j: _tap(e, xp, sp, i, j, dilation, strides, out_hw)
 
 
 def _phase_windows(e: Emitter, x: Value, sp: tuple[int, int], strides: tuple[int, ...], dilation: tuple[int, ...],
@@ -190,16 +195,9 @@ def _weight_grad_taps(e: Emitter, m: Match) -> Value | None:
         return None
     others = tuple(d for d in range(4) if d != c_ax)
     ct_hw = tuple(ct.type.shape[d] for d in sp)
-    # the gradient conv's window stride is the forward dilation, its rhs dilation the forward stride
-    stride, dilation = a.rhs_dilation, a.window_strides
-    if any(s > 1 for s in stride) and all(d == 1 for d in a.lhs_dilation):
-        window = _phase_windows(e, x, sp, stride, dilation, pads, ct_hw)   # the forward's phases
-    else:
-        xp = _padded(e, x, sp, pads)
-
-        def window(i: int, j: int) -> Value:
-            return _tap(e, xp, sp, i, j, dilation, stride, ct_hw)
-
+    # the gradient conv's window stride is the forward dilation, its rhs dilation the forward stride;
+    # a strided one reads the forward's phase split
+    window = _tap_windows(e, x, sp, a.rhs_dilation, a.window_strides, a.lhs_dilation, pads, ct_hw)
     taps = [e.reshape(e.reduce(e.mul(window(i, j), ct), "sum", others), (c, 1)) for i in range(kh) for j in range(kw)]
     stacked = taps[0] if len(taps) == 1 else e.op("concatenate", *taps, attrs=od.ConcatAttrs(1))
     return e.reshape(stacked, out.type.shape)

@@ -166,9 +166,9 @@ def _convolution(r: Relayout, e: Emitter, node: Node):
         to_new = r.small(node.outputs[0])
         if not to_new and not r.is_moved(x):
             return None
-        # a large input read by a small output's convolution is transposed for it alone: were
-        # it filed as moved, its other consumers (at its size) would follow it
-        xm = r.as_moved(e, x) if r.small(x) else e.transpose(r.plain[x], r.perm)
+        # a large input read by a small output's convolution is moved for it alone: were it filed
+        # as moved, its other consumers (at its size) would follow it
+        xm = r.as_moved(e, x) if r.small(x) else r._move(e, r.plain[x])
         wm = r.is_moved(w) or r.cheap_to_move(w)
         moved = [True, wm]
         ins = [xm, r.as_moved(e, w) if wm else r.plain[w]]
