@@ -13,13 +13,11 @@ import time
 
 import jax
 import numpy as np
-from peers import (BETA1, BETA2, EPS, LR, NET, SMOOTH, WD, jax_init, jax_step_fn, label, log,
-                   parse_shapes)
+from peers import LR, gir_config, jax_step_fn, label, log, parse_shapes, step_inputs
 from report import machine_line, publish
 
 from gir.lower.iree_compile import compile_text
-from gir.lower.stablehlo import print_module
-from gir.netfile import load_net_file
+from gir.train.backend import iree_module_text
 from gir.train.step import lower_train_step
 
 TITLE = "## iree-compile time: gir's train step against JAX's export (bench/compile_times.py)"
@@ -28,17 +26,9 @@ TITLE = "## iree-compile time: gir's train step against JAX's export (bench/comp
 def texts(batch: int, image: int) -> dict[str, str]:
     """The two modules as bench/peers.py compiles them: gir's as its IREE training backend prints
     it (train step only), JAX's from jax.jit(...).lower(...).as_text()."""
-    net, cfg = load_net_file(NET)
-    cfg = cfg.replace(optimizer="adamw", weight_decay=WD, label_smoothing=SMOOTH, clip_norm=0.0, beta1=BETA1,
-                      beta2=BETA2, eps=EPS, batch_size=batch, image_size=image)
-    mod = lower_train_step(net, cfg, batch=batch, image=image)
-    gir = print_module({"train_step": mod.primitive}, f"{mod.primitive.name}_module", transient_storage=True)
-    params, stats = jax_init(0)
-    zeros = {k: np.zeros_like(v) for k, v in params.items()}
-    state = (params, stats, zeros, {k: z.copy() for k, z in zeros.items()})
-    rng = np.random.default_rng(0)
-    images = rng.standard_normal((batch, 3, image, image)).astype(np.float32)
-    labels = rng.integers(0, 10, batch).astype(np.int32)
+    net, cfg = gir_config(batch, image)
+    gir = iree_module_text(lower_train_step(net, cfg, batch=batch, image=image), None, "cpu")
+    images, labels, state = step_inputs(batch, image)
     lowered = jax.jit(jax_step_fn()).lower(state, np.int32(1), np.float32(LR), images, labels)
     return {"gir": gir, "JAX": lowered.as_text(dialect="stablehlo")}
 

@@ -41,10 +41,16 @@ register_pass(Pass("conv_forms_no_phases", "conv_forms, strided taps without the
 DEFAULT = PIPELINES["default"]
 
 
+PASS_LABEL = {"default": "default"}
+
+
 def variant(without: tuple[str, ...] = (), swap: tuple[str, str] | None = None) -> str:
-    """The default pipeline without some passes, or with one pass swapped for another."""
+    """The default pipeline without some passes, or with one pass swapped for another; files its
+    label for the tables."""
     names = [swap[1] if swap and p == swap[0] else p for p in DEFAULT if p not in without]
-    return ",".join(names)
+    spec = ",".join(names)
+    PASS_LABEL[spec] = " - ".join(("default", *without)) if without else f"default, {swap[1]} for {swap[0]}"
+    return spec
 
 
 ALL_NCHW = variant(without=("layout_cnhw_small",))
@@ -67,12 +73,6 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {   # name -> (rewrite passes
     "aggressive fusion": ("default", ("--iree-dispatch-creation-enable-aggressive-fusion",)),
     "elementwise fusion of multi-reductions": ("default", ("--iree-dispatch-creation-element-wise-fuse-multi-reduction",)),
 }
-
-
-PASS_LABEL = {"default": "default", NO_POINTWISE: "default - layout_cnhw_small - pointwise_matmul",
-              WITHOUT_CONV_FORMS: "default - layout_cnhw_small - conv_forms - pointwise_matmul",
-              NO_PHASES: "default, no phase split", ALL_NCHW: "default - layout_cnhw_small",
-              CNHW: "default, layout_cnhw for layout_cnhw_small", NHWC: "default, layout_nhwc for layout_cnhw_small"}
 
 
 def setup(batch: int, image: int, passes: set[str]):
@@ -172,7 +172,7 @@ def main() -> None:
     if heap:
         on, off = statistics.median(heap[True]), statistics.median(heap[False])
         lines += ["", f"Host heap (gir.lower.iree_runtime.retain_host_heap: glibc keeps freed memory instead of "
-                  f"unmapping IREE's per-step transient buffers), child processes alternating, medians of their "
+                  f"unmapping IREE's per-step buffers: the outputs, and the transients of a module without caller-kept storage), child processes alternating, medians of their "
                   f"medians: with {on:.1f} ms ({', '.join(f'{t:.1f}' for t in heap[True])}), without {off:.1f} ms "
                   f"({', '.join(f'{t:.1f}' for t in heap[False])}); without / with = {off / on:.2f}."]
     lines += ["", "Module sizes: " + "; ".join(f"{PASS_LABEL[k]}: {n:,} ops, {c:,} chars" for k, (n, c) in

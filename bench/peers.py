@@ -379,29 +379,40 @@ class TorchSystem(System):
 
 # ---- one shape --------------------------------------------------------------------------------------
 
-def measure_shape(batch: int, image: int, steps: int, gir_bench: bool, torch_1t: bool) -> dict:
-    import jax
-
-    from gir.bench import bench_train_step, step_flops
+def gir_config(batch: int, image: int):
+    """MobileNetV2's net and the recipe above as gir's TrainConfig at one shape."""
     from gir.netfile import load_net_file
-    from gir.nn.params import init_params
-    from gir.rewrite import pipeline_for_backend
-    from gir.train.step import lower_train_step
-
     net, cfg = load_net_file(NET)
-    cfg = cfg.replace(optimizer="adamw", weight_decay=WD, label_smoothing=SMOOTH, clip_norm=0.0, beta1=BETA1,
-                      beta2=BETA2, eps=EPS, batch_size=batch, image_size=image, bf16=False, bf16_conv=False)
-    load0 = os.getloadavg()[0]
-    log(f"{label(batch, image)}: gir front end (load average {load0:.2f})")
-    t0 = time.perf_counter()
-    mod = lower_train_step(net, cfg, batch=batch, image=image)
-    front = time.perf_counter() - t0
+    return net, cfg.replace(optimizer="adamw", weight_decay=WD, label_smoothing=SMOOTH, clip_norm=0.0, beta1=BETA1,
+                            beta2=BETA2, eps=EPS, batch_size=batch, image_size=image, bf16=False, bf16_conv=False)
+
+
+def step_inputs(batch: int, image: int) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """The batch every system steps on (random images and labels, seed 0) and the JAX model's
+    state: (params, BN stats, AdamW first and second moments)."""
     rng = np.random.default_rng(0)
     images = rng.standard_normal((batch, 3, image, image)).astype(np.float32)
     labels = rng.integers(0, CLASSES, batch).astype(np.int32)
     params, stats = jax_init(0)
     zeros = {k: np.zeros_like(v) for k, v in params.items()}
-    jax_state = (params, stats, zeros, {k: z.copy() for k, z in zeros.items()})
+    return images, labels, (params, stats, zeros, {k: z.copy() for k, z in zeros.items()})
+
+
+def measure_shape(batch: int, image: int, steps: int, gir_bench: bool, torch_1t: bool) -> dict:
+    import jax
+
+    from gir.bench import bench_train_step, step_flops
+    from gir.nn.params import init_params
+    from gir.rewrite import pipeline_for_backend
+    from gir.train.step import lower_train_step
+
+    net, cfg = gir_config(batch, image)
+    load0 = os.getloadavg()[0]
+    log(f"{label(batch, image)}: gir front end (load average {load0:.2f})")
+    t0 = time.perf_counter()
+    mod = lower_train_step(net, cfg, batch=batch, image=image)
+    front = time.perf_counter() - t0
+    images, labels, jax_state = step_inputs(batch, image)
     mod_jax = lower_train_step(net, cfg, batch=batch, image=image, passes=pipeline_for_backend("default", "jax"))
     ctx = {"mod": mod, "mod_jax": mod_jax, "init": init_params(mod.primitive, cfg.seed), "images": images,
            "labels": labels,

@@ -34,6 +34,14 @@ def carried_names(graph: Graph) -> list[str]:
     return [v.name for v in graph.inputs if v.role in CARRIED_ROLES]
 
 
+def iree_module_text(train: LoweredModule, evaluate: LoweredModule | None, target: str) -> str:
+    """The IREE backend's module: the train step and, if given, the eval function. On the CPU the
+    caller keeps the transient storage: IREE's CPU device would malloc and zero-fill it on every
+    step (550 MB at b8@224; 1.13x, docs/performance.md)."""
+    functions = {"train_step": train.primitive, **({"eval": evaluate.primitive} if evaluate is not None else {})}
+    return print_module(functions, f"{train.primitive.name}_module", transient_storage=target == "cpu")
+
+
 class IreeBackend:
     """The train step and the eval function in one IREE module on one device."""
 
@@ -41,11 +49,8 @@ class IreeBackend:
                  chip: str | None = None, flags: tuple[str, ...] = ()):
         self.train = train.primitive
         self.eval = evaluate.primitive if evaluate is not None else None
-        functions = {"train_step": self.train, **({"eval": self.eval} if self.eval is not None else {})}
-        # on the CPU the caller keeps the transient storage: IREE's CPU device would malloc and
-        # zero-fill it on every step (550 MB at b8@224; 1.13x, docs/performance.md)
-        text = print_module(functions, f"{self.train.name}_module", transient_storage=target == "cpu")
-        self.session = IreeSession(compile_text(text, target, chip, list(flags)), target)
+        self.session = IreeSession(compile_text(iree_module_text(train, evaluate, target), target, chip, list(flags)),
+                                   target)
         self.carried = carried_names(self.train)
         self.state: dict[str, Any] = {}
 
