@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -93,10 +95,15 @@ def _binding(net: Net, args: argparse.Namespace) -> dict:
     return b
 
 
-def _write(path: str, text: str) -> None:
+def _check_folder(path: str) -> None:
+    """A file can be written at `path` only into a folder that exists."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise CliError(f"cannot write {path}: folder {folder} does not exist")
+
+
+def _write(path: str, text: str) -> None:
+    _check_folder(path)
     try:
         with open(path, "w") as f:
             f.write(text)
@@ -143,24 +150,84 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 # ---- gir lower ------------------------------------------------------------------------------
 
+LOWERED_DIR = "lowered"          # gir lower's default output folder: lowered/<net>/
+MANIFEST = "lowered.json"        # names the net a folder's modules were lowered from
+MODULES = ("forward", "eval", "train_step")
+DOT_TIMEOUT_S = 300   # a train-step graph of a large net takes Graphviz minutes; past this the .dot stands alone
+
+
+def _claim_out_dir(path: str, net: Net) -> str:
+    """The output folder, created if missing; refused when it holds another net's modules."""
+    out = _out_dir(path)
+    manifest = os.path.join(out, MANIFEST)
+    if os.path.exists(manifest):
+        try:
+            with open(manifest) as f:
+                owner = json.load(f)["net"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CliError(f"{manifest} is unreadable ({e}); remove it or choose another -o") from None
+        if owner != net.name:
+            raise CliError(f"{out} holds the lowered modules of net {owner!r}, not {net.name!r}; choose another "
+                           f"folder with -o DIR, or remove {out}")
+    else:
+        found = sorted(f for f in os.listdir(out) if os.path.splitext(f)[0] in MODULES)
+        if found:
+            raise CliError(f"{out} holds {', '.join(found)} from an unknown net (no {MANIFEST}); choose another "
+                           f"folder with -o DIR, or remove those files")
+    return out
+
+
+def _render_svg(dot_path: str) -> str:
+    """Renders `dot_path` beside itself with Graphviz when `dot` is on PATH; says what happened."""
+    svg = os.path.splitext(dot_path)[0] + ".svg"
+    exe = shutil.which("dot")
+    if exe is None:
+        return f"render it with: dot -Tsvg {dot_path} -o {svg} (Graphviz's dot is not on PATH)"
+    try:
+        subprocess.run([exe, "-Tsvg", dot_path, "-o", svg], check=True, capture_output=True, text=True,
+                       timeout=DOT_TIMEOUT_S)
+    except subprocess.CalledProcessError as e:
+        why = (e.stderr or "").strip().splitlines()
+        return f"Graphviz could not render it: {why[-1] if why else f'dot exited with {e.returncode}'}"
+    except subprocess.TimeoutExpired:
+        return f"Graphviz took over {DOT_TIMEOUT_S} s to render it; gave up (the .dot is complete)"
+    return f"wrote {svg} (rendered by Graphviz dot)"
+
+
+
+def _dump_path(given: str | bool | None, out: str, net: Net, dump: str, ext: str) -> str | None:
+    """Where a dump goes: the file given, or `<net>.<ext>` (`<net>.<dump>.<ext>` for eval/train_step)
+    in the output folder for a bare flag, or None without the flag."""
+    if given is None:
+        return None
+    if isinstance(given, str):
+        return given
+    return os.path.join(out, f"{net.name}.{ext}" if dump == "forward" else f"{net.name}.{dump}.{ext}")
+
+
 def cmd_lower(args: argparse.Namespace) -> int:
     net, config = load_net_file(args.net)
-    if not (args.out or args.dump_dot or args.dump_graph):
-        raise CliError("nothing to do: give -o DIR (StableHLO modules), --dump-dot FILE or --dump-graph FILE")
+    binding = _binding(net, args)
+    spec = _pass_spec(args)
     graph = build_graph(net, args.net, mode="eval" if args.dump == "eval" else "train")
+    for given in (args.dump_dot, args.dump_graph):
+        if isinstance(given, str):
+            _check_folder(given)
+    out = _claim_out_dir(args.out or os.path.join(LOWERED_DIR, net.name), net)
+    at = ", ".join(f"{k}={v}" for k, v in sorted(binding.items(), key=lambda kv: (str(kv[0]) != "N", str(kv[0]))))
+    how = "StableHLO only (--no-compile)" if args.no_compile else f"compiled for {args.target}"
+    print(f"gir lower {net.name}: forward, eval and train_step at {at}, {how}, into {out}/")
     if args.dump == "train_step":
         graph = build_train_step(net, config).graph
-    out = _out_dir(args.out) if args.out else ""
-    if args.dump_dot:
-        _write(args.dump_dot, to_dot(graph))
-        print(f"wrote {args.dump_dot} ({len(graph.nodes)} nodes)")
-    if args.dump_graph:
-        _write(args.dump_graph, print_graph(graph) + "\n")
-        print(f"wrote {args.dump_graph}")
-    if not out:
-        return 0
-    check_binding(net.binding(batch=args.batch, image=args.image), net.constraints)
-    spec = _pass_spec(args)
+    dot = _dump_path(args.dump_dot, out, net, args.dump, "dot")
+    if dot:
+        _write(dot, to_dot(graph))
+        print(f"wrote {dot} ({args.dump} graph, symbolic, {len(graph.nodes)} nodes)")
+        print(_render_svg(dot))
+    text = _dump_path(args.dump_graph, out, net, args.dump, "gir")
+    if text:
+        _write(text, print_graph(graph) + "\n")
+        print(f"wrote {text} ({args.dump} graph, symbolic, {len(graph.nodes)} nodes)")
     passes = passes_for(spec, bf16=args.bf16, bf16_conv=args.bf16_conv)
     config = config.replace(bf16=args.bf16 or config.bf16, bf16_conv=args.bf16_conv or config.bf16_conv)
     trace: list[Firing] | None = [] if args.trace_rewrites else None
@@ -169,17 +236,22 @@ def cmd_lower(args: argparse.Namespace) -> int:
                                              passes=spec, trace=trace)
     if trace is not None:
         _print_trace(trace)
+    manifest = os.path.join(out, MANIFEST)
+    _write(manifest, json.dumps({"net": net.name, "file": args.net, "binding": {str(k): v for k, v in binding.items()},
+                                 "target": None if args.no_compile else args.target, "passes": spec,
+                                 "modules": list(modules)}, indent=1) + "\n")
+    print(f"wrote {manifest} (net, sizes, target, passes)")
     for name, mod in modules.items():
-        _write(os.path.join(out, f"{name}.mlir"), mod.text)
-        _write(os.path.join(out, f"{name}.json"), json.dumps(mod.signature(), indent=1) + "\n")
-        line = f"wrote {os.path.join(out, name + '.mlir')} ({len(mod.text):,} chars, {len(mod.primitive.nodes)} ops)"
+        stem = os.path.join(out, name)
+        _write(stem + ".mlir", mod.text)
+        _write(stem + ".json", json.dumps(mod.signature(), indent=1) + "\n")
+        line = f"wrote {stem}.mlir ({len(mod.text):,} chars, {len(mod.primitive.nodes)} ops), {stem}.json"
         if not args.no_compile:
             t0 = time.perf_counter()
             vmfb = compile_text(mod.text, args.target, args.chip, args.iree_flag)
-            path = os.path.join(out, f"{name}.vmfb")
-            with open(path, "wb") as f:
+            with open(stem + ".vmfb", "wb") as f:
                 f.write(vmfb)
-            line += f", {path} ({args.target}, {time.perf_counter() - t0:.1f} s)"
+            line += f", {stem}.vmfb ({args.target}, {time.perf_counter() - t0:.1f} s)"
         print(line)
     return 0
 
@@ -401,16 +473,20 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--eval", action="store_true", help="show the eval-mode graph (BN from running statistics)")
     s.set_defaults(func=cmd_show)
 
-    s = net_cmd("lower", "write StableHLO modules (forward, eval, train_step), compile them with IREE, dump a graph")
+    s = net_cmd("lower", "write StableHLO modules (forward, eval, train_step), compile them with IREE, draw a graph")
     s.add_argument("-o", "--out", metavar="DIR",
-                   help="write forward/eval/train_step .mlir (+ .vmfb, + .json signatures) here")
+                   help="write forward/eval/train_step .mlir, .json signatures and .vmfb here (default "
+                        "lowered/NET; a folder holding another net's modules is refused)")
     s.add_argument("--target", choices=TARGETS, default="cpu", help="IREE target (default cpu)")
     s.add_argument("--chip", help="GPU chip or CPU model (defaults: rocm gfx1100, cuda sm_80, cpu host)")
     s.add_argument("--iree-flag", action="append", default=[], metavar="FLAG",
                    help="extra iree-compile flag, e.g. --iree-flag=--iree-global-opt-use-im2col-for-convs (repeatable)")
     s.add_argument("--no-compile", action="store_true", help="write the .mlir text only")
-    s.add_argument("--dump-dot", metavar="FILE", help="write the forward graph as Graphviz DOT")
-    s.add_argument("--dump-graph", metavar="FILE", help="write the forward graph in gir's text form")
+    s.add_argument("--dump-dot", metavar="FILE", nargs="?", const=True,
+                   help="also draw the graph chosen by --dump as Graphviz DOT: to FILE, or bare to NET.dot in the "
+                        "output folder; rendered to .svg beside it when Graphviz's dot is on PATH")
+    s.add_argument("--dump-graph", metavar="FILE", nargs="?", const=True,
+                   help="also write that graph in gir's text form: to FILE, or bare to NET.gir in the output folder")
     s.add_argument("--dump", choices=("forward", "eval", "train_step"), default="forward",
                    help="which graph --dump-dot/--dump-graph write (default forward; train_step shows the "
                         "backward nodes grouped by the forward node whose adjoint made them)")

@@ -55,6 +55,12 @@ def fuzz_settings(ci: int, slow: int, **overrides) -> settings:
     return settings(**kw)
 
 
+@pytest.fixture(name="slow")
+def slow_fixture() -> bool:
+    """Whether this is a `--slow` run (tests/test_docs.py runs its slow sessions then)."""
+    return slow_run()
+
+
 @pytest.fixture(name="examples")
 def examples_fixture():
     """`examples(ci, slow)` as a fixture (conftest modules are not importable by a stable name)."""

@@ -1,14 +1,19 @@
 """`gir show` and `gir lower --dump-dot` as a user runs them."""
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
 from gir.cli import main
 
 MNV2 = "nets/mobilenet_v2.py"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_show_table_has_paths_ops_symbolic_shapes_params_and_macs(capsys):
@@ -42,7 +47,7 @@ def test_show_rejects_bad_flag_values():
 
 def test_lower_dump_dot_writes_clustered_graph(tmp_path, capsys):
     dot = tmp_path / "mnv2.dot"
-    assert main(["lower", MNV2, "--dump-dot", str(dot)]) == 0
+    assert main(["lower", MNV2, "--dump-dot", str(dot), "-o", str(tmp_path / "o"), "--no-compile"]) == 0
     text = dot.read_text()
     assert text.startswith('digraph "mobilenet_v2"') and text.rstrip().endswith("}")
     assert text.count("{") == text.count("}")
@@ -51,7 +56,7 @@ def test_lower_dump_dot_writes_clustered_graph(tmp_path, capsys):
 
 
 def test_lower_reports_unwritable_output(tmp_path, capsys):
-    assert main(["lower", MNV2, "--dump-dot", str(tmp_path / "no" / "such" / "g.dot")]) == 1
+    assert main(["lower", MNV2, "--dump-dot", str(tmp_path / "no" / "such" / "g.dot"), "-o", str(tmp_path)]) == 1
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -91,9 +96,84 @@ def test_lower_writes_a_train_step_module_that_runs(tmp_path, capsys):
     assert 0 < got["loss"] < 10 and not np.allclose(got["dense1.weight"], vals["dense1.weight"])
 
 
+def _reported_files(out: str) -> list[str]:
+    """Every path a `gir lower` run says it wrote (`wrote A (...), B, C (...)` lines)."""
+    paths = []
+    for line in out.splitlines():
+        if line.startswith("wrote "):
+            paths += [re.sub(r" \(.*", "", part) for part in re.split(r"\), |, (?![^(]*\))", line[6:])]
+    return paths
+
+
+def test_design_card_command_as_written_writes_every_file_it_reports(tmp_path):
+    """`gir lower nets/mobilenet_v2.py --dump-dot`, typed as the design card has it, in a folder
+    holding a copy of nets/: modules, signatures, compiled modules and the picture, each checked."""
+    from gir.lower.iree_runtime import IreeSession
+    shutil.copytree(ROOT / "nets", tmp_path / "nets")
+    r = subprocess.run("gir lower nets/mobilenet_v2.py --dump-dot", shell=True, cwd=tmp_path, capture_output=True,
+                       text=True, env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("gir lower mobilenet_v2: forward, eval and train_step at N=32, H=224, W=224, "
+                               "compiled for cpu, into lowered/mobilenet_v2/")
+    files = _reported_files(r.stdout)
+    folder = tmp_path / "lowered" / "mobilenet_v2"
+    expected = {"lowered.json", "mobilenet_v2.dot"} | {f"{m}.{e}" for m in ("forward", "eval", "train_step")
+                                                      for e in ("mlir", "json", "vmfb")}
+    if shutil.which("dot"):
+        expected.add("mobilenet_v2.svg")
+    assert sorted(files) == sorted(f"lowered/mobilenet_v2/{f}" for f in expected)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(expected)
+    assert json.loads((folder / "lowered.json").read_text())["net"] == "mobilenet_v2"
+    assert (folder / "mobilenet_v2.dot").read_text().startswith('digraph "mobilenet_v2"')
+    if shutil.which("dot"):
+        assert ET.parse(folder / "mobilenet_v2.svg").getroot().tag.endswith("svg")
+        assert "(rendered by Graphviz dot)" in r.stdout
+    for name in ("forward", "eval", "train_step"):
+        assert (folder / f"{name}.mlir").read_text().startswith(f"module @mobilenet_v2_{name}")
+        sig = json.loads((folder / f"{name}.json").read_text())
+        assert sig["function"] == name and sig["inputs"][0] == {"name": "images", "role": "data",
+                                                                 "shape": [32, 3, 224, 224], "dtype": "f32"}
+        session = IreeSession((folder / f"{name}.vmfb").read_bytes())   # IREE loads what was written
+        assert session.function(name) is not None
+
+
+def test_lower_bare_dumps_go_beside_the_modules_and_say_how_to_render_without_graphviz(tmp_path, capsys,
+                                                                                        monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)      # no Graphviz on this PATH
+    assert main(["lower", str(ROOT / "nets" / "mlp.py"), "--dump-dot", "--dump-graph", "--dump", "train_step",
+                 "--no-compile"]) == 0
+    out = capsys.readouterr().out
+    folder = tmp_path / "lowered" / "mlp"
+    assert "wrote lowered/mlp/mlp.train_step.dot (train_step graph, symbolic" in out
+    assert "render it with: dot -Tsvg lowered/mlp/mlp.train_step.dot -o lowered/mlp/mlp.train_step.svg" in out
+    assert "wrote lowered/mlp/mlp.train_step.gir (train_step graph" in out
+    assert "# adjoint of dense" in (folder / "mlp.train_step.gir").read_text()
+    assert not (folder / "mlp.train_step.svg").exists()
+    assert {p.name for p in folder.iterdir()} >= {"forward.mlir", "eval.json", "train_step.mlir", "lowered.json"}
+    assert not any(p.suffix == ".vmfb" for p in folder.iterdir())                # --no-compile
+
+
+def test_lower_refuses_a_folder_holding_another_nets_modules(tmp_path, capsys):
+    out = str(tmp_path / "o")
+    assert main(["lower", "nets/mlp.py", "-o", out, "--no-compile"]) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "o").iterdir()}
+    assert main(["lower", MNV2, "-o", out, "--no-compile"]) == 1
+    assert f"gir: error: {out} holds the lowered modules of net 'mlp', not 'mobilenet_v2'" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (tmp_path / "o").iterdir()} == before      # nothing overwritten
+    assert main(["lower", "nets/mlp.py", "-o", out, "--no-compile", "--batch", "4"]) == 0   # the same net may
+    (tmp_path / "o" / "lowered.json").unlink()
+    assert main(["lower", "nets/mlp.py", "-o", out, "--no-compile"]) == 1
+    assert "from an unknown net (no lowered.json)" in capsys.readouterr().err
+    (tmp_path / "o" / "lowered.json").write_text("{not json")
+    assert main(["lower", "nets/mlp.py", "-o", out, "--no-compile"]) == 1
+    assert "lowered.json is unreadable" in capsys.readouterr().err
+
+
 def test_lower_dumps_the_train_step_with_a_cluster_per_adjoint(tmp_path, capsys):
     dot, txt = tmp_path / "ts.dot", tmp_path / "ts.txt"
-    assert main(["lower", "nets/mlp.py", "--dump", "train_step", "--dump-dot", str(dot), "--dump-graph", str(txt)]) == 0
+    assert main(["lower", "nets/mlp.py", "--dump", "train_step", "--dump-dot", str(dot), "--dump-graph", str(txt),
+                 "-o", str(tmp_path), "--no-compile"]) == 0
     assert 'label="adjoint of dense dense1"' in dot.read_text()
     assert "# adjoint of softmax_cross_entropy" in txt.read_text() and "nets/mlp.py:" in txt.read_text()
 

@@ -417,7 +417,9 @@ ERROR_ROWS = [
         ["--passes: unknown pass 'nope'", "passes: ", "pipelines: default, default_jax, none"]),
     row("flag-devices-without-jax", [*TRAIN, "--devices", "2", "--out", "{tmp}/run"],
         ["--devices 2 needs --backend jax"]),
-    row("lower-nothing-to-do", ["lower", DIGITS], ["nothing to do: give -o DIR"]),
+    row("lower-into-another-nets-folder", ["lower", DIGITS, "-o", "{tmp}/o", "--no-compile"],
+        ["{tmp}/o holds the lowered modules of net 'mlp', not 'digits_cnn'; choose another folder with -o DIR"],
+        setup=lambda tmp, request: write(tmp, "o/lowered.json", '{"net": "mlp"}\n')),
     row("flag-image-on-a-fixed-size-net", ["show", "nets/mnist_cnn.py", "--image", "32"], ["--image", "28"]),
 
     # the net file
