@@ -166,9 +166,11 @@ def _convolution(r: Relayout, e: Emitter, node: Node):
         to_new = r.small(node.outputs[0])
         if not to_new and not r.is_moved(x):
             return None
-        # a large input read by a small output's convolution is moved for it alone: were it filed
-        # as moved, its other consumers (at its size) would follow it
-        xm = r.as_moved(e, x) if r.small(x) else r._move(e, r.plain[x])
+        # a large plain input read by a small output's convolution is moved for it alone: were it
+        # filed as moved, its other consumers (at its size) would follow it. A large input can be
+        # moved already: elementwise ops, pads and broadcasts of moved values stay moved whatever
+        # their size (a max-pool gradient scattered back to the larger image)
+        xm = r.as_moved(e, x) if r.small(x) or r.is_moved(x) else r._move(e, r.plain[x])
         wm = r.is_moved(w) or r.cheap_to_move(w)
         moved = [True, wm]
         ins = [xm, r.as_moved(e, w) if wm else r.plain[w]]

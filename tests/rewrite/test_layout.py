@@ -44,11 +44,20 @@ def _block(b, x):
     return b.global_avg_pool(y), [*ps, gamma, beta, wd, *ps2]
 
 
+def _conv_pool_conv(b, x):
+    """3x3 conv, ReLU, 2x2 max pool, 3x3 conv: the VGG pattern, its pool's gradient scattered from
+    the smaller image back to the larger one (with a pixel limit between them)."""
+    w1, w2 = b.input("w1", (5, 4, 3, 3), role="param"), b.input("w2", (3, 5, 3, 3), role="param")
+    y = b.max_pool(b.unary("relu", b.conv2d(x, w1)), 2, 2)
+    return b.conv2d(y, w2), [w1, w2]
+
+
 BODIES = {
     "strided conv": lambda b, x: (b.conv2d(x, w := b.input("w", (5, 4, 3, 3), role="param"), stride=2), [w]),
     "depthwise": lambda b, x: (b.depthwise_conv2d(x, w := b.input("w", (4, 1, 3, 3), role="param")), [w]),
     "max pool": lambda b, x: (lambda y, ps: (b.max_pool(y, 3, 2, "same"), ps))(*_pointwise(b, x)),
     "block": _block,
+    "conv pool conv": _conv_pool_conv,
 }
 
 
