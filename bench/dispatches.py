@@ -5,7 +5,8 @@ Isolated dispatch benchmarks (`--iree-hal-dump-executable-benchmarks-to`) run ea
 warm caches and miss what the whole step pays (page faults, memory traffic); this measures the
 real step. It found the levers of docs/performance.md's "Where the step's time goes" section.
 
-    python3 bench/dispatches.py [--batch 32] [--image 64] [--steps 10] [--top 15] [--write]
+    python3 bench/dispatches.py [--net nets/mobilenet_v2.py] [--batch 32] [--image 64] [--steps 10] [--top 15]
+                                [--write]
 """
 from __future__ import annotations
 
@@ -88,6 +89,7 @@ def per_dispatch(rows: list[dict], steps: int) -> dict[str, tuple[float, float]]
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--net", default=str(ROOT / "nets" / "mobilenet_v2.py"), help="net file (default MobileNetV2)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--image", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10)
@@ -95,10 +97,13 @@ def main() -> None:
     ap.add_argument("--passes", default="default", help="rewrite pipeline or passes (see `gir passes`)")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
-    net, cfg = load_net_file(str(ROOT / "nets" / "mobilenet_v2.py"))
+    net, cfg = load_net_file(args.net)
+    sized = any(str(s) == "H" for s in net.symbols)   # a fixed-size input (mnist_cnn, mlp) takes no image size
+    if not sized:
+        args.image = int(net.input_type.shape[-1])
     cfg = cfg.replace(optimizer="adamw", weight_decay=0.05, label_smoothing=0.1, clip_norm=0.0,
                       batch_size=args.batch, image_size=args.image)
-    mod = lower_train_step(net, cfg, batch=args.batch, image=args.image, passes=args.passes)
+    mod = lower_train_step(net, cfg, batch=args.batch, image=args.image if sized else None, passes=args.passes)
     g = mod.primitive
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -114,7 +119,7 @@ def main() -> None:
         k[0] += 1
         k[1] += n
         k[2] += t
-    lines = [TITLE, "", machine_line(f"MobileNetV2 train step (AdamW, label smoothing 0.1), batch {args.batch} at "
+    lines = [TITLE, "", machine_line(f"{net.name} train step (AdamW, label smoothing 0.1), batch {args.batch} at "
                                      f"{args.image}x{args.image}, gir -> IREE llvm-cpu with gir's flags and host heap "
                                      f"setting; passes `{args.passes}`; {args.steps} steps under IREE's HAL profiling "
                                      f"(host-execution)."), "",

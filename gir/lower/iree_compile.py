@@ -4,6 +4,7 @@ A failure is reported as a `CompileError` naming the op, its layer path and the 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import tempfile
@@ -21,11 +22,19 @@ class CompileError(Exception):
     """iree-compile rejected a module; the message maps its diagnostic back to gir's provenance."""
 
 
-CPU_SPEED_FLAGS = ("--iree-opt-level=O3", "--iree-global-opt-use-im2col-for-convs")
+CPU_SPEED_FLAGS = ("--iree-global-opt-use-im2col-for-convs", "--iree-opt-level=O3")
 """Tried first on the CPU because they win: MobileNetV2's train step at b8@64 runs 1.56x faster with
 both (O3 alone 1.42x, im2col alone 1.47x; bench/levers.py, docs/performance.md). IREE 3.13 rejects
-some modules with them (small pooling and batched-matvec shapes), so a module they break is
-compiled again without them."""
+some modules with them (small pooling and batched-matvec shapes; O3 with a 1-channel 5x5 convolution,
+mnist_cnn), so a module they break is compiled again with fewer (`speed_flag_sets`): im2col alone
+first, since without it every KxK convolution runs naively (mnist_cnn's step: 15x slower)."""
+
+
+def speed_flag_sets() -> list[tuple[str, ...]]:
+    """The CPU speed-flag sets to try in turn: all of them, then smaller subsets (earlier flags kept
+    first), then none."""
+    return [c for r in range(len(CPU_SPEED_FLAGS), -1, -1) for c in itertools.combinations(CPU_SPEED_FLAGS, r)]
+
 
 def target_flags(target: str, chip: str | None = None) -> list[str]:
     """iree-compile flags selecting the device: llvm-cpu on the host, HIP (gfx1100) or CUDA (sm_80)."""
@@ -100,9 +109,9 @@ def explain(diagnostics: str, text: str) -> str:
 def compile_text(text: str, target: str = "cpu", chip: str | None = None, extra_flags: Sequence[str] = (),
                  use_cache: bool = True) -> bytes:
     """The compiled .vmfb bytes for `text`, from the cache when the same text, target and flags
-    were compiled before. On the CPU the speed flags are tried first, then plain flags."""
+    were compiled before. On the CPU the speed flags are tried first, then fewer of them, then none."""
     flags = target_flags(target, chip) + list(extra_flags)
-    attempts = [flags + list(CPU_SPEED_FLAGS), flags] if target == "cpu" else [flags]
+    attempts = [flags + list(speed) for speed in speed_flag_sets()] if target == "cpu" else [flags]
     key = cache_key(text, attempts[0])
     path = cache_dir() / f"{key}.vmfb"
     if use_cache and path.exists():
@@ -114,7 +123,7 @@ def compile_text(text: str, target: str = "cpu", chip: str | None = None, extra_
             break
         except ireec.CompilerToolError as e:
             if i + 1 < len(attempts):
-                continue   # the speed flags broke it: compile plainly
+                continue   # a speed flag broke it: try with fewer
             msg = explain(str(e), text)
             if chip and any(k in msg for k in CHIP_TROUBLE):
                 msg += f" (is --chip {chip} a valid {target} {'CPU' if target == 'cpu' else 'GPU'} name?)"
