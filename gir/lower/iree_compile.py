@@ -4,7 +4,6 @@ A failure is reported as a `CompileError` naming the op, its layer path and the 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import re
 import tempfile
@@ -22,18 +21,16 @@ class CompileError(Exception):
     """iree-compile rejected a module; the message maps its diagnostic back to gir's provenance."""
 
 
-CPU_SPEED_FLAGS = ("--iree-global-opt-use-im2col-for-convs", "--iree-opt-level=O3")
-"""Tried first on the CPU because they win: MobileNetV2's train step at b8@64 runs 1.56x faster with
-both (O3 alone 1.42x, im2col alone 1.47x; bench/levers.py, docs/performance.md). IREE 3.13 rejects
-some modules with them (small pooling and batched-matvec shapes; O3 with a 1-channel 5x5 convolution,
-mnist_cnn), so a module they break is compiled again with fewer (`speed_flag_sets`): im2col alone
-first, since without it every KxK convolution runs naively (mnist_cnn's step: 15x slower)."""
-
-
-def speed_flag_sets() -> list[tuple[str, ...]]:
-    """The CPU speed-flag sets to try in turn: all of them, then smaller subsets (earlier flags kept
-    first), then none."""
-    return [c for r in range(len(CPU_SPEED_FLAGS), -1, -1) for c in itertools.combinations(CPU_SPEED_FLAGS, r)]
+IM2COL, O3 = "--iree-global-opt-use-im2col-for-convs", "--iree-opt-level=O3"
+NO_AGGRESSIVE_FUSION = "--iree-dispatch-creation-enable-aggressive-fusion=false"
+CPU_SPEED_FLAG_SETS: tuple[tuple[str, ...], ...] = ((IM2COL, O3), (IM2COL, O3, NO_AGGRESSIVE_FUSION), (IM2COL,), (O3,), ())
+"""The CPU flag sets tried in turn, the fastest first: im2col and O3 make MobileNetV2's train step at
+b8@64 1.56x faster (O3 alone 1.42x, im2col alone 1.47x; bench/levers.py, docs/performance.md). IREE
+3.13 rejects some modules with both: O3's aggressive fusion puts a KxK convolution's padding into the
+im2col matmul that feeds it ("write affecting operations on global resources", cifar_cnn, digits_cnn,
+mnist_cnn, resnet34), so O3 is tried without it next; then each flag alone (small pooling and
+batched-matvec shapes) and none. Losing im2col costs most: every KxK convolution then runs naively
+(mnist_cnn's 5x5 ones took 1.1 s each at batch 32)."""
 
 
 def target_flags(target: str, chip: str | None = None) -> list[str]:
@@ -111,7 +108,7 @@ def compile_text(text: str, target: str = "cpu", chip: str | None = None, extra_
     """The compiled .vmfb bytes for `text`, from the cache when the same text, target and flags
     were compiled before. On the CPU the speed flags are tried first, then fewer of them, then none."""
     flags = target_flags(target, chip) + list(extra_flags)
-    attempts = [flags + list(speed) for speed in speed_flag_sets()] if target == "cpu" else [flags]
+    attempts = [flags + list(speed) for speed in CPU_SPEED_FLAG_SETS] if target == "cpu" else [flags]
     key = cache_key(text, attempts[0])
     path = cache_dir() / f"{key}.vmfb"
     if use_cache and path.exists():

@@ -1,0 +1,265 @@
+"""The PyTorch eager peer of any gir net: the net's layer-level train-mode forward graph
+(`net.build(mode="train", loss=True)`, specialized to one batch and image size) run op by op with
+torch / torch.nn.functional calls, differentiated by autograd and updated by torch.optim.
+
+So every net in nets/ has a PyTorch version with the same layers, the same FLOPs and the same
+initial values (the names and arrays of `gir.nn.params.init_params`), written once instead of once
+per net. One rule per op in `TORCH_RULES` (as `JAX_RULES` in gir/lower/jax_backend.py); each does
+what a PyTorch user's module would: batch norm is `F.batch_norm(training=True)` updating its running
+statistics in place (nn.BatchNorm2d), attention is `F.scaled_dot_product_attention`, the loss is
+`F.cross_entropy(label_smoothing=...)`. Where gir's 'same' padding is asymmetric (XLA SAME with
+stride 2), the input is padded with `F.pad` first. The optimizer is torch.optim's for the config
+(SGD with momentum, Adam, AdamW, RMSprop), with gir's math (gir/train/optim.py): weight decay on
+every parameter, RMSprop without momentum, global-norm clipping by `clip_grad_norm_`.
+
+`TorchGraphBackend` has the interface of gir.train.backend's IreeBackend and JaxBackend (`load`,
+`step`, `values`), so bench/catalogue.py steps all three alike. PyTorch is the `bench` extra.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gir.ir import opdefs as od
+from gir.ir.graph import Node
+from gir.nn.net import Net
+from gir.shapes.padding import explicit_pads
+from gir.shapes.specialize import specialize
+from gir.train.backend import StepResult
+from gir.train.config import TrainConfig
+
+TORCH_RULES: dict[str, Callable] = {}
+
+
+def torch_rule(*ops: str):
+    """Registers `fn(attrs, *tensors)` as the PyTorch rule of each op in `ops`."""
+    def deco(fn: Callable) -> Callable:
+        for op in ops:
+            TORCH_RULES[op] = fn
+        return fn
+    return deco
+
+
+# ---- primitives that layer graphs use ---------------------------------------------------------
+
+_UNARY = {"negate": torch.neg, "exp": torch.exp, "log": torch.log, "tanh": torch.tanh, "logistic": torch.sigmoid,
+          "sqrt": torch.sqrt, "rsqrt": torch.rsqrt, "abs": torch.abs,
+          "relu": F.relu, "relu6": F.relu6, "swish": F.silu, "hard_swish": F.hardswish,
+          "gelu": functools.partial(F.gelu, approximate="tanh")}
+_BINARY = {"add": torch.add, "subtract": torch.sub, "multiply": torch.mul, "divide": torch.div,
+           "maximum": torch.maximum, "minimum": torch.minimum}
+for _name, _fn in _UNARY.items():
+    TORCH_RULES[_name] = functools.partial(lambda fn, a, x: fn(x), _fn)
+for _name, _fn in _BINARY.items():
+    TORCH_RULES[_name] = functools.partial(lambda fn, a, x, y: fn(x, y), _fn)
+
+
+@torch_rule("broadcast_in_dim")
+def _broadcast_in_dim(a: od.BroadcastAttrs, x):
+    """Operand dim i goes to result dim dims[i]: a view with size-1 dims, expanded (no copy)."""
+    shape = [1] * len(a.shape)
+    for i, d in enumerate(a.dims):
+        shape[d] = x.shape[i]
+    return x.reshape(shape).expand(*a.shape)
+
+
+@torch_rule("reshape")
+def _reshape(a: od.ReshapeAttrs, x):
+    return x.reshape(a.shape)
+
+
+@torch_rule("transpose")
+def _transpose(a: od.TransposeAttrs, x):
+    return x.permute(a.perm)
+
+
+@torch_rule("slice")
+def _slice(a: od.SliceAttrs, x):
+    return x[tuple(slice(lo, hi, st) for lo, hi, st in zip(a.start, a.limit, a.strides))]
+
+
+@torch_rule("concatenate")
+def _concatenate(a: od.ConcatAttrs, *xs):
+    return torch.cat(xs, a.dim)
+
+
+@torch_rule("reduce")
+def _reduce(a: od.ReduceAttrs, x):
+    return {"sum": torch.sum, "max": torch.amax, "min": torch.amin}[a.kind](x, a.dims)
+
+
+# ---- layer ops ---------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _pads(padding, sizes: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
+          dilation: tuple[int, ...] = (1, 1)) -> tuple[tuple[int, int], ...]:
+    """gir's padding policy as (lo, hi) per spatial dim (cached: the same layer asks every step)."""
+    return tuple((int(lo), int(hi)) for lo, hi in explicit_pads(padding, sizes, kernel, stride, dilation))
+
+
+def _symmetric(x, pads: tuple[tuple[int, int], ...], value: float = 0.0):
+    """(x padded where the padding is asymmetric, the symmetric padding left for the op itself)."""
+    if all(lo == hi for lo, hi in pads):
+        return x, tuple(lo for lo, _ in pads)
+    return F.pad(x, [p for lo_hi in reversed(pads) for p in lo_hi], value=value), (0,) * len(pads)
+
+
+def _conv(a: od.ConvAttrs, x, w, groups: int):
+    pads = _pads(a.padding, tuple(x.shape[2:]), tuple(w.shape[2:]), a.stride, a.dilation)
+    x, pad = _symmetric(x, pads)
+    return F.conv2d(x, w, None, a.stride, pad, a.dilation, groups)
+
+
+@torch_rule("conv2d")
+def _conv2d(a: od.ConvAttrs, x, w):
+    return _conv(a, x, w, 1)
+
+
+@torch_rule("depthwise_conv2d")
+def _depthwise_conv2d(a: od.ConvAttrs, x, w):
+    return _conv(a, x, w, x.shape[1])
+
+
+@torch_rule("dense")
+def _dense(a, x, w):
+    return torch.matmul(x, w)
+
+
+@torch_rule("bias_add")
+def _bias_add(a: od.AxisAttrs, x, b):
+    shape = [1] * x.dim()
+    shape[a.axis] = -1
+    return x + b.view(shape)
+
+
+@torch_rule("batch_norm")
+def _batch_norm(a: od.BatchNormAttrs, x, gamma, beta, running_mean=None, running_var=None):
+    """nn.BatchNorm's F.batch_norm; in training it updates the running statistics in place (the
+    step's `bn_mean`/`bn_var` outputs are not computed: nothing on the loss's path reads them)."""
+    y = F.batch_norm(x, running_mean, running_var, gamma, beta, a.training, a.momentum, a.eps)
+    return (y, None, None) if a.training else y
+
+
+@torch_rule("layer_norm")
+def _layer_norm(a: od.LayerNormAttrs, x, gamma, beta):
+    return F.layer_norm(x, x.shape[-1:], gamma, beta, a.eps)
+
+
+@torch_rule("max_pool")
+def _max_pool(a: od.PoolAttrs, x):
+    x, pad = _symmetric(x, _pads(a.padding, tuple(x.shape[2:]), a.window, a.stride), -math.inf)
+    return F.max_pool2d(x, a.window, a.stride, pad)
+
+
+@torch_rule("avg_pool")
+def _avg_pool(a: od.PoolAttrs, x):
+    """Padding not counted: count_include_pad=False, or for asymmetric padding the zero-padded mean
+    over the mean of a padded field of ones."""
+    pads = _pads(a.padding, tuple(x.shape[2:]), a.window, a.stride)
+    padded, pad = _symmetric(x, pads)
+    if padded is x:
+        return F.avg_pool2d(x, a.window, a.stride, pad, count_include_pad=False)
+    ones = _symmetric(torch.ones_like(x[:1, :1]), pads)[0]
+    return F.avg_pool2d(padded, a.window, a.stride) / F.avg_pool2d(ones, a.window, a.stride)
+
+
+@torch_rule("global_avg_pool")
+def _global_avg_pool(a, x):
+    return x.mean((2, 3))
+
+
+@torch_rule("softmax")
+def _softmax(a: od.AxisAttrs, x):
+    return torch.softmax(x, a.axis)
+
+
+@torch_rule("softmax_cross_entropy")
+def _softmax_cross_entropy(a: od.XentAttrs, logits, labels):
+    return F.cross_entropy(logits, labels.long(), label_smoothing=a.label_smoothing)
+
+
+@torch_rule("attention")
+def _attention(a: od.AttentionAttrs, q, k, v):
+    """Heads split as [N, h, T, D/h], F.scaled_dot_product_attention (scale 1/sqrt(D/h)), merged back."""
+    n, t, d = q.shape
+    q, k, v = (z.view(n, t, a.heads, d // a.heads).transpose(1, 2) for z in (q, k, v))
+    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, d)
+
+
+# ---- the optimizers ----------------------------------------------------------------------------
+
+OPTIMIZERS: dict[str, Callable[[list[torch.Tensor], TrainConfig], torch.optim.Optimizer]] = {
+    "sgd": lambda p, c: torch.optim.SGD(p, lr=c.learning_rate, momentum=c.momentum, weight_decay=c.weight_decay),
+    "adam": lambda p, c: torch.optim.Adam(p, lr=c.learning_rate, betas=(c.beta1, c.beta2), eps=c.eps,
+                                          weight_decay=c.weight_decay),
+    "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.learning_rate, betas=(c.beta1, c.beta2), eps=c.eps,
+                                            weight_decay=c.weight_decay),
+    "rmsprop": lambda p, c: torch.optim.RMSprop(p, lr=c.learning_rate, alpha=c.rms_decay, eps=c.eps,
+                                                weight_decay=c.weight_decay),
+}
+
+
+# ---- the graph as a PyTorch train step ---------------------------------------------------------
+
+class TorchGraphBackend:
+    """The net's train step in PyTorch eager at one batch and image size; parameters are leaf tensors
+    (requires_grad), BN running statistics plain tensors updated in place."""
+
+    def __init__(self, net: Net, config: TrainConfig, batch: int, image: int):
+        g = specialize(net.build(mode="train", loss=True, label_smoothing=config.label_smoothing),
+                       net.binding(batch=batch, image=image), net.constraints)
+        running = {g.outputs[k].producer: k.split(":", 1)[1] for k in g.outputs if k.startswith("bn_mean:")}
+        g.outputs = {"loss": g.outputs["loss"]}  # run only what the loss needs
+        self.nodes = g.live_nodes()
+        missing = sorted({n.op for n in self.nodes} - set(TORCH_RULES))
+        if missing:
+            raise NotImplementedError(f"net {net.name!r}: no PyTorch rule for op{'s' if len(missing) > 1 else ''} "
+                                      f"{', '.join(missing)}; add one to TORCH_RULES in bench/torch_graph.py")
+        self.graph, self.config = g, config
+        self.running_stats = {node: (f"{path}.running_mean", f"{path}.running_var") for node, path in running.items()}
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def load(self, values: Mapping[str, np.ndarray]) -> None:
+        """Parameters and state from `values` by name (extra names, e.g. gir's optimizer slots, are
+        ignored); the optimizer starts afresh."""
+        self.tensors = {v.name: torch.tensor(np.asarray(values[v.name]), requires_grad=v.role == "param")
+                        for v in self.graph.inputs if v.role in ("param", "state")}
+        self.optimizer = OPTIMIZERS[self.config.optimizer]([self.tensors[v.name] for v in self.graph.params],
+                                                           self.config)
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The graph's `loss`, node by node."""
+        env = {v.id: self.tensors[v.name] for v in self.graph.inputs if v.name in self.tensors}
+        env[self.graph.input("images").id], env[self.graph.input("labels").id] = images, labels
+        for node in self.nodes:
+            out = TORCH_RULES[node.op](node.attrs, *(env[v.id] for v in node.inputs), *self._extra(node))
+            env.update(zip((v.id for v in node.outputs), out if isinstance(out, tuple) else (out,)))
+        return env[self.graph.outputs["loss"].id]
+
+    def _extra(self, node: Node) -> tuple[torch.Tensor, ...]:
+        """A train-mode batch norm's running statistics, the buffers F.batch_norm updates."""
+        names = self.running_stats.get(node)
+        return tuple(self.tensors[n] for n in names) if names else ()
+
+    def step(self, images: np.ndarray, labels: np.ndarray, lr: float, step: int) -> StepResult:
+        """One train step at learning rate `lr` (`step` is counted by torch.optim itself)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(torch.from_numpy(images), torch.from_numpy(labels))
+        loss.backward()
+        norm = None
+        if self.config.clip_norm:
+            norm = float(torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"],
+                                                        self.config.clip_norm))
+        self.optimizer.step()
+        return StepResult(loss.item(), norm)
+
+    def values(self) -> dict[str, np.ndarray]:
+        return {k: v.detach().numpy().copy() for k, v in self.tensors.items()}

@@ -1,0 +1,35 @@
+"""The CPU compile's flag fallback: a module IREE rejects with every speed flag is compiled with the
+next set of CPU_SPEED_FLAG_SETS, keeping im2col (without it every KxK convolution runs naively)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import iree.compiler as ireec
+
+from gir.lower import iree_compile
+from gir.lower.iree_compile import CPU_SPEED_FLAG_SETS, IM2COL, compile_text
+from gir.netfile import load_net_file
+from gir.train.step import lower_train_step
+
+NETS = Path(__file__).resolve().parents[2] / "nets"
+
+
+def test_a_module_o3_breaks_keeps_im2col_and_o3_without_aggressive_fusion(tmp_path, monkeypatch):
+    """digits_cnn's step: IREE 3.13 rejects im2col + O3 (aggressive fusion puts a 3x3 conv's padding into
+    the im2col matmul), so the second set compiles it; each try is a real iree-compile."""
+    monkeypatch.setenv("GIR_CACHE_DIR", str(tmp_path))
+    tried: list[list[str]] = []
+    real = ireec.compile_str
+
+    def recording(text, extra_args=()):
+        tried.append([a for a in extra_args if not a.startswith(("--iree-hal-", "--iree-llvmcpu-target-cpu"))])
+        return real(text, extra_args=extra_args)
+
+    monkeypatch.setattr(iree_compile.ireec, "compile_str", recording)
+    net, config = load_net_file(str(NETS / "digits_cnn.py"))
+    text = lower_train_step(net, config, batch=32, image=16).text
+    assert compile_text(text, "cpu")
+    assert tried == [list(CPU_SPEED_FLAG_SETS[0]), list(CPU_SPEED_FLAG_SETS[1])]
+    assert IM2COL in tried[-1]
+    tried.clear()
+    assert compile_text(text, "cpu") and tried == []     # cached under the first set's key
