@@ -15,6 +15,7 @@ The peak is the largest of these (the FMA loop, wherever a C compiler is found).
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import subprocess
 import tempfile
@@ -66,12 +67,13 @@ def fma_peaks(seconds: float = 0.4, reps: int = 5) -> dict[str, float]:
         return {}
     cores = os.cpu_count() or 1
     iters = 1000
-    while _wall(lambda: fn(iters)) < seconds / 4:
+    while _wall(functools.partial(fn, iters)) < seconds / 4:
         iters *= 2
     iters *= 4
 
     def rate(threads: int) -> float:
-        return threads * iters * FLOPS_PER_ITER / min(_wall(lambda: _parallel(fn, iters, threads)) for _ in range(reps)) / 1e9
+        best = min(_wall(functools.partial(_parallel, fn, iters, threads)) for _ in range(reps))
+        return threads * iters * FLOPS_PER_ITER / best / 1e9
 
     return {f"fma 1 core x {cores}": cores * rate(1), f"fma {cores} cores at once": rate(cores)}
 

@@ -12,8 +12,8 @@ stride 2), the input is padded with `F.pad` first. The optimizer is torch.optim'
 (SGD with momentum, Adam, AdamW, RMSprop), with gir's math (gir/train/optim.py): weight decay on
 every parameter, RMSprop without momentum, global-norm clipping by `clip_grad_norm_`.
 
-`TorchGraphBackend` has the interface of gir.train.backend's IreeBackend and JaxBackend (`load`,
-`step`, `values`), so bench/catalogue.py steps all three alike. PyTorch is the `bench` extra.
+`TorchGraphBackend` has the interface of gir.train.backend's IreeBackend and JaxBackend (`load` and
+`step`), so bench/catalogue.py steps all three alike. PyTorch is the `bench` extra.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from gir.ir import opdefs as od
 from gir.ir.graph import Node
+from gir.ir.ops import OPS
 from gir.nn.net import Net
 from gir.shapes.padding import explicit_pads
 from gir.shapes.specialize import specialize
@@ -40,12 +41,14 @@ def torch_rule(*ops: str):
     """Registers `fn(attrs, *tensors)` as the PyTorch rule of each op in `ops`."""
     def deco(fn: Callable) -> Callable:
         for op in ops:
+            if op not in OPS:
+                raise KeyError(f"PyTorch rule for unregistered op {op!r}")
             TORCH_RULES[op] = fn
         return fn
     return deco
 
 
-# ---- primitives that layer graphs use ---------------------------------------------------------
+# ---- elementwise ops, and the primitives layer graphs use -----------------------------------
 
 _UNARY = {"negate": torch.neg, "exp": torch.exp, "log": torch.log, "tanh": torch.tanh, "logistic": torch.sigmoid,
           "sqrt": torch.sqrt, "rsqrt": torch.rsqrt, "abs": torch.abs,
@@ -95,7 +98,7 @@ def _reduce(a: od.ReduceAttrs, x):
 
 # ---- layer ops ---------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pads(padding, sizes: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
           dilation: tuple[int, ...] = (1, 1)) -> tuple[tuple[int, int], ...]:
     """gir's padding policy as (lo, hi) per spatial dim (cached: the same layer asks every step)."""
@@ -260,6 +263,3 @@ class TorchGraphBackend:
                                                         self.config.clip_norm))
         self.optimizer.step()
         return StepResult(loss.item(), norm)
-
-    def values(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().numpy().copy() for k, v in self.tensors.items()}
