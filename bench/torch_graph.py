@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from gir.ir import opdefs as od
 from gir.ir.graph import Node
-from gir.ir.ops import OPS
+from gir.ir.ops import rule_registrar
 from gir.nn.net import Net
 from gir.shapes.padding import explicit_pads
 from gir.shapes.specialize import specialize
@@ -37,15 +37,8 @@ from gir.train.config import TrainConfig
 TORCH_RULES: dict[str, Callable] = {}
 
 
-def torch_rule(*ops: str):
-    """Registers `fn(attrs, *tensors)` as the PyTorch rule of each op in `ops`."""
-    def deco(fn: Callable) -> Callable:
-        for op in ops:
-            if op not in OPS:
-                raise KeyError(f"PyTorch rule for unregistered op {op!r}")
-            TORCH_RULES[op] = fn
-        return fn
-    return deco
+torch_rule = rule_registrar(TORCH_RULES, "PyTorch")
+"""`@torch_rule("op", ...)` files `fn(attrs, *tensors)` as the PyTorch rule of each op."""
 
 
 # ---- elementwise ops, and the primitives layer graphs use -----------------------------------

@@ -65,12 +65,15 @@ def missing_rules(table: dict[str, Callable] | set[str], what: str) -> list[str]
     return [f"op {name!r} has no {what}" for name in sorted(OPS) if name not in table]
 
 
-def rule_registrar(table: dict[str, Callable]) -> Callable[..., Callable[[F], F]]:
+def rule_registrar(table: dict[str, Callable], stage: str | None = None) -> Callable[..., Callable[[F], F]]:
     """The decorator a stage files its rules with: `@register("op", ...)` puts the function in
-    `table` under each op name and returns it unchanged."""
+    `table` under each op name and returns it unchanged. With `stage` (a name for messages), an op
+    that is not registered in OPS is refused."""
     def register(*ops: str) -> Callable[[F], F]:
         def deco(fn: F) -> F:
             for op in ops:
+                if stage is not None and op not in OPS:
+                    raise KeyError(f"{stage} rule for unregistered op {op!r}")
                 table[op] = fn
             return fn
         return deco

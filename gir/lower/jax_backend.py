@@ -18,7 +18,7 @@ from jax import lax
 from gir.ir import opdefs as od
 from gir.ir.dtypes import DType
 from gir.ir.graph import Graph
-from gir.ir.ops import OPS
+from gir.ir.ops import rule_registrar
 from gir.ir.types import TensorType, format_dim
 from gir.shapes.padding import explicit_pads
 
@@ -29,15 +29,8 @@ so that results compare closely with other backends."""
 JAX_RULES: dict[str, Callable] = {}
 
 
-def jax_rule(*ops: str):
-    """Registers `fn(attrs, *arrays)` as the JAX rule of each op in `ops`."""
-    def deco(fn: Callable) -> Callable:
-        for op in ops:
-            if op not in OPS:
-                raise KeyError(f"JAX rule for unregistered op {op!r}")
-            JAX_RULES[op] = fn
-        return fn
-    return deco
+jax_rule = rule_registrar(JAX_RULES, "JAX")
+"""`@jax_rule("op", ...)` files `fn(attrs, *arrays)` as the JAX rule of each op."""
 
 
 def np_dtype(dtype: DType) -> np.dtype:
