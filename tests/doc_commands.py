@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ANNOTATION = re.compile(r"^<!-- doc-test: (file|run|slow|interrupt when)\b\s*(.*?)\s*-->\s*$")
-NUMBER = re.compile(r"0x[0-9a-fA-F]+|\d+(?:[.,]\d+)*")
+NUMBER = re.compile(r"0x[0-9a-fA-F]+|\d+(?:[.,]\d+)*(?:e[+-]?\d+)?")
 MARK = "\x1fDOC-TEST"
 FAILURE = re.compile(r"^(gir(?: \w+)?: (?:error|SIGINT|SIGTERM|interrupted)\b|Traceback \(most recent call last\):)")
 
