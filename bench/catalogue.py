@@ -339,7 +339,8 @@ def intro(run: dict) -> str:
         + f" GFLOP/s; peak {max(peaks.values()):.0f}). Faster peer / IREE: the faster peer's median over "
         "gir -> IREE's (1 or more: gir -> IREE at least as fast as both). iree-compile s: gir's module with a "
         "fresh cache, including any tries IREE rejected before a CPU flag set it accepts (the fallback in "
-        "gir/lower/iree_compile.py, as `gir bench` and `gir train` pay it). First-step losses (the forward pass) must agree to "
+        "gir/lower/iree_compile.py, as `gir bench` and `gir train` pay it). First-step losses (the forward "
+        "pass) must agree to "
         f"{AGREE:g} relative; second-step losses also show the update, where rounding differences can flip an "
         "activation at a ReLU6 clamp or grow through a batch norm over few values, so they may differ more. "
         "Run: `pip install -e '.[bench]'` (PyTorch), then `python3 bench/catalogue.py --write` "
@@ -367,7 +368,8 @@ def main() -> None:
     ap.add_argument("--nets", help="comma-separated net names (files in nets/); default: all")
     ap.add_argument("--steps", type=int, default=10, help="timed interleaved rounds per case (default 10)")
     ap.add_argument("--budget", type=float, default=20.0,
-                    help=f"seconds of rounds per case, beyond which rounds are cut (not below {MIN_ROUNDS}); default 20")
+                    help=f"seconds of rounds per case, beyond which rounds are cut (not below {MIN_ROUNDS}); "
+                         "default 20")
     ap.add_argument("--write", action="store_true", help="replace this script's section of docs/performance.md")
     args = ap.parse_args()
     publish(TITLE, render(measure(args)), args.write)

@@ -65,7 +65,8 @@ def main() -> None:
         text = iree_module_text(lower_train_step(net, config.replace(batch_size=batch), batch=batch, image=image),
                                 None, "cpu")
         before, now = (statistics.median(t) for t in times.values())
-        rows.append(f"| {name} | b{batch}@{image} | {accepted(text)} | {before:.1f} | {now:.1f} | {before / now:.2f}x |")
+        rows.append(f"| {name} | b{batch}@{image} | {accepted(text)} | {before:.1f} | {now:.1f} | "
+                    f"{before / now:.2f}x |")
         print(rows[-1], file=sys.stderr, flush=True)
     publish(TITLE, "\n".join([TITLE, "", machine_line(f"train step, gir bench's timing ({args.steps} steps after 2 "
                                                       f"warm-up, {args.rounds} alternating rounds, medians)."),

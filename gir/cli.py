@@ -194,7 +194,6 @@ def _render_svg(dot_path: str) -> str:
     return f"wrote {svg} (rendered by Graphviz dot)"
 
 
-
 def _dump_path(given: str | bool | None, out: str, net: Net, dump: str, ext: str) -> str | None:
     """Where a dump goes: the file given, or `<net>.<ext>` (`<net>.<dump>.<ext>` for eval/train_step)
     in the output folder for a bare flag, or None without the flag."""

@@ -23,7 +23,8 @@ class CompileError(Exception):
 
 IM2COL, O3 = "--iree-global-opt-use-im2col-for-convs", "--iree-opt-level=O3"
 NO_AGGRESSIVE_FUSION = "--iree-dispatch-creation-enable-aggressive-fusion=false"
-CPU_SPEED_FLAG_SETS: tuple[tuple[str, ...], ...] = ((IM2COL, O3), (IM2COL, O3, NO_AGGRESSIVE_FUSION), (IM2COL,), (O3,), ())
+CPU_SPEED_FLAG_SETS: tuple[tuple[str, ...], ...] = (
+    (IM2COL, O3), (IM2COL, O3, NO_AGGRESSIVE_FUSION), (IM2COL,), (O3,), ())
 """The CPU flag sets tried in turn, the fastest first: im2col and O3 make MobileNetV2's train step at
 b8@64 1.56x faster (O3 alone 1.42x, im2col alone 1.47x; bench/levers.py, docs/performance.md). IREE
 3.13 rejects some modules with both: O3's aggressive fusion puts a KxK convolution's padding into the
