@@ -153,7 +153,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 LOWERED_DIR = "lowered"          # gir lower's default output folder: lowered/<net>/
 MANIFEST = "lowered.json"        # names the net a folder's modules were lowered from
 MODULES = ("forward", "eval", "train_step")
-DOT_TIMEOUT_S = 300   # a train-step graph of a large net takes Graphviz minutes; past this the .dot stands alone
+RENDER_MAX_NODES = 1000
+"""Graphs gir renders to .svg itself: MobileNetV2's forward (152 nodes) takes Graphviz about a second,
+its train step (3,803 nodes, clustered per adjoint) over 5 minutes; larger graphs get the command."""
+DOT_TIMEOUT_S = 120   # a guard for graphs under the limit that still take Graphviz too long
 
 
 def _claim_out_dir(path: str, net: Net) -> str:
@@ -177,12 +180,15 @@ def _claim_out_dir(path: str, net: Net) -> str:
     return out
 
 
-def _render_svg(dot_path: str) -> str:
-    """Renders `dot_path` beside itself with Graphviz when `dot` is on PATH; says what happened."""
+def _render_svg(dot_path: str, nodes: int) -> str:
+    """Renders `dot_path` (a graph of `nodes` nodes) beside itself with Graphviz when `dot` is on PATH
+    and the graph is small enough to render in seconds; says what happened."""
     svg = os.path.splitext(dot_path)[0] + ".svg"
     exe = shutil.which("dot")
-    if exe is None:
-        return f"render it with: dot -Tsvg {dot_path} -o {svg} (Graphviz's dot is not on PATH)"
+    if exe is None or nodes > RENDER_MAX_NODES:
+        why = ("Graphviz's dot is not on PATH" if exe is None else
+               f"not rendered here: {nodes:,} nodes take Graphviz minutes")
+        return f"render it with: dot -Tsvg {dot_path} -o {svg} ({why})"
     try:
         subprocess.run([exe, "-Tsvg", dot_path, "-o", svg], check=True, capture_output=True, text=True,
                        timeout=DOT_TIMEOUT_S)
@@ -222,7 +228,7 @@ def cmd_lower(args: argparse.Namespace) -> int:
     if dot:
         _write(dot, to_dot(graph))
         print(f"wrote {dot} ({args.dump} graph, symbolic, {len(graph.nodes)} nodes)")
-        print(_render_svg(dot))
+        print(_render_svg(dot, len(graph.nodes)))
     text = _dump_path(args.dump_graph, out, net, args.dump, "gir")
     if text:
         _write(text, print_graph(graph) + "\n")

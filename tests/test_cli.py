@@ -154,6 +154,24 @@ def test_lower_bare_dumps_go_beside_the_modules_and_say_how_to_render_without_gr
     assert not any(p.suffix == ".vmfb" for p in folder.iterdir())                # --no-compile
 
 
+def test_lower_renders_small_graphs_only(tmp_path, capsys, monkeypatch):
+    """Graphs above RENDER_MAX_NODES get the command instead of minutes of Graphviz (the limit set
+    between the MLP's forward graph and its train step here)."""
+    import gir.cli
+    monkeypatch.setattr(gir.cli, "RENDER_MAX_NODES", 100)
+    rendered = []
+    monkeypatch.setattr(gir.cli.subprocess, "run", lambda cmd, **kw: rendered.append(cmd))
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: "/usr/bin/dot")
+    out = str(tmp_path / "o")
+    assert main(["lower", "nets/mlp.py", "-o", out, "--no-compile", "--dump-dot"]) == 0   # 9 nodes
+    assert len(rendered) == 1 and rendered[0][1:] == ["-Tsvg", f"{out}/mlp.dot", "-o", f"{out}/mlp.svg"]
+    assert f"wrote {out}/mlp.svg (rendered by Graphviz dot)" in capsys.readouterr().out
+    assert main(["lower", "nets/mlp.py", "-o", out, "--no-compile", "--dump-dot", "--dump", "train_step"]) == 0
+    assert len(rendered) == 1                                                                # 215 nodes: not run
+    assert (f"render it with: dot -Tsvg {out}/mlp.train_step.dot -o {out}/mlp.train_step.svg (not rendered here: "
+            "215 nodes take Graphviz minutes)") in capsys.readouterr().out
+
+
 def test_lower_refuses_a_folder_holding_another_nets_modules(tmp_path, capsys):
     out = str(tmp_path / "o")
     assert main(["lower", "nets/mlp.py", "-o", out, "--no-compile"]) == 0
