@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     net, cfg = load_net_file(args.net)
-    sized = any(str(s) == "H" for s in net.symbols)   # a fixed-size input (mnist_cnn, mlp) takes no image size
+    sized = net.image_sized   # a fixed-size input (mnist_cnn, mlp) takes no image size
     if not sized:
         args.image = int(net.input_type.shape[-1])
     cfg = cfg.replace(optimizer="adamw", weight_decay=0.05, label_smoothing=0.1, clip_norm=0.0,

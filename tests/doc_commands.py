@@ -86,7 +86,7 @@ def parse(path: Path, others: dict[str, dict[str, str]] | None = None) -> list[S
                 slow = True
             elif " from " in arg:
                 name, doc = arg.split(" from ")
-                text = (others or {}).get(doc, {}).get(name, "") if others is not None else ""
+                text = (others or {}).get(doc, {}).get(name, "")
                 steps.append(Step("file", text, line, name=name))
             else:
                 save = (arg, line)

@@ -45,6 +45,12 @@ class Net:
                              f"pass sizes={{{', '.join(repr(u) + ': ...' for u in unsized)}}}")
         self.sizes = {s: int(defaults[str(s)]) for s in self.symbols}
 
+    @property
+    def image_sized(self) -> bool:
+        """Whether an image size binds this net's input (H and W are symbols), as opposed to a
+        fixed-size input such as MNIST's 28x28."""
+        return H in self.symbols
+
     def binding(self, batch: int | None = None, image: int | None = None) -> dict[sympy.Symbol, int]:
         """Symbol values: the defaults, with N set to `batch` and H, W to `image` when given."""
         fixed = [d for d in self.input_type.shape[2:] if isinstance(d, int)]

@@ -63,6 +63,7 @@ def test_module_docstring(name):
 def test_fixed_input_size_matches_config(name):
     ns = load(name)
     h, w = ns["net"].input_type.shape[2:]
+    assert ns["net"].image_sized == (not isinstance(h, int))
     if isinstance(h, int):
         assert h == w == ns["config"].image_size
 

@@ -20,5 +20,5 @@ STEPS = 3
 def test_net_trains_on_the_default_iree_path_as_on_jax(path: Path):
     net, config = load_net_file(str(path))
     config = config.replace(batch_size=min(config.batch_size, BATCH))
-    image = config.image_size if any(str(s) == "H" for s in net.symbols) else None
+    image = config.image_size if net.image_sized else None
     train_in_lockstep(net, config, config.batch_size, image, STEPS, path.stem)

@@ -450,7 +450,7 @@ def run_case(case: Case, seed: int = 0) -> dict:
     parameters step 1 made."""
     net = case.net()
     train_step = build_train_step(net, case.config)
-    image = case.image if any(str(s) == "H" for s in net.symbols) else None   # fixed-size nets take no image
+    image = case.image if net.image_sized else None   # fixed-size nets take no image
     mod = lower_graph(train_step.graph, net.binding(batch=case.batch, image=image), "train_step", net.constraints)
     init = init_params(mod.primitive, seed)
     rng = np.random.default_rng(seed + 1)
