@@ -6,7 +6,7 @@ warm caches and miss what the whole step pays (page faults, memory traffic); thi
 real step. It found the levers of docs/performance.md's "Where the step's time goes" section.
 
     python3 bench/dispatches.py [--net nets/mobilenet_v2.py] [--batch 32] [--image 64] [--steps 10] [--top 15]
-                                [--write]
+                                [--iree-flag=FLAG ...] [--write]
 """
 from __future__ import annotations
 
@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--passes", default="default", help="rewrite pipeline or passes (see `gir passes`)")
+    ap.add_argument("--iree-flag", action="append", default=[], help="an extra iree-compile flag (repeatable)")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
     net, cfg = load_net_file(args.net)
@@ -108,7 +109,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         vmfb = folder / "step.vmfb"
-        vmfb.write_bytes(compile_text(mod.text))   # gir's CPU flags, from the cache when compiled before
+        vmfb.write_bytes(compile_text(mod.text, extra_flags=args.iree_flag))   # gir's CPU flags, from the cache when compiled before
         step_ms, rows = profile(vmfb, "train_step", inputs(g, folder), args.steps, folder)
     ms = per_dispatch(rows, args.steps)
     total = sum(t for t, _ in ms.values())

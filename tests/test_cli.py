@@ -221,7 +221,7 @@ def test_passes_lists_passes_rules_and_pipelines(capsys):
     assert "transpose_of_transpose" in out and "fold_bn_into_conv" in out
     pipelines = {line.split()[0]: " ".join(line.split()[1:]) for line in out.splitlines() if line.startswith("  default")}
     assert pipelines["default"] == ("cse, bn_fold, simplify, fold, fusion, fold, layout_cnhw_small, conv_forms, "
-                                    "pointwise_matmul, cse, simplify, dce")
+                                    "pointwise_matmul, dense_matmul, cse, simplify, dce")
     assert pipelines["default_jax"] == "cse, bn_fold, simplify, fold, fusion, fold, conv_forms, cse, simplify, dce"
 
 
@@ -236,10 +236,11 @@ def test_lower_traces_rewrites_and_no_opt_turns_them_off(tmp_path, capsys):
     assert main(["lower", MNV2, "-o", str(tmp_path / "none"), "--batch", "2", "--image", "32", "--no-compile",
                  "--no-opt", "--trace-rewrites"]) == 0
     assert "rewrite " not in capsys.readouterr().out.replace("rewrites: 0", "")
-    # conv_forms: no grouped convolution is left (depthwise convs and their gradients became taps)
+    # conv_forms, pointwise_matmul, dense_matmul: no convolution is left (depthwise ones became taps,
+    # the others matmuls)
     for name in ("forward", "eval", "train_step"):
         opt, none = ((tmp_path / d / f"{name}.mlir").read_text() for d in ("opt", "none"))
-        assert "feature_group_count = 1 " in opt and not re.search(r"(feature|batch)_group_count = [2-9]", opt)
+        assert '"stablehlo.convolution"' not in opt and '"stablehlo.dot_general"' in opt
         assert re.search(r"feature_group_count = [1-9][0-9]+", none), name
 
     # eval BN folded into the convs: BN multiplies no activation (batch 2, NCHW) any more, only weights
@@ -254,7 +255,8 @@ def test_lower_bf16_conv_casts_survive_to_the_text(tmp_path, capsys):
                  "--bf16-conv"]) == 0
     for name in ("forward", "eval", "train_step"):
         text = (tmp_path / f"{name}.mlir").read_text()
-        convs = [ln for ln in text.splitlines() if '"stablehlo.convolution"' in ln]
+        # the convolutions, now matmuls (dense_matmul, pointwise_matmul) or bf16 taps (conv_forms)
+        convs = [ln for ln in text.splitlines() if '"stablehlo.convolution"' in ln or '"stablehlo.dot_general"' in ln]
         assert convs and all("xbf16>, tensor<" in ln and ln.count("xbf16>") == 3 for ln in convs), name
         assert text.count("xbf16> loc(") >= len(convs)     # converts to bf16
     sig = json.loads((tmp_path / "train_step.json").read_text())

@@ -189,6 +189,12 @@ def _reverse(e: Emitter, node: Node, ct: Value, x: Value):
     return (e.op("reverse", ct, attrs=node.attrs),)
 
 
+@adjoint("optimization_barrier")
+@_none_if_no_ct
+def _optimization_barrier(e: Emitter, node: Node, ct: Value, x: Value):
+    return (e.op("optimization_barrier", ct),)
+
+
 @adjoint("slice")
 @_none_if_no_ct
 def _slice(e: Emitter, node: Node, ct: Value, x: Value):

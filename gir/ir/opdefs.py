@@ -233,6 +233,8 @@ register_op("broadcast_in_dim", BroadcastAttrs, 1, "primitive", "explicit broadc
 register_op("reshape", ReshapeAttrs, 1, "primitive", "same elements, new shape")
 register_op("transpose", TransposeAttrs, 1, "primitive", "permute dims")
 register_op("reverse", ReverseAttrs, 1, "primitive", "reverse along dims")
+register_op("optimization_barrier", None, 1, "primitive", "x itself, materialized: the compiler may not fuse "
+            "across it (a matmul operand kept in the order it was built)")
 register_op("slice", SliceAttrs, 1, "primitive", "static strided slice")
 register_op("pad", PadAttrs, 2, "primitive", "pad(operand, scalar padding value)")
 register_op("concatenate", ConcatAttrs, (1, None), "primitive", "join along one dim")

@@ -141,6 +141,12 @@ def _reverse(a: od.ReverseAttrs, x):
     return lax.rev(x, a.dims)
 
 
+@jax_rule("optimization_barrier")
+def _optimization_barrier(a: None, x):
+    """StableHLO optimization_barrier: x, not fused across."""
+    return lax.optimization_barrier(x)
+
+
 @jax_rule("slice")
 def _slice(a: od.SliceAttrs, x):
     """StableHLO slice: x[start:limit:strides] per dim."""

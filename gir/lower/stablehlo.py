@@ -166,6 +166,11 @@ def _reverse(p: _Printer, node: Node, a: od.ReverseAttrs) -> None:
     p.generic(node, "reverse", f"dimensions = {_ints(a.dims)}")
 
 
+@prints("optimization_barrier")
+def _optimization_barrier(p: _Printer, node: Node, a: None) -> None:
+    p.generic(node, "optimization_barrier")
+
+
 @prints("slice")
 def _slice(p: _Printer, node: Node, a: od.SliceAttrs) -> None:
     p.generic(node, "slice", f"start_indices = {_ints(a.start)}, limit_indices = {_ints(a.limit)}, "

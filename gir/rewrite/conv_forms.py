@@ -273,6 +273,71 @@ def _pointwise_weight_grad_as_matmul(e: Emitter, m: Match) -> Value | None:
     return e.reshape(e.reduce(per_image, "sum", (0,)), out.type.shape)
 
 
+def _is_dense(a: od.ConvolutionAttrs) -> bool:
+    """No groups: every input feature meets every output feature (a forward conv, its input
+    gradient or its weight gradient)."""
+    return a.batch_group_count == 1 and a.feature_group_count == 1
+
+
+def _roles(layout: str, *roles: str) -> tuple[int, ...]:
+    """The positions of `roles`, then of the spatial dims, in a convolution operand's layout."""
+    return (*(layout.index(r) for r in roles), *_spatial(layout, *roles))
+
+
+def _dense_as_matmul(e: Emitter, m: Match) -> Value | None:
+    """out[b, o, p] = sum over f, k of xpad[b, f, p*s + k*d] * w[o, f, k] as one matmul over
+    gathered windows, on whichever of kernel taps k or output positions p are fewer:
+    - kernel taps (a forward conv, an input gradient): cols[(b, p), (k, f)] @ w[(k, f), o];
+    - output positions (a weight gradient, whose output is the kernel):
+      w[o, (f, k)] @ cols[(p, b), (f, k)]^T, both operands contiguous along the long contraction.
+    These are the operand orders IREE's CPU matmuls run fastest (docs/performance.md)."""
+    x, w, out = m["x"], m["w"], m.node.outputs[0]
+    a: od.ConvolutionAttrs = m.node.attrs
+    pads = _static_pads(a)
+    if pads is None or not _static(x, w, out):
+        return None
+    xr, wr, yr = _roles(a.lhs_layout, "N", "C"), _roles(a.rhs_layout, "O", "I"), _roles(a.out_layout, "N", "C")
+    b, f = (x.type.shape[d] for d in xr[:2])
+    o = w.type.shape[wr[0]]
+    k_hw = tuple(w.type.shape[d] for d in wr[2:])
+    p_hw = tuple(out.type.shape[d] for d in yr[2:])
+    taps, positions = math.prod(k_hw), math.prod(p_hw)
+    if min(taps, positions) > MAX_TAPS:
+        return None
+    sp = xr[2:]
+    if taps <= positions:
+        window = _tap_windows(e, x, sp, a.window_strides, a.rhs_dilation, a.lhs_dilation, pads, p_hw)
+        rows = b * positions
+        cols = [e.reshape(e.transpose(window(i, j), (xr[0], *sp, xr[1])), (rows, f))
+                for i in range(k_hw[0]) for j in range(k_hw[1])]
+        wm = e.reshape(e.transpose(w, (*wr[2:], wr[1], wr[0])), (taps * f, o))
+        y = _walled_matmul(e, _gathered(cols, e, 1), wm, 0)
+        y, order = e.reshape(y, (b, *p_hw, o)), (0, 3, 1, 2)   # canonical [b, o, p...] from [b, p..., o]
+    else:
+        window = _tap_windows(e, x, sp, a.rhs_dilation, a.window_strides, a.lhs_dilation, pads, k_hw)
+        cols = [e.reshape(e.transpose(window(i, j), xr), (b, f * taps))
+                for i in range(p_hw[0]) for j in range(p_hw[1])]
+        wm = e.reshape(e.transpose(w, wr), (o, f * taps))
+        y = _walled_matmul(e, wm, _gathered(cols, e, 0), 1)
+        y, order = e.reshape(y, (o, *p_hw, b)), (3, 0, 1, 2)
+    canonical = e.transpose(y, order)
+    return e.transpose(canonical, tuple(yr.index(d) for d in range(4)))
+
+
+def _gathered(parts: list[Value], e: Emitter, dim: int) -> Value:
+    return parts[0] if len(parts) == 1 else e.op("concatenate", *parts, attrs=od.ConcatAttrs(dim))
+
+
+def _walled_matmul(e: Emitter, lhs: Value, rhs: Value, rhs_contract: int) -> Value:
+    """lhs[m, k] times rhs ([k, n] or [n, k]) as a plain 2-D matmul behind optimization barriers:
+    IREE would otherwise fold the transposes around it into its operands and result and run it as
+    a 4-D contraction, 2-5x slower (docs/performance.md)."""
+    wall = lambda v: e.op("optimization_barrier", v)  # noqa: E731
+    y = e.op("dot_general", wall(lhs), wall(rhs), attrs=od.DotGeneralAttrs((), (), (1,), (rhs_contract,)))
+    return wall(y)
+
+
+
 RULES = (
     Rule("depthwise_conv_as_taps", Op("convolution", (Var("x"), Var("w")), attrs=_is_depthwise), _depthwise_taps,
          "depthwise convolution (feature_group_count = C) -> per-tap slice * weight, summed"),
@@ -289,9 +354,18 @@ POINTWISE_RULES = (
          "1x1 weight gradient -> one dot_general (channels first or last) or per-image ones summed (NCHW)"),
 )
 
+DENSE_RULES = (
+    Rule("dense_conv_as_matmul", Op("convolution", (Var("x"), Var("w")), attrs=_is_dense), _dense_as_matmul,
+         "convolution without groups (KxK, strided, or a gradient) -> gathered windows, one dot_general"),
+)
+
 CONV_FORMS = register_pass(Pass("conv_forms", "rewrite depthwise convolutions as per-tap multiply-adds, which IREE "
                                               "and XLA run faster than grouped convolutions", "primitive", RULES))
 POINTWISE_MATMUL = register_pass(Pass(
     "pointwise_matmul", "rewrite 1x1 convolutions and their gradients as NCHW batched matmuls, which IREE runs "
                         "faster (XLA:CPU slower: the JAX backend's default pipeline leaves it out)", "primitive",
     POINTWISE_RULES))
+DENSE_MATMUL = register_pass(Pass(
+    "dense_matmul", "rewrite the remaining convolutions without groups (KxK or strided, forward and gradients) as "
+                    "one matmul over gathered windows, which IREE runs faster (XLA:CPU has its own)", "primitive",
+    DENSE_RULES))

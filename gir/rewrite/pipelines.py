@@ -6,11 +6,12 @@ from gir.rewrite import bn_fold, conv_forms, cse, fold, fusion, layout, simplify
 from gir.rewrite.driver import PIPELINES, resolve
 
 PIPELINES["default"] = ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", "layout_cnhw_small", "conv_forms",
-                        "pointwise_matmul", "cse", "simplify", "dce")
+                        "pointwise_matmul", "dense_matmul", "cse", "simplify", "dce")
 """CSE first so equal BNs fold once; fold again after fusion builds constant products; the layout
 before the convolution forms, which read it; simplify after the last CSE, which can make both arms
 of a select the same value."""
-PIPELINES["default_jax"] = tuple(p for p in PIPELINES["default"] if p not in ("layout_cnhw_small", "pointwise_matmul"))
+PIPELINES["default_jax"] = tuple(p for p in PIPELINES["default"] if p not in ("layout_cnhw_small", "pointwise_matmul",
+                                                                                  "dense_matmul"))
 """What `default` means on the JAX backend: XLA:CPU runs the batched-matmul form of 1x1 convs
 1.6x slower than convolutions (docs/performance.md), and the layout is measured on IREE only."""
 PIPELINES["none"] = ()

@@ -189,6 +189,11 @@ def _reverse(ctx: ShapeCtx, a: od.ReverseAttrs, x: TensorType) -> TensorType:
     return x
 
 
+@shape_rule("optimization_barrier", inputs=("x",))
+def _optimization_barrier(ctx: ShapeCtx, a: None, x: TensorType) -> TensorType:
+    return x
+
+
 @shape_rule("slice", inputs=("x",))
 def _slice(ctx: ShapeCtx, a: od.SliceAttrs, x: TensorType) -> TensorType:
     if not len(a.start) == len(a.limit) == len(a.strides) == x.rank:

@@ -30,6 +30,7 @@ CASES = [  # (id, op, attrs, input types)
     ("reshape", "reshape", od.ReshapeAttrs((4, 6)), [T(2, 3, 4)]),
     ("transpose", "transpose", od.TransposeAttrs((2, 0, 1)), [T(2, 3, 4)]),
     ("reverse", "reverse", od.ReverseAttrs((0, 2)), [T(2, 3, 4)]),
+    ("optimization_barrier", "optimization_barrier", None, [T(2, 3)]),
     ("slice", "slice", od.SliceAttrs((0, 1), (5, 4), (2, 2)), [T(6, 5)]),
     ("pad", "pad", od.PadAttrs((1, 0), (2, 1), (1, 0)), [T(3, 4), T()]),
     ("concatenate", "concatenate", od.ConcatAttrs(1), [T(2, 3), T(2, 1), T(2, 2)]),

@@ -104,6 +104,7 @@ CASES = {
     "transpose": (((2, 3, 4),), lambda e, x: e.transpose(x, (2, 0, 1)), lambda x: x.transpose(2, 0, 1), 0),
     "reverse": (((2, 3, 4),), lambda e, x: e.op("reverse", x, attrs=od.ReverseAttrs((0, 2))),
                 lambda x: x[::-1, :, ::-1], 0),
+    "optimization_barrier": (((2, 3),), lambda e, x: e.op("optimization_barrier", x), lambda x: x, 0),
     "slice": (((6, 7),), lambda e, x: e.op("slice", x, attrs=od.SliceAttrs((1, 0), (6, 7), (2, 3))),
               lambda x: x[1:6:2, 0:7:3], 0),
     "pad": (((2, 3),), lambda e, x: e.op("pad", x, e.scalar(9.0), attrs=od.PadAttrs((1, 0), (0, 2), (1, 1))),

@@ -427,6 +427,7 @@ def test_data_movement():
     np.testing.assert_array_equal(run("reshape", od.ReshapeAttrs((4, 6)), y), y.reshape(4, 6))
     np.testing.assert_array_equal(run("transpose", od.TransposeAttrs((2, 0, 1)), y), y.transpose(2, 0, 1))
     np.testing.assert_array_equal(run("reverse", od.ReverseAttrs((0, 2)), y), y[::-1, :, ::-1])
+    np.testing.assert_array_equal(run("optimization_barrier", None, y), y)
     z = rand(7, 5, seed=42)
     np.testing.assert_array_equal(run("slice", od.SliceAttrs((1, 0), (6, 4), (2, 3)), z), z[1:6:2, 0:4:3])
     parts = [rand(2, k, 3, seed=43 + k) for k in (1, 2, 3)]

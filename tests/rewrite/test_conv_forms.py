@@ -138,3 +138,68 @@ def test_pointwise_weight_grad_on_tiny_images_contracts_batch_and_space(preserve
     dots = [n for n in out.nodes if n.op == "dot_general"]
     assert len(dots) == 1 and dots[0].attrs.lhs_contract == (0, 2) and not dots[0].attrs.lhs_batch
     preserves(g, out, rtol=1e-5, atol=1e-5)
+
+
+def _dense_train_graph(stride: int, dilation: int, padding: str, k: int, image: int = 9, layout: str | None = None):
+    """A KxK conv without groups with its input and weight gradients as outputs, optionally with its
+    activations relaid out first (the layout passes hand dense_matmul permuted dimension numbers)."""
+    b = Builder("dense")
+    x = b.input("x", (2, 3, image, image), role="param")
+    w = b.input("w", (4, 3, k, k), role="param")
+    y = b.conv2d(x, w, stride=stride, padding=padding, dilation=dilation)
+    ct = b.input("ct", tuple(y.type.shape))
+    g = b.graph
+    g.set_output("y", y)
+    back = vjp(g, {"y": ct}, [x, w])
+    g.set_output("dx", back.grads[x])
+    g.set_output("dw", back.grads[w])
+    g = decompose(g)
+    return run_pass(g, layout) if layout else g
+
+
+@pytest.mark.parametrize("stride,dilation,padding,k", [(1, 1, "same", 3), (2, 1, "same", 3), (1, 2, "same", 3),
+                                                       (2, 1, "valid", 3), (1, 1, "same", 5), (2, 1, "same", 1),
+                                                       (3, 1, "valid", 2)])
+def test_dense_conv_and_gradients_as_one_matmul_each(stride, dilation, padding, k, preserves):
+    g = _dense_train_graph(stride, dilation, padding, k)
+    ctx = Context(trace=[], check=True)
+    out = run_pass(g, "dense_matmul", ctx)
+    assert [f.rule for f in ctx.trace] == ["dense_conv_as_matmul"] * 3
+    assert not [n for n in out.nodes if n.op == "convolution"]
+    assert sum(n.op == "dot_general" for n in out.nodes) == 3
+    preserves(g, out, rtol=1e-4, atol=1e-4)
+
+
+def _dot_forms(out) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    return sorted((n.attrs.lhs_contract, n.attrs.rhs_contract) for n in out.nodes if n.op == "dot_general")
+
+
+def test_dense_matmul_gathers_the_fewer_of_kernel_taps_and_output_positions(preserves):
+    """On a 9x9 image the forward and the input gradient gather kernel taps (cols @ w, contracting
+    cols' last dim with w's first) and the weight gradient output positions (w @ cols^T, both
+    contracting their last dim); on a 2x2 image the roles swap: the forward and the input gradient
+    have 4 output positions and 9 taps, the weight gradient 9 positions and a 2x2 cotangent."""
+    big = run_pass(_dense_train_graph(1, 1, "same", 3), "dense_matmul")
+    assert _dot_forms(big) == [((1,), (0,)), ((1,), (0,)), ((1,), (1,))]
+    g = _dense_train_graph(1, 1, "same", 3, image=2)
+    small = run_pass(g, "dense_matmul")
+    assert _dot_forms(small) == [((1,), (0,)), ((1,), (1,)), ((1,), (1,))]
+    preserves(g, small, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["layout_nhwc", "layout_cnhw", "layout_cnhw_small"])
+def test_dense_matmul_reads_the_activation_layout(layout, preserves):
+    g = _dense_train_graph(2, 1, "same", 3, layout=layout)
+    out = run_pass(g, "dense_matmul", Context(check=True))
+    assert not [n for n in out.nodes if n.op == "convolution"]
+    preserves(g, out, rtol=1e-4, atol=1e-4)
+
+
+def test_dense_matmul_leaves_convolutions_with_many_taps_and_positions():
+    """A 16x16 patch embedding on a 224x224 image: 256 taps and 196 positions, both past MAX_TAPS."""
+    b = Builder("patch")
+    x, w = b.input("x", (1, 3, 224, 224)), b.input("w", (8, 3, 16, 16), role="param")
+    g = b.graph
+    g.set_output("y", b.conv2d(x, w, stride=16, padding="valid"))
+    g = decompose(g)
+    assert len(run_pass(g, "dense_matmul").nodes) == len(g.nodes)
