@@ -198,14 +198,16 @@ def replay_doc(doc: Path, root: Path, workdir: Path, slow: bool, timeout: float)
     return steps, replay(steps, workdir, environment(str(Path(sys.executable).parent)), timeout)
 
 
-def refresh(doc: Path, workdir: Path, root: Path, slow: bool = False) -> list[str]:
-    """Replays `doc` and writes each command's real output into it where it differs and the
-    documented output has no `...` (elided outputs are left to a person); returns the commands it
-    left. A maintainer's tool: `python3 tests/doc_commands.py [--slow] docs/cli.md`."""
+def refresh(doc: Path, workdir: Path, root: Path, slow: bool = False, numbers: bool = False) -> list[str]:
+    """Replays `doc` and writes each command's real output into it where it differs (with
+    `numbers`, also where only numbers differ, which the replay test forgives) and the documented
+    output has no `...` (elided outputs are left to a person); returns the commands it left.
+    A maintainer's tool: `python3 tests/doc_commands.py [--slow] [--numbers] docs/cli.md`."""
     steps, results = replay_doc(doc, root, workdir, slow, 3600)
     lines, left = doc.read_text().split("\n"), []
     for step, rc, out in reversed(results):
-        if step.kind != "cmd" or matches(step.expected, out.splitlines()):
+        if step.kind != "cmd" or (step.expected == out.rstrip("\n").split("\n") if numbers and out.strip()
+                                   else matches(step.expected, out.splitlines())):
             continue
         if any(x.strip() == "..." for x in step.expected):
             left.append(f"{doc.name}:{step.line}: {step.text}\n" + out)
@@ -217,7 +219,8 @@ def refresh(doc: Path, workdir: Path, root: Path, slow: bool = False) -> list[st
 
 if __name__ == "__main__":
     here = Path(__file__).resolve().parent.parent
-    for name in (a for a in sys.argv[1:] if a != "--slow"):
+    for name in (a for a in sys.argv[1:] if not a.startswith("--")):
         with tempfile.TemporaryDirectory() as tmp:
-            for text in refresh(Path(name).resolve(), Path(tmp), here, slow="--slow" in sys.argv):
+            for text in refresh(Path(name).resolve(), Path(tmp), here, slow="--slow" in sys.argv,
+                                numbers="--numbers" in sys.argv):
                 print("left as is (elided output):", text, sep="\n")
