@@ -273,6 +273,13 @@ def _pointwise_weight_grad_as_matmul(e: Emitter, m: Match) -> Value | None:
     return e.reshape(e.reduce(per_image, "sum", (0,)), out.type.shape)
 
 
+ROWS_PER_OUTPUT_FEATURE = 16
+"""A gathered forward conv multiplies its kernel as [taps * f, o] when its rows (pixels of all
+images) are at least this many times its output features, else as [o, taps * f]: IREE's CPU
+matmul runs the first 1.3-1.8x faster for 2048-32768 rows by 64-256 outputs (ratio 16-128), the
+second 1.5-2.1x faster for 128-2048 rows by 256-512 (ratio 0.25-8; docs/performance.md)."""
+
+
 def _is_dense(a: od.ConvolutionAttrs) -> bool:
     """No groups: every input feature meets every output feature (a forward conv, its input
     gradient or its weight gradient)."""
@@ -287,7 +294,8 @@ def _roles(layout: str, *roles: str) -> tuple[int, ...]:
 def _dense_as_matmul(e: Emitter, m: Match) -> Value | None:
     """out[b, o, p] = sum over f, k of xpad[b, f, p*s + k*d] * w[o, f, k] as one matmul over
     gathered windows, on whichever of kernel taps k or output positions p are fewer:
-    - kernel taps (a forward conv, an input gradient): cols[(b, p), (k, f)] @ w[(k, f), o];
+    - kernel taps (a forward conv, an input gradient): cols[(b, p), (k, f)] @ w[(k, f), o], or
+      @ w[o, (k, f)]^T for few rows per output feature;
     - output positions (a weight gradient, whose output is the kernel):
       w[o, (f, k)] @ cols[(p, b), (f, k)]^T, both operands contiguous along the long contraction.
     These are the operand orders IREE's CPU matmuls run fastest (docs/performance.md)."""
@@ -304,27 +312,30 @@ def _dense_as_matmul(e: Emitter, m: Match) -> Value | None:
     taps, positions = math.prod(k_hw), math.prod(p_hw)
     if min(taps, positions) > MAX_TAPS:
         return None
-    sp = xr[2:]
     if taps <= positions:
-        window = _tap_windows(e, x, sp, a.window_strides, a.rhs_dilation, a.lhs_dilation, pads, p_hw)
-        rows = b * positions
-        cols = [e.reshape(e.transpose(window(i, j), (xr[0], *sp, xr[1])), (rows, f))
-                for i in range(k_hw[0]) for j in range(k_hw[1])]
-        wm = e.reshape(e.transpose(w, (*wr[2:], wr[1], wr[0])), (taps * f, o))
-        y = _walled_matmul(e, _gathered(cols, e, 1), wm, 0)
-        y, order = e.reshape(y, (b, *p_hw, o)), (0, 3, 1, 2)   # canonical [b, o, p...] from [b, p..., o]
+        # x once as [b, h, w, f]: each window is then a [b, p..., f] block, rows of cols
+        xt = e.transpose(x, (xr[0], *xr[2:], xr[1]))
+        window = _tap_windows(e, xt, (1, 2), a.window_strides, a.rhs_dilation, a.lhs_dilation, pads, p_hw)
+        cols = [e.reshape(window(i, j), (b * positions, f)) for i in range(k_hw[0]) for j in range(k_hw[1])]
+        if b * positions >= ROWS_PER_OUTPUT_FEATURE * o:
+            y = _walled_matmul(e, _gathered(e, cols, 1), e.reshape(e.transpose(w, (*wr[2:], wr[1], wr[0])),
+                                                                   (taps * f, o)), 0)
+        else:
+            y = _walled_matmul(e, _gathered(e, cols, 1), e.reshape(e.transpose(w, (wr[0], *wr[2:], wr[1])),
+                                                                   (o, taps * f)), 1)
+        y, order = e.reshape(y, (b, *p_hw, o)), (0, 3, 1, 2)   # [b, o, p...] from [b, p..., o]
     else:
-        window = _tap_windows(e, x, sp, a.rhs_dilation, a.window_strides, a.lhs_dilation, pads, k_hw)
-        cols = [e.reshape(e.transpose(window(i, j), xr), (b, f * taps))
-                for i in range(p_hw[0]) for j in range(p_hw[1])]
+        # x once as [b, f, h, w]: each window is then a [b, f, k...] block, rows of cols
+        xt = e.transpose(x, xr)
+        window = _tap_windows(e, xt, (2, 3), a.rhs_dilation, a.window_strides, a.lhs_dilation, pads, k_hw)
+        cols = [e.reshape(window(i, j), (b, f * taps)) for i in range(p_hw[0]) for j in range(p_hw[1])]
         wm = e.reshape(e.transpose(w, wr), (o, f * taps))
-        y = _walled_matmul(e, wm, _gathered(cols, e, 0), 1)
+        y = _walled_matmul(e, wm, _gathered(e, cols, 0), 1)
         y, order = e.reshape(y, (o, *p_hw, b)), (3, 0, 1, 2)
-    canonical = e.transpose(y, order)
-    return e.transpose(canonical, tuple(yr.index(d) for d in range(4)))
+    return e.transpose(y, tuple(order[yr.index(d)] for d in range(4)))   # into the output's layout
 
 
-def _gathered(parts: list[Value], e: Emitter, dim: int) -> Value:
+def _gathered(e: Emitter, parts: list[Value], dim: int) -> Value:
     return parts[0] if len(parts) == 1 else e.op("concatenate", *parts, attrs=od.ConcatAttrs(dim))
 
 
@@ -335,7 +346,6 @@ def _walled_matmul(e: Emitter, lhs: Value, rhs: Value, rhs_contract: int) -> Val
     wall = lambda v: e.op("optimization_barrier", v)  # noqa: E731
     y = e.op("dot_general", wall(lhs), wall(rhs), attrs=od.DotGeneralAttrs((), (), (1,), (rhs_contract,)))
     return wall(y)
-
 
 
 RULES = (

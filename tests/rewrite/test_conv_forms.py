@@ -2,6 +2,8 @@
 per-tap multiply-and-reduce with the same values, for strides, dilations and SAME/VALID pads."""
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from gir.autodiff import vjp
@@ -9,6 +11,7 @@ from gir.ir import Loc
 from gir.lower.decompose import decompose
 from gir.nn import Builder
 from gir.rewrite import Context, run_pass
+from gir.rewrite.conv_forms import ROWS_PER_OUTPUT_FEATURE
 from gir.shapes.emit import Emitter
 
 
@@ -178,12 +181,13 @@ def test_dense_matmul_gathers_the_fewer_of_kernel_taps_and_output_positions(pres
     """On a 9x9 image the forward and the input gradient gather kernel taps (cols @ w, contracting
     cols' last dim with w's first) and the weight gradient output positions (w @ cols^T, both
     contracting their last dim); on a 2x2 image the roles swap: the forward and the input gradient
-    have 4 output positions and 9 taps, the weight gradient 9 positions and a 2x2 cotangent."""
+    have 4 output positions and 9 taps, the weight gradient 9 positions and a 2x2 cotangent (and
+    with 3 x 9 rows for 4 output features its kernel, the cotangent, is stored [o, taps x f])."""
     big = run_pass(_dense_train_graph(1, 1, "same", 3), "dense_matmul")
     assert _dot_forms(big) == [((1,), (0,)), ((1,), (0,)), ((1,), (1,))]
     g = _dense_train_graph(1, 1, "same", 3, image=2)
     small = run_pass(g, "dense_matmul")
-    assert _dot_forms(small) == [((1,), (0,)), ((1,), (1,)), ((1,), (1,))]
+    assert _dot_forms(small) == [((1,), (1,))] * 3
     preserves(g, small, rtol=1e-4, atol=1e-4)
 
 
@@ -203,3 +207,20 @@ def test_dense_matmul_leaves_convolutions_with_many_taps_and_positions():
     g.set_output("y", b.conv2d(x, w, stride=16, padding="valid"))
     g = decompose(g)
     assert len(run_pass(g, "dense_matmul").nodes) == len(g.nodes)
+
+
+@pytest.mark.parametrize("image,out_features,kernel_form", [(9, 4, (0,)), (2, 64, (1,))])
+def test_dense_matmul_stores_the_kernel_by_rows_per_output_feature(image, out_features, kernel_form, preserves):
+    """A forward conv with at least ROWS_PER_OUTPUT_FEATURE rows (2 x 9 x 9 pixels) per output
+    feature (4) multiplies the kernel as [taps x f, o]; one with 2 x 2 x 2 rows for 64 features as
+    [o, taps x f], contracted on its last dim."""
+    b = Builder("dense")
+    x, w = b.input("x", (2, 3, image, image)), b.input("w", (out_features, 3, 1, 1), role="param")
+    g = b.graph
+    g.set_output("y", b.conv2d(x, w, stride=1, padding="same") if image == 9 else b.conv2d(x, w, stride=2))
+    g = decompose(g)
+    out = run_pass(g, "dense_matmul")
+    rows = 2 * math.prod(g.outputs["y"].type.shape[2:])
+    assert (rows >= ROWS_PER_OUTPUT_FEATURE * out_features) == (kernel_form == (0,))
+    assert [n.attrs.rhs_contract for n in out.nodes if n.op == "dot_general"] == [kernel_form]
+    preserves(g, out, rtol=1e-4, atol=1e-4)
