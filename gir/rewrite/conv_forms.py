@@ -317,12 +317,10 @@ def _dense_as_matmul(e: Emitter, m: Match) -> Value | None:
         xt = e.transpose(x, (xr[0], *xr[2:], xr[1]))
         window = _tap_windows(e, xt, (1, 2), a.window_strides, a.rhs_dilation, a.lhs_dilation, pads, p_hw)
         cols = [e.reshape(window(i, j), (b * positions, f)) for i in range(k_hw[0]) for j in range(k_hw[1])]
-        if b * positions >= ROWS_PER_OUTPUT_FEATURE * o:
-            y = _walled_matmul(e, _gathered(e, cols, 1), e.reshape(e.transpose(w, (*wr[2:], wr[1], wr[0])),
-                                                                   (taps * f, o)), 0)
-        else:
-            y = _walled_matmul(e, _gathered(e, cols, 1), e.reshape(e.transpose(w, (wr[0], *wr[2:], wr[1])),
-                                                                   (o, taps * f)), 1)
+        wide = b * positions < ROWS_PER_OUTPUT_FEATURE * o   # the kernel as [o, taps * f], else [taps * f, o]
+        wm = e.transpose(w, (wr[0], *wr[2:], wr[1]) if wide else (*wr[2:], wr[1], wr[0]))
+        wm = e.reshape(wm, (o, taps * f) if wide else (taps * f, o))
+        y = _walled_matmul(e, _gathered(e, cols, 1), wm, 1 if wide else 0)
         y, order = e.reshape(y, (b, *p_hw, o)), (0, 3, 1, 2)   # [b, o, p...] from [b, p..., o]
     else:
         # x once as [b, f, h, w]: each window is then a [b, f, k...] block, rows of cols

@@ -13,7 +13,8 @@ of a select the same value."""
 PIPELINES["default_jax"] = tuple(p for p in PIPELINES["default"] if p not in ("layout_cnhw_small", "pointwise_matmul",
                                                                                   "dense_matmul"))
 """What `default` means on the JAX backend: XLA:CPU runs the batched-matmul form of 1x1 convs
-1.6x slower than convolutions (docs/performance.md), and the layout is measured on IREE only."""
+1.6x slower than convolutions (docs/performance.md), has its own fast KxK convolutions (the
+matmul forms and barriers of dense_matmul are for IREE), and the layout is measured on IREE only."""
 PIPELINES["none"] = ()
 CLEANUP_AFTER_BF16 = ("simplify", "cse", "dce")
 
