@@ -108,6 +108,11 @@ def _tap(e: Emitter, xp: Value, spatial: tuple[int, int], i: int, j: int, dilati
         _at(spatial, (sh, sw), 1)))
 
 
+def _concat(e: Emitter, parts: list[Value], dim: int) -> Value:
+    """The parts joined along `dim` (a single part as it is)."""
+    return parts[0] if len(parts) == 1 else e.op("concatenate", *parts, attrs=od.ConcatAttrs(dim))
+
+
 def _weight_tap(e: Emitter, w: Value, spatial: tuple[int, int], i: int, j: int) -> Value:
     """w[:, :, i, j] of a [C, 1, kh, kw] kernel (in its layout) as a [C] vector."""
     c = math.prod(w.type.shape[d] for d in range(4) if d not in spatial)
@@ -199,8 +204,7 @@ def _weight_grad_taps(e: Emitter, m: Match) -> Value | None:
     # a strided one reads the forward's phase split
     window = _tap_windows(e, x, sp, a.rhs_dilation, a.window_strides, a.lhs_dilation, pads, ct_hw)
     taps = [e.reshape(e.reduce(e.mul(window(i, j), ct), "sum", others), (c, 1)) for i in range(kh) for j in range(kw)]
-    stacked = taps[0] if len(taps) == 1 else e.op("concatenate", *taps, attrs=od.ConcatAttrs(1))
-    return e.reshape(stacked, out.type.shape)
+    return e.reshape(_concat(e, taps, 1), out.type.shape)
 
 
 def _matrix(e: Emitter, w: Value, layout: str, rows: str, cols: str) -> Value:
@@ -320,7 +324,7 @@ def _dense_as_matmul(e: Emitter, m: Match) -> Value | None:
         wide = b * positions < ROWS_PER_OUTPUT_FEATURE * o   # the kernel as [o, taps * f], else [taps * f, o]
         wm = e.transpose(w, (wr[0], *wr[2:], wr[1]) if wide else (*wr[2:], wr[1], wr[0]))
         wm = e.reshape(wm, (o, taps * f) if wide else (taps * f, o))
-        y = _walled_matmul(e, _gathered(e, cols, 1), wm, 1 if wide else 0)
+        y = _walled_matmul(e, _concat(e, cols, 1), wm, 1 if wide else 0)
         y, order = e.reshape(y, (b, *p_hw, o)), (0, 3, 1, 2)   # [b, o, p...] from [b, p..., o]
     else:
         # x once as [b, f, h, w]: each window is then a [b, f, k...] block, rows of cols
@@ -328,13 +332,9 @@ def _dense_as_matmul(e: Emitter, m: Match) -> Value | None:
         window = _tap_windows(e, xt, (2, 3), a.rhs_dilation, a.window_strides, a.lhs_dilation, pads, k_hw)
         cols = [e.reshape(window(i, j), (b, f * taps)) for i in range(p_hw[0]) for j in range(p_hw[1])]
         wm = e.reshape(e.transpose(w, wr), (o, f * taps))
-        y = _walled_matmul(e, wm, _gathered(e, cols, 0), 1)
+        y = _walled_matmul(e, wm, _concat(e, cols, 0), 1)
         y, order = e.reshape(y, (o, *p_hw, b)), (3, 0, 1, 2)
     return e.transpose(y, tuple(order[yr.index(d)] for d in range(4)))   # into the output's layout
-
-
-def _gathered(e: Emitter, parts: list[Value], dim: int) -> Value:
-    return parts[0] if len(parts) == 1 else e.op("concatenate", *parts, attrs=od.ConcatAttrs(dim))
 
 
 def _walled_matmul(e: Emitter, lhs: Value, rhs: Value, rhs_contract: int) -> Value:

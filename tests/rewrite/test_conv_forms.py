@@ -93,19 +93,27 @@ def test_depthwise_forward_and_input_grad_as_taps(stride, dilation, padding, k, 
     preserves(g, out, rtol=1e-5, atol=1e-5)
 
 
-def _pointwise_train_graph(stride: int = 1):
-    """A 1x1 conv with the gradients of its input and weight as outputs."""
-    b = Builder("pw")
-    x = b.input("x", (3, 5, 6, 7), role="param")
-    w = b.input("w", (4, 5, 1, 1), role="param")
-    y = b.conv2d(x, w, stride=stride)
+def _conv_train_graph(x_shape: tuple[int, ...], w_shape: tuple[int, ...], layout: str | None = None, **conv):
+    """A conv without groups with the gradients of its input and weight as outputs, optionally with
+    its activations relaid out first (the layout passes hand the conv passes permuted dimension
+    numbers)."""
+    b = Builder("conv")
+    x = b.input("x", x_shape, role="param")
+    w = b.input("w", w_shape, role="param")
+    y = b.conv2d(x, w, **conv)
     ct = b.input("ct", tuple(y.type.shape))
     g = b.graph
     g.set_output("y", y)
     back = vjp(g, {"y": ct}, [x, w])
     g.set_output("dx", back.grads[x])
     g.set_output("dw", back.grads[w])
-    return decompose(g)
+    g = decompose(g)
+    return run_pass(g, layout) if layout else g
+
+
+def _pointwise_train_graph(stride: int = 1):
+    """A 1x1 conv with the gradients of its input and weight as outputs."""
+    return _conv_train_graph((3, 5, 6, 7), (4, 5, 1, 1), stride=stride)
 
 
 def test_pointwise_conv_and_gradients_as_matmuls(preserves):
@@ -144,20 +152,9 @@ def test_pointwise_weight_grad_on_tiny_images_contracts_batch_and_space(preserve
 
 
 def _dense_train_graph(stride: int, dilation: int, padding: str, k: int, image: int = 9, layout: str | None = None):
-    """A KxK conv without groups with its input and weight gradients as outputs, optionally with its
-    activations relaid out first (the layout passes hand dense_matmul permuted dimension numbers)."""
-    b = Builder("dense")
-    x = b.input("x", (2, 3, image, image), role="param")
-    w = b.input("w", (4, 3, k, k), role="param")
-    y = b.conv2d(x, w, stride=stride, padding=padding, dilation=dilation)
-    ct = b.input("ct", tuple(y.type.shape))
-    g = b.graph
-    g.set_output("y", y)
-    back = vjp(g, {"y": ct}, [x, w])
-    g.set_output("dx", back.grads[x])
-    g.set_output("dw", back.grads[w])
-    g = decompose(g)
-    return run_pass(g, layout) if layout else g
+    """A KxK conv without groups on 2 images of 3 channels, 4 output features."""
+    return _conv_train_graph((2, 3, image, image), (4, 3, k, k), layout, stride=stride, padding=padding,
+                             dilation=dilation)
 
 
 @pytest.mark.parametrize("stride,dilation,padding,k", [(1, 1, "same", 3), (2, 1, "same", 3), (1, 2, "same", 3),
