@@ -3,4 +3,5 @@ import sys
 
 from gir.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # data workers are spawned and re-import the main module
+    sys.exit(main())

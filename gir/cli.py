@@ -71,6 +71,10 @@ def _positive_int(flag: str) -> Callable[[str], int]:
     return _number(flag, int, "a positive integer", 1)
 
 
+def _count(flag: str) -> Callable[[str], int]:
+    return _number(flag, int, "an integer >= 0", 0)
+
+
 def _float(flag: str) -> Callable[[str], float]:
     return _number(flag, float, "a number")
 
@@ -356,7 +360,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CliError(f"--devices {args.devices} needs --backend jax (IREE runs on one device)")
     options = RunOptions(data=data, out=out, backend=args.backend, target=args.target, chip=args.chip,
                          devices=args.devices, passes=_pass_spec(args),
-                         iree_flags=tuple(args.iree_flag), progress=not args.quiet)
+                         iree_flags=tuple(args.iree_flag), progress=not args.quiet, workers=args.workers)
     try:
         metrics = train(net, config, options, resume=bool(args.resume), net_file=args.net)
     except Interrupted as e:
@@ -392,6 +396,10 @@ def _add_train_flags(s: argparse.ArgumentParser) -> None:
     g = s.add_argument_group("run")
     g.add_argument("--data", metavar="SOURCE",
                    help=f"digits (default, built in) or KIND:PATH with KIND one of {', '.join(SOURCES[1:])}")
+    g.add_argument("--workers", type=_count("--workers"), metavar="N",
+                   help="data worker processes decoding and augmenting batches ahead of the step (0: one "
+                        "background thread; default: one per core but one for image files and resized crops, "
+                        "else 0)")
     g.add_argument("--out", metavar="DIR", help="run folder (default runs/NET-DATE-TIME)")
     g.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint, exactly")
     g.add_argument("--backend", choices=BACKENDS, default="iree", help="iree (default) or jax")

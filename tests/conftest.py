@@ -14,6 +14,7 @@ subprocess see it too); the `examples` and `fuzz_settings` fixtures read it.
 from __future__ import annotations
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -30,6 +31,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--slow", default=False):
         os.environ[SLOW_ENV] = "1"
+    # unpacked .gz and deflated .npz data go to a throwaway cache, not the user's ~/.cache/gir/data
+    os.environ.setdefault("GIR_DATA_CACHE_DIR", tempfile.mkdtemp(prefix="gir-test-data-cache-"))
 
 
 def slow_run() -> bool:

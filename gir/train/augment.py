@@ -78,23 +78,11 @@ def _resized_crop(
     """Inception-style crop (torchvision's RandomResizedCrop box choice), resized back to HxW with bilinear
     interpolation (half-pixel centers, edge-clamped, no antialiasing: the crop is never larger than the output)."""
     b, _, h, w = images.shape
-    area = rng.uniform(scale[0], scale[1], size=(b, _ATTEMPTS)) * (h * w)
-    aspect = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), size=(b, _ATTEMPTS)))
-    cw = np.rint(np.sqrt(area * aspect)).astype(np.int64)
-    ch = np.rint(np.sqrt(area / aspect)).astype(np.int64)
-    fits = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
-    first = fits.argmax(axis=1)
-    rows = np.arange(b)
-    found = fits.any(axis=1)
-    fallback_h, fallback_w = _center_box(h, w, ratio)
-    ch = np.where(found, ch[rows, first], fallback_h)
-    cw = np.where(found, cw[rows, first], fallback_w)
-    top = np.where(found, rng.integers(0, h - ch + 1), (h - ch) // 2)
-    left = np.where(found, rng.integers(0, w - cw + 1), (w - cw) // 2)
+    top, left, ch, cw = crop_boxes(np.full(b, h), np.full(b, w), scale, ratio, rng)
     y0, y1, wy = _bilinear_taps(top, ch, h)
     x0, x1, wx = _bilinear_taps(left, cw, w)
     wy, wx = wy[:, :, None, None], wx[:, None, :, None]
-    bi = rows[:, None, None]
+    bi = np.arange(b)[:, None, None]
 
     def gather(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         return images[bi, :, ys[:, :, None], xs[:, None, :]].astype(np.float64)  # [B, H, W, C]
@@ -107,13 +95,34 @@ def _resized_crop(
     return np.ascontiguousarray(out.astype(images.dtype))
 
 
-def _center_box(h: int, w: int, ratio: tuple[float, float]) -> tuple[int, int]:
-    """torchvision's fallback box (height, width): the whole image, trimmed to the nearest allowed aspect ratio."""
-    if w / h < ratio[0]:
-        return round(w / ratio[0]), w
-    if w / h > ratio[1]:
-        return h, round(h * ratio[1])
-    return h, w
+def crop_boxes(h: np.ndarray, w: np.ndarray, scale: tuple[float, float], ratio: tuple[float, float],
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """torchvision's RandomResizedCrop box for each of b images of heights h and widths w ([b] int arrays): up to
+    10 tries of an area fraction in `scale` and a log-uniform aspect ratio in `ratio`, else the whole image trimmed
+    to the nearest allowed ratio, centered. Returns (top, left, height, width), each [b]."""
+    b = len(h)
+    area = rng.uniform(scale[0], scale[1], size=(b, _ATTEMPTS)) * (h * w)[:, None]
+    aspect = np.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1]), size=(b, _ATTEMPTS)))
+    cw = np.rint(np.sqrt(area * aspect)).astype(np.int64)
+    ch = np.rint(np.sqrt(area / aspect)).astype(np.int64)
+    fits = (cw > 0) & (cw <= w[:, None]) & (ch > 0) & (ch <= h[:, None])
+    first = fits.argmax(axis=1)
+    rows = np.arange(b)
+    found = fits.any(axis=1)
+    fallback_h, fallback_w = _center_box(h, w, ratio)
+    ch = np.where(found, ch[rows, first], fallback_h)
+    cw = np.where(found, cw[rows, first], fallback_w)
+    top = np.where(found, rng.integers(0, h - ch + 1), (h - ch) // 2)
+    left = np.where(found, rng.integers(0, w - cw + 1), (w - cw) // 2)
+    return top, left, ch, cw
+
+
+def _center_box(h: np.ndarray, w: np.ndarray, ratio: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """torchvision's fallback box (heights, widths): the whole image, trimmed to the nearest allowed aspect ratio."""
+    too_narrow, too_wide = w / h < ratio[0], w / h > ratio[1]
+    height = np.where(too_narrow, np.round(w / ratio[0]), h).astype(np.int64)
+    width = np.where(too_wide, np.round(h * ratio[1]), w).astype(np.int64)
+    return height, width
 
 
 def _bilinear_taps(start: np.ndarray, length: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

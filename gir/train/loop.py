@@ -24,11 +24,12 @@ from gir.lower.pipeline import LoweredModule, lower_graph
 from gir.nn.net import Net
 from gir.nn.params import init_params
 from gir.rewrite import passes_for, pipeline_for_backend
-from gir.train.augment import Augment, augment_batch, default_augment
+from gir.train.augment import default_augment
 from gir.train.backend import BackendError, IreeBackend, JaxBackend
 from gir.train.checkpoint import check_compatible, checkpoint_path, load_checkpoint, save_checkpoint
 from gir.train.config import TrainConfig
 from gir.train.data import Dataset, load_dataset
+from gir.train.pipeline import BatchMaker, Loader, default_workers
 from gir.train.runlog import Trace, plot_curves, read_trace, write_metrics
 from gir.train.schedule import learning_rate
 from gir.train.step import lower_train_step
@@ -66,6 +67,7 @@ class RunOptions:
     passes: str = "default"
     iree_flags: tuple[str, ...] = ()
     progress: bool = True
+    workers: int | None = None  # data worker processes; None: default_workers
 
 
 def _input_geometry(net: Net, config: TrainConfig) -> tuple[int, int]:
@@ -111,22 +113,6 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(logp[np.arange(len(labels)), labels]))
 
 
-def batch_indices(seed: int, n: int, batch: int, step: int) -> np.ndarray:
-    """Which training examples 1-based `step` uses: slice (step-1) of the epoch's seeded permutation
-    (an epoch is n // batch steps; the last partial batch is dropped)."""
-    epoch, i = divmod(step - 1, n // batch)
-    return np.random.default_rng([seed, epoch]).permutation(n)[i * batch:(i + 1) * batch]
-
-
-def train_batch(data: Dataset, idx: np.ndarray, augment: Augment | None, seed: int,
-                step: int) -> tuple[np.ndarray, np.ndarray]:
-    """Normalized float32 images (augmented with a generator seeded by (seed, step)) and int32 labels."""
-    images = data.train.images[idx]
-    if augment is not None:
-        images = augment_batch(images, augment, np.random.default_rng([seed, 1, step]))
-    return data.normalize(images), data.train.labels[idx].astype(np.int32)
-
-
 class _StopFlag:
     """SIGINT/SIGTERM set a flag the loop checks between steps; a second signal aborts at once."""
 
@@ -165,6 +151,8 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * config.epochs
         self.augment = (attrs.evolve(default_augment(self.image), flip=self.data.mirror_safe)
                         if config.augment else None)
+        self.batches = BatchMaker(self.data, config.batch_size, config.seed, self.augment)
+        self.workers = default_workers(self.data, self.augment) if options.workers is None else options.workers
         if options.backend == "iree":
             device_config(options.target)   # fail before compiling when the device is missing
         t0 = time.perf_counter()
@@ -207,23 +195,15 @@ class Trainer:
     # ---- batches ----------------------------------------------------------------------------
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """The images (normalized float32) and labels of 1-based `step`."""
-        idx = batch_indices(self.config.seed, len(self.data.train.labels), self.config.batch_size, step)
-        return train_batch(self.data, idx, self.augment, self.config.seed, step)
+        """The images (normalized float32) and labels of 1-based `step`, made here rather than by the workers."""
+        images, labels = self.batches.train(step)
+        return self.data.normalize(images), labels
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, loader: Loader) -> dict[str, float]:
         """Top-1, top-5 and loss on the validation split, in batches of the compiled size."""
-        b = self.config.batch_size
-        val = self.data.val
-        logits = []
-        for start in range(0, len(val.labels), b):
-            chunk = val.images[start:start + b]
-            n = len(chunk)
-            if n < b:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - n, axis=0)])
-            logits.append(self.backend.logits(self.data.normalize(chunk))[:n])
+        logits = [self.backend.logits(self.data.normalize(images))[:len(labels)] for images, labels in loader.val()]
         z = np.concatenate(logits)
-        labels = val.labels.astype(np.int64)
+        labels = self.data.val.labels.astype(np.int64)
         return {"top1": top_k(z, labels, 1), "top5": top_k(z, labels, 5), "val_loss": cross_entropy(z, labels)}
 
     # ---- the loop ---------------------------------------------------------------------------
@@ -236,13 +216,14 @@ class Trainer:
         bar = _progress(self.total_steps, self.step, self.options.progress)
         seen = 0
         t_run = time.perf_counter()
-        with _StopFlag() as stop:
+        with _StopFlag() as stop, Loader(self.batches, self.workers) as loader:
+            batches = loader.train(self.step + 1, self.total_steps)
             while self.step < self.total_steps:
                 t0 = time.perf_counter()
                 step = self.step + 1
                 lr = learning_rate(cfg, step, spe)
-                images, labels = self.batch(step)
-                res = self.backend.step(images, labels, lr, step)
+                images, labels = next(batches)
+                res = self.backend.step(self.data.normalize(images), labels, lr, step)
                 dt = time.perf_counter() - t0
                 if not math.isfinite(res.loss):
                     raise NonFiniteLoss(self._non_finite(step, res.loss))
@@ -259,7 +240,7 @@ class Trainer:
                                 img_s=f"{seen / (time.perf_counter() - t_run):.0f}", refresh=False)
                 end_of_epoch = step % spe == 0
                 if end_of_epoch and (epoch % cfg.eval_every == 0 or step == self.total_steps):
-                    ev = {"eval": True, "epoch": epoch, "step": step, **self.evaluate()}
+                    ev = {"eval": True, "epoch": epoch, "step": step, **self.evaluate(loader)}
                     trace.write(ev)
                     evals.append(ev)
                     line = (f"epoch {epoch}: val top-1 {100 * ev['top1']:.2f}%  top-5 {100 * ev['top5']:.2f}%  "

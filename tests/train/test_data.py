@@ -11,7 +11,10 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from gir.train.augment import Augment
 from gir.train.data import (
+    ArrayImages,
+    ArrayPart,
     CIFAR10_CLASSES,
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -52,12 +55,18 @@ def pil_fit(chw: np.ndarray, size: int, channels: int) -> np.ndarray:
     return a.transpose(2, 0, 1) if a.ndim == 3 else np.repeat(a[None], channels, axis=0)
 
 
-def check_split(split: Split, images: np.ndarray, labels: np.ndarray, size: int, channels: int) -> None:
-    assert split.images.dtype == np.uint8 and split.images.shape == (len(labels), channels, size, size)
+def pixels(ds: Dataset, split: Split) -> np.ndarray:
+    """Every image of a split, as a batch of all its records."""
+    return ds.batch(split, np.arange(len(split)))
+
+
+def check_split(ds: Dataset, split: Split, images: np.ndarray, labels: np.ndarray, size: int, channels: int) -> None:
+    got = pixels(ds, split)
+    assert got.dtype == np.uint8 and got.shape == (len(labels), channels, size, size)
     assert split.labels.dtype == np.int32 and split.labels.shape == (len(labels),)
     np.testing.assert_array_equal(split.labels, labels)
     want = np.stack([pil_fit(im, size, channels) for im in images])
-    np.testing.assert_array_equal(split.images, want)
+    np.testing.assert_array_equal(got, want)
 
 
 def stats(images: np.ndarray):
@@ -139,12 +148,12 @@ def test_digits_split_is_fixed_disjoint_stratified():
         assert np.sum(d.target[va] == c) / np.sum(d.target == c) == pytest.approx(0.2, abs=0.01)
     a, b = load_dataset("digits", 8, 1), load_dataset("digits", 8, 1)
     for s in ("train", "val"):
-        np.testing.assert_array_equal(getattr(a, s).images, getattr(b, s).images)
+        np.testing.assert_array_equal(pixels(a, getattr(a, s)), pixels(b, getattr(b, s)))
         np.testing.assert_array_equal(getattr(a, s).labels, getattr(b, s).labels)
     scaled = np.round(d.images * (255 / 16)).astype(np.uint8)[:, None]
-    check_split(a.train, scaled[tr], d.target[tr], 8, 1)
-    check_split(a.val, scaled[va], d.target[va], 8, 1)
-    assert a.train.images.max() == 255
+    check_split(a, a.train, scaled[tr], d.target[tr], 8, 1)
+    check_split(a, a.val, scaled[va], d.target[va], 8, 1)
+    assert pixels(a, a.train).max() == 255
     assert a.classes == 10 and a.class_names == tuple("0123456789") and a.source == "digits"
 
 
@@ -153,21 +162,22 @@ def test_digits_resized_replicated_and_normalization_from_train():
     _, va = _digits_split(d.target)
     scaled = np.round(d.images * (255 / 16)).astype(np.uint8)[:, None]
     ds = load_dataset("digits", 20, 3)
-    check_split(ds.val, scaled[va], d.target[va], 20, 3)
-    assert (ds.train.images[:, 0] == ds.train.images[:, 2]).all()
-    mean, std = stats(ds.train.images)
+    check_split(ds, ds.val, scaled[va], d.target[va], 20, 3)
+    train = pixels(ds, ds.train)
+    assert (train[:, 0] == train[:, 2]).all()
+    mean, std = stats(train)
     np.testing.assert_allclose(ds.mean, mean, rtol=1e-9)
     np.testing.assert_allclose(ds.std, std, rtol=1e-9)
-    x = ds.normalize(ds.train.images)
-    assert x.dtype == np.float32 and x.shape == ds.train.images.shape
+    x = ds.normalize(train)
+    assert x.dtype == np.float32 and x.shape == train.shape
     np.testing.assert_allclose(x.mean(axis=(0, 2, 3)), 0, atol=1e-4)
     np.testing.assert_allclose(x.std(axis=(0, 2, 3)), 1, atol=1e-4)
 
 
 def test_normalize_formula():
     img = np.arange(2 * 3 * 2 * 2, dtype=np.uint8).reshape(2, 3, 2, 2) * 10
-    empty = Split(img, np.zeros(2, np.int32))
-    ds = Dataset("x", empty, empty, 1, (0.1, 0.2, 0.3), (0.5, 0.25, 2.0))
+    split = Split(ArrayImages((ArrayPart(2, (3, 2, 2), array=img),), "memory"), np.zeros(2, np.int32))
+    ds = Dataset("x", split, split, 1, (0.1, 0.2, 0.3), (0.5, 0.25, 2.0), size=2, channels=3)
     want = (img / 255 - np.array([0.1, 0.2, 0.3])[:, None, None]) / np.array([0.5, 0.25, 2.0])[:, None, None]
     np.testing.assert_allclose(ds.normalize(img), want, rtol=1e-6)
     np.testing.assert_allclose(ds.normalize(img[0]), want[0], rtol=1e-6)
@@ -184,11 +194,11 @@ def test_mnist_idx(tmp_path, digits, gz):
     images, labels = digits
     write_mnist(tmp_path / "m", images, labels, gz)
     ds = load_dataset(f"mnist:{tmp_path / 'm'}", 8, 1)
-    check_split(ds.train, images[:N_TRAIN, None], labels[:N_TRAIN], 8, 1)
-    check_split(ds.val, images[N_TRAIN:, None], labels[N_TRAIN:], 8, 1)
+    check_split(ds, ds.train, images[:N_TRAIN, None], labels[:N_TRAIN], 8, 1)
+    check_split(ds, ds.val, images[N_TRAIN:, None], labels[N_TRAIN:], 8, 1)
     assert ds.mean == (0.1307,) and ds.std == (0.3081,) and ds.classes == 10
     ds = load_dataset(f"mnist:{tmp_path / 'm'}", 12, 3)
-    check_split(ds.train, images[:N_TRAIN, None], labels[:N_TRAIN], 12, 3)
+    check_split(ds, ds.train, images[:N_TRAIN, None], labels[:N_TRAIN], 12, 3)
     assert ds.mean == (0.1307,) * 3 and ds.std == (0.3081,) * 3
 
 
@@ -239,12 +249,12 @@ def test_cifar10(tmp_path, digits):
     images = rgb(gray, 32)
     write_cifar(tmp_path / "c", images, labels)
     ds = load_dataset(f"cifar10:{tmp_path / 'c'}", 32, 3, num_classes=10)
-    check_split(ds.train, images[:N_TRAIN], labels[:N_TRAIN], 32, 3)
-    check_split(ds.val, images[N_TRAIN:], labels[N_TRAIN:], 32, 3)
+    check_split(ds, ds.train, images[:N_TRAIN], labels[:N_TRAIN], 32, 3)
+    check_split(ds, ds.val, images[N_TRAIN:], labels[N_TRAIN:], 32, 3)
     assert ds.mean == (0.4914, 0.4822, 0.4465) and ds.std == (0.2470, 0.2435, 0.2616)
     assert ds.class_names == CIFAR10_CLASSES and ds.classes == 10
     gray_ds = load_dataset(f"cifar10:{tmp_path / 'c'}", 24, 1)  # RGB -> Pillow L, then bilinear resize
-    check_split(gray_ds.val, images[N_TRAIN:], labels[N_TRAIN:], 24, 1)
+    check_split(gray_ds, gray_ds.val, images[N_TRAIN:], labels[N_TRAIN:], 24, 1)
     assert gray_ds.mean == (pytest.approx(np.mean([0.4914, 0.4822, 0.4465])),)
 
 
@@ -283,12 +293,12 @@ def test_ref_bin(tmp_path, digits):
     train, val = rgb(gray[:N_TRAIN], 16), rgb(gray[N_TRAIN:], 12)  # sizes differ per file, as in the reference
     write_ref_bin(tmp_path / "r", (train, labels[:N_TRAIN]), (val, labels[N_TRAIN:]))
     ds = load_dataset(f"ref-bin:{tmp_path / 'r'}", 16, 3)
-    check_split(ds.train, train, labels[:N_TRAIN], 16, 3)  # exact
-    check_split(ds.val, val, labels[N_TRAIN:], 16, 3)  # upscaled 12 -> 16 as Pillow does it
+    check_split(ds, ds.train, train, labels[:N_TRAIN], 16, 3)  # exact
+    check_split(ds, ds.val, val, labels[N_TRAIN:], 16, 3)  # upscaled 12 -> 16 as Pillow does it
     assert ds.mean == IMAGENET_MEAN and ds.std == IMAGENET_STD
     assert ds.classes == labels.max() + 1 and ds.class_names == ()
     small = load_dataset(f"ref-bin:{tmp_path / 'r'}", 10, 1)
-    check_split(small.train, train, labels[:N_TRAIN], 10, 1)
+    check_split(small, small.train, train, labels[:N_TRAIN], 10, 1)
     assert small.mean == (pytest.approx(np.mean(IMAGENET_MEAN)),)
     assert small.std == (pytest.approx(np.mean(IMAGENET_STD)),)
 
@@ -328,6 +338,18 @@ def test_ref_bin_errors(tmp_path, digits):
 # imagefolder
 
 
+def eval_crop(chw: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """torchvision's evaluation transform done the long way with Pillow: resize the shorter side to
+    floor(S / 0.875), then cut the center S x S."""
+    im = Image.fromarray(chw.transpose(1, 2, 0), "RGB").convert("RGB" if channels == 3 else "L")
+    w, h = im.size
+    short = int(size / 0.875)
+    rw, rh = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    left, top = int(round((rw - size) / 2)), int(round((rh - size) / 2))
+    a = np.asarray(im.resize((rw, rh), BILINEAR).crop((left, top, left + size, top + size)))
+    return a.transpose(2, 0, 1) if a.ndim == 3 else np.repeat(a[None], channels, axis=0)
+
+
 def test_imagefolder_png_and_jpeg(tmp_path, digits):
     gray, labels = digits
     images = rgb(gray, 16)
@@ -336,17 +358,22 @@ def test_imagefolder_png_and_jpeg(tmp_path, digits):
     assert ds.class_names == tuple(f"class_{c}" for c in range(10)) and ds.classes == 10
     assert ds.mean == IMAGENET_MEAN and ds.std == IMAGENET_STD
     order = folder_order(labels, 0, N_TRAIN)
-    check_split(ds.train, images[order], labels[order], 16, 3)  # PNG: lossless
+    np.testing.assert_array_equal(ds.train.labels, labels[order])
+    for size, channels in ((16, 3), (11, 1), (24, 3)):
+        sized = load_dataset(f"imagefolder:{tmp_path / 'f'}", size, channels)
+        got = pixels(sized, sized.train).astype(int)  # PNG: lossless, so only the resampling differs
+        want = np.stack([eval_crop(im, size, channels) for im in images[order]]).astype(int)
+        assert got.shape == want.shape == (N_TRAIN, channels, size, size)
+        assert np.abs(got - want).mean() < 2.5, (size, np.abs(got - want).mean())
     vorder = folder_order(labels, N_TRAIN, N_TRAIN + N_VAL)
     np.testing.assert_array_equal(ds.val.labels, labels[vorder])
-    err = np.abs(ds.val.images.astype(int) - images[vorder]).mean()  # JPEG: approximately
-    assert ds.val.images.shape == (N_VAL, 3, 16, 16) and err < 8, err
-    resized = load_dataset(f"imagefolder:{tmp_path / 'f'}", 11, 1)
-    check_split(resized.train, images[order], labels[order], 11, 1)  # Pillow: RGB -> L, bilinear 16 -> 11
-    assert resized.mean == (pytest.approx(np.mean(IMAGENET_MEAN)),)
+    val = pixels(ds, ds.val)
+    err = np.abs(val.astype(int) - np.stack([eval_crop(im, 16, 3) for im in images[vorder]])).mean()
+    assert val.shape == (N_VAL, 3, 16, 16) and err < 8, err  # JPEG: approximately
+    assert load_dataset(f"imagefolder:{tmp_path / 'f'}", 11, 1).mean == (pytest.approx(np.mean(IMAGENET_MEAN)),)
 
 
-def test_imagefolder_home_path_and_progress(tmp_path, monkeypatch, capsys):
+def test_imagefolder_reads_names_only_until_a_batch_needs_pixels(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     img = Image.fromarray(np.full((4, 4), 200, np.uint8))
     for split, n in (("train", 1000), ("val", 1)):
@@ -354,10 +381,13 @@ def test_imagefolder_home_path_and_progress(tmp_path, monkeypatch, capsys):
         folder.mkdir(parents=True)
         for i in range(n):
             img.save(folder / f"{i}.png")
+    (tmp_path / "many" / "train" / "a" / "7.png").write_bytes(b"broken")  # found only when a batch reads it
     ds = load_dataset("imagefolder:~/many", 4, 3)
-    assert ds.train.images.shape == (1000, 3, 4, 4) and (ds.train.images == 200).all()
-    assert ds.classes == 1 and ds.val.labels.tolist() == [0]
-    assert "loading" in capsys.readouterr().err  # 1001 files: a progress bar on stderr
+    assert ds.classes == 1 and ds.val.labels.tolist() == [0] and len(ds.train) == 1000
+    batch = ds.batch(ds.train, np.array([0, 999, 5]))
+    assert batch.shape == (3, 3, 4, 4) and (batch == 200).all()
+    with pytest.raises(DataError, match=f"^{tmp_path}/many/train/a/7.png: cannot read image"):
+        ds.batch(ds.train, np.arange(1000))
 
 
 def test_imagefolder_errors(tmp_path, digits):
@@ -366,13 +396,18 @@ def test_imagefolder_errors(tmp_path, digits):
     paths = write_imagefolder(root, rgb(gray, 16), labels)
     spec = f"imagefolder:{root}"
     paths[3].write_bytes(b"this is not a png")
+    ds = load_dataset(spec, 16, 3)
+    at = int(np.flatnonzero(folder_order(labels, 0, N_TRAIN) == 3)[0])
     with pytest.raises(DataError, match=f"{paths[3]}: cannot read image"):
-        load_dataset(spec, 16, 3)
-    paths[3].unlink()
+        ds.batch(ds.train, np.array([at]), Augment(crop="resized"), np.random.default_rng(0))
+    with pytest.raises(DataError, match=f"{paths[3]}: cannot read image"):
+        ds.batch(ds.train, np.array([at]))
     jpeg = paths[N_TRAIN + 1]
     jpeg.write_bytes(jpeg.read_bytes()[:200])  # a truncated JPEG
+    at = int(np.flatnonzero(folder_order(labels, N_TRAIN, N_TRAIN + N_VAL) == N_TRAIN + 1)[0])
     with pytest.raises(DataError, match=f"{jpeg}: cannot read image"):
-        load_dataset(spec, 16, 3)
+        ds.batch(ds.val, np.array([at]))
+    paths[3].unlink()
     jpeg.unlink()
     with pytest.raises(DataError, match=rf"^label 5 out of range \[0, 5\) at {root}/train/class_5/\d+.png \(class 'class_5'\)$"):
         load_dataset(spec, 16, 3, num_classes=5)
@@ -403,10 +438,10 @@ def test_npz(tmp_path, digits):
              x_val=images[N_TRAIN:].astype(np.float32) / 255, y_val=labels[N_TRAIN:],
              class_names=np.array([f"d{c}" for c in range(10)]))
     ds = load_dataset(f"npz:{path}", 16, 3, num_classes=10)
-    check_split(ds.train, images[:N_TRAIN], labels[:N_TRAIN], 16, 3)  # NHWC uint8
-    check_split(ds.val, images[N_TRAIN:], labels[N_TRAIN:], 16, 3)  # NCHW float in [0, 1]
+    check_split(ds, ds.train, images[:N_TRAIN], labels[:N_TRAIN], 16, 3)  # NHWC uint8
+    check_split(ds, ds.val, images[N_TRAIN:], labels[N_TRAIN:], 16, 3)  # NCHW float in [0, 1]
     assert ds.class_names == tuple(f"d{c}" for c in range(10)) and ds.classes == 10
-    mean, std = stats(ds.train.images)
+    mean, std = stats(pixels(ds, ds.train))
     np.testing.assert_allclose(ds.mean, mean, rtol=1e-9)
     np.testing.assert_allclose(ds.std, std, rtol=1e-9)
     assert len(set(ds.mean)) == 3
@@ -414,7 +449,7 @@ def test_npz(tmp_path, digits):
     np.savez_compressed(gray_path, x_train=gray[:N_TRAIN], y_train=labels[:N_TRAIN], x_val=gray[N_TRAIN:, None],
                         y_val=labels[N_TRAIN:])
     g = load_dataset(f"npz:{gray_path}", 8, 3)  # NHW and N1HW gray, replicated to 3 channels
-    check_split(g.train, gray[:N_TRAIN, None], labels[:N_TRAIN], 8, 3)
+    check_split(g, g.train, gray[:N_TRAIN, None], labels[:N_TRAIN], 8, 3)
     assert g.classes == labels.max() + 1 and g.class_names == ()
 
 
@@ -480,3 +515,38 @@ def test_unreadable_file(tmp_path, digits):
             load_dataset(f"mnist:{tmp_path / 'm'}", 8, 1)
     finally:
         path.chmod(0o644)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# every array format is mapped, not read into memory
+
+
+def test_array_files_are_memory_mapped(tmp_path, digits, monkeypatch):
+    """ref-bin, MNIST (plain and .gz, unpacked once into the data cache), CIFAR and npz (stored and deflated): each
+    split's images are parts over files, and reading a batch gives the file's pixels."""
+    gray, labels = digits
+    images = rgb(gray, 32)
+    monkeypatch.setenv("GIR_DATA_CACHE_DIR", str(tmp_path / "cache"))
+    write_ref_bin(tmp_path / "r", (images[:N_TRAIN], labels[:N_TRAIN]), (images[N_TRAIN:], labels[N_TRAIN:]))
+    write_mnist(tmp_path / "m", gray, labels, False)
+    write_mnist(tmp_path / "mz", gray, labels, True)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "data_batch_1.bin").write_bytes(cifar_bytes(images[:25], labels[:25]))
+    (tmp_path / "c" / "data_batch_2.bin").write_bytes(cifar_bytes(images[25:N_TRAIN], labels[25:N_TRAIN]))
+    (tmp_path / "c" / "test_batch.bin").write_bytes(cifar_bytes(images[N_TRAIN:], labels[N_TRAIN:]))
+    arrays = {"x_train": images[:N_TRAIN], "y_train": labels[:N_TRAIN], "x_val": images[N_TRAIN:],
+              "y_val": labels[N_TRAIN:]}
+    np.savez(tmp_path / "s.npz", **arrays)
+    np.savez_compressed(tmp_path / "z.npz", **arrays)
+    for spec, want in ((f"ref-bin:{tmp_path / 'r'}", images), (f"mnist:{tmp_path / 'm'}", gray[:, None]),
+                       (f"mnist:{tmp_path / 'mz'}", gray[:, None]), (f"cifar10:{tmp_path / 'c'}", images),
+                       (f"npz:{tmp_path / 's.npz'}", images), (f"npz:{tmp_path / 'z.npz'}", images)):
+        c, s = want.shape[1], want.shape[2]
+        ds = load_dataset(spec, s, c)
+        for split in (ds.train, ds.val):
+            assert all(p.array is None and os.path.exists(p.path) for p in split.images.parts), spec
+        idx = np.array([N_TRAIN - 1, 0, 30])
+        np.testing.assert_array_equal(ds.batch(ds.train, idx), want[idx], err_msg=spec)
+    assert len(list((tmp_path / "cache").iterdir())) == 6  # four .gz files and two deflated members, once each
+    load_dataset(f"mnist:{tmp_path / 'mz'}", 8, 1)
+    assert len(list((tmp_path / "cache").iterdir())) == 6

@@ -14,11 +14,9 @@ import numpy as np
 import pytest
 
 from gir.cli import main
-from gir.train.augment import default_augment
 from gir.train.backend import IreeBackend
 from gir.train.checkpoint import load_checkpoint
-from gir.train.data import load_dataset
-from gir.train.loop import NonFiniteLoss, batch_indices, train, train_batch
+from gir.train.loop import NonFiniteLoss, train
 from gir.train.runlog import read_trace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,22 +132,6 @@ def test_iree_and_jax_backends_agree(tmp_path):
         assert main(["train", NET, "--epochs", "1", "--backend", backend, "--out", str(tmp_path / backend), "-q"]) == 0
     a, b = losses(tmp_path / "iree"), losses(tmp_path / "jax")
     np.testing.assert_allclose([a[s] for s in range(1, 11)], [b[s] for s in range(1, 11)], rtol=1e-4)
-
-
-def test_batches_are_seeded_permutations_and_augmentation_keeps_labels():
-    data = load_dataset("digits", 16, 1, 10)
-    n, b = len(data.train.labels), 32
-    spe = n // b
-    epoch1 = np.concatenate([batch_indices(0, n, b, s) for s in range(1, spe + 1)])
-    assert len(set(epoch1)) == spe * b                                  # no example twice in an epoch
-    assert not np.array_equal(batch_indices(0, n, b, 1), batch_indices(0, n, b, spe + 1))   # a new order per epoch
-    assert np.array_equal(batch_indices(0, n, b, 7), batch_indices(0, n, b, 7))
-    idx = batch_indices(0, n, b, 3)
-    x1, y1 = train_batch(data, idx, default_augment(16), 0, 3)
-    x2, _ = train_batch(data, idx, default_augment(16), 0, 3)
-    plain, y0 = train_batch(data, idx, None, 0, 3)
-    assert np.array_equal(y1, data.train.labels[idx]) and np.array_equal(y0, y1)
-    assert np.array_equal(x1, x2) and not np.array_equal(x1, plain) and x1.dtype == np.float32
 
 
 @pytest.mark.parametrize("args,match", [
