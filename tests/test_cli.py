@@ -43,6 +43,8 @@ def test_show_rejects_bad_flag_values():
     assert r.returncode == 2 and "--image wants a positive integer" in r.stderr
     r = subprocess.run([sys.executable, "-m", "gir", "show", MNV2, "--nope"], capture_output=True, text=True)
     assert r.returncode == 2 and "unrecognized arguments: --nope" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "gir", "train", MNV2, "--workers", "-1"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--workers wants an integer >= 0, got -1" in r.stderr
 
 
 def test_lower_dump_dot_writes_clustered_graph(tmp_path, capsys):

@@ -37,7 +37,8 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 CIFAR_RECORD = 1 + 3 * 32 * 32
-STATS_IMAGES = 10_000  # mean/std are measured on at most this many evenly spaced train images
+STATS_IMAGES = 10_000  # mean/std are measured on at most this many evenly spaced train images,
+STATS_SIZE = 64        # resized to at most this size (a bigger upscale changes them by rounding only)
 _CHUNK_BYTES = 1 << 25  # whole-array checks read memory maps in chunks of about this size
 
 
@@ -271,8 +272,9 @@ def _decode(path: Path, crop: Callable[[Image.Image], np.ndarray]) -> np.ndarray
 
 def _stats(split: Split, size: int, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std in [0,1] units of up to STATS_IMAGES evenly spaced images of an array split at the
-    net's geometry (float64 sums, read in chunks: bounded time and memory for any dataset size)."""
-    n = len(split)
+    net's geometry, at most STATS_SIZE pixels wide (float64 sums, read in chunks: bounded time and memory for any
+    dataset and image size)."""
+    n, size = len(split), min(size, STATS_SIZE)
     idx = np.unique(np.linspace(0, n - 1, min(n, STATS_IMAGES)).round().astype(np.int64))
     total, sq = np.zeros(channels), np.zeros(channels)
     step = max(1, _CHUNK_BYTES // (8 * channels * size * size))

@@ -24,6 +24,7 @@ from gir.lower.pipeline import LoweredModule, lower_graph
 from gir.nn.net import Net
 from gir.nn.params import init_params
 from gir.rewrite import passes_for, pipeline_for_backend
+from gir.shapes.specialize import bind_dim
 from gir.train.augment import default_augment
 from gir.train.backend import BackendError, IreeBackend, JaxBackend
 from gir.train.checkpoint import check_compatible, checkpoint_path, load_checkpoint, save_checkpoint
@@ -80,6 +81,29 @@ def _input_geometry(net: Net, config: TrainConfig) -> tuple[int, int]:
     if h != w:
         raise TrainError(f"gir train feeds square images; {net.name!r} takes {h}x{w}")
     return int(shape[1]), h
+
+
+def activation_bytes(net: Net, batch: int, image: int) -> int:
+    """Bytes of every value the forward pass computes at this batch and image size: what the backward pass keeps
+    alive, a lower bound on a train step's memory (known before anything is compiled or allocated)."""
+    graph = net.build(mode="train")
+    binding = net.binding(batch=batch, image=image)
+    return sum(int(bind_dim(math.prod(v.type.shape), binding)) * v.type.dtype.numpy.itemsize
+               for node in graph.nodes for v in node.outputs)
+
+
+def _check_memory(net: Net, config: TrainConfig, channels: int, image: int, batches_in_flight: int) -> None:
+    """Refuse a run whose activations and batches in flight cannot fit in this machine's memory, naming the flags."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    b = config.batch_size
+    batches = batches_in_flight * b * channels * image * image * (1 + 4)   # uint8 from the workers, float32 fed
+    need = activation_bytes(net, b, image) + batches
+    if need > total:
+        gib = 2.0 ** 30
+        raise TrainError(f"--image {image} with --batch {b}: a train step of {net.name} needs at least "
+                         f"{need / gib:,.1f} GiB ({(need - batches) / gib:,.1f} GiB of activations, "
+                         f"{batches / gib:,.1f} GiB of batches in flight), more than this machine's "
+                         f"{total / gib:.1f} GiB; lower --image or --batch")
 
 
 def compile_modules(net: Net, config: TrainConfig, passes: str, backend: str = "iree") -> tuple[LoweredModule,
@@ -153,6 +177,7 @@ class Trainer:
                         if config.augment else None)
         self.batches = BatchMaker(self.data, config.batch_size, config.seed, self.augment)
         self.workers = default_workers(self.data, self.augment) if options.workers is None else options.workers
+        _check_memory(net, config, channels, self.image, Loader.batches_in_flight(self.workers))
         if options.backend == "iree":
             device_config(options.target)   # fail before compiling when the device is missing
         t0 = time.perf_counter()
@@ -201,7 +226,7 @@ class Trainer:
 
     def evaluate(self, loader: Loader) -> dict[str, float]:
         """Top-1, top-5 and loss on the validation split, in batches of the compiled size."""
-        logits = [self.backend.logits(self.data.normalize(images))[:len(labels)] for images, labels in loader.val()]
+        logits = [self.backend.logits(self.data.normalize(images))[:len(labels)] for images, labels, _ in loader.val()]
         z = np.concatenate(logits)
         labels = self.data.val.labels.astype(np.int64)
         return {"top1": top_k(z, labels, 1), "top5": top_k(z, labels, 5), "val_loss": cross_entropy(z, labels)}
@@ -214,30 +239,38 @@ class Trainer:
         last = {"loss": math.nan}
         evals: list[dict[str, Any]] = []
         bar = _progress(self.total_steps, self.step, self.options.progress)
-        seen = 0
-        t_run = time.perf_counter()
+        seen, ran, waited, made = 0, 0, 0.0, 0.0  # waited: after the first batch, which also starts the workers
+        t_run = t_first = time.perf_counter()
         with _StopFlag() as stop, Loader(self.batches, self.workers) as loader:
             batches = loader.train(self.step + 1, self.total_steps)
             while self.step < self.total_steps:
                 t0 = time.perf_counter()
                 step = self.step + 1
                 lr = learning_rate(cfg, step, spe)
-                images, labels = next(batches)
+                images, labels, make_s = next(batches)
+                wait = time.perf_counter() - t0
                 res = self.backend.step(self.data.normalize(images), labels, lr, step)
                 dt = time.perf_counter() - t0
                 if not math.isfinite(res.loss):
                     raise NonFiniteLoss(self._non_finite(step, res.loss))
                 self.step, self.elapsed = step, self.elapsed + dt
-                seen += len(labels)
+                seen, ran, made = seen + len(labels), ran + 1, made + make_s
+                if ran == 1:
+                    t_first = time.perf_counter()
+                else:
+                    waited += wait
                 epoch = (step - 1) // spe + 1
-                rec = {"step": step, "epoch": epoch, "loss": res.loss, "lr": lr, "time": round(self.elapsed, 4)}
+                rec = {"step": step, "epoch": epoch, "loss": res.loss, "lr": lr, "time": round(self.elapsed, 4),
+                       "data_wait": round(wait, 5), "input_images_per_s": round(loader.images_per_s(make_s), 1)}
                 if res.grad_norm is not None:
                     rec["grad_norm"] = res.grad_norm
                 trace.write(rec)
                 last = rec
                 bar.update(1)
-                bar.set_postfix(loss=f"{res.loss:.4f}", lr=f"{lr:.2e}",
-                                img_s=f"{seen / (time.perf_counter() - t_run):.0f}", refresh=False)
+                run_s = time.perf_counter() - t_run
+                bar.set_postfix(loss=f"{res.loss:.4f}", lr=f"{lr:.2e}", img_s=f"{seen / run_s:.0f}",
+                                input_img_s=f"{loader.images_per_s(made / ran):.0f}",
+                                data_wait=f"{100 * _share(waited, t_first):.0f}%", refresh=False)
                 end_of_epoch = step % spe == 0
                 if end_of_epoch and (epoch % cfg.eval_every == 0 or step == self.total_steps):
                     ev = {"eval": True, "epoch": epoch, "step": step, **self.evaluate(loader)}
@@ -255,7 +288,9 @@ class Trainer:
                                       f"{path}; continue with --resume {self.options.out}")
         bar.close()
         run_s = time.perf_counter() - t_run
-        return {"last": last, "evals": evals, "images_per_s": seen / run_s if run_s > 0 else 0.0}
+        return {"last": last, "evals": evals, "images_per_s": seen / run_s if run_s > 0 else 0.0,
+                "input_images_per_s": loader.images_per_s(made / ran) if ran else 0.0,
+                "data_wait_share": _share(waited, t_first)}
 
     def _non_finite(self, step: int, loss: float) -> str:
         ckpt = checkpoint_path(self.options.out)
@@ -263,6 +298,12 @@ class Trainer:
                 if ckpt.exists() else "no checkpoint was written before it")
         return (f"loss is {loss} at step {step} (epoch {(step - 1) // self.steps_per_epoch + 1}); stopped; {kept}. "
                 f"Try a lower --lr or --clip-norm")
+
+
+def _share(waited: float, since: float) -> float:
+    """The fraction of the time since `since` spent waiting for data."""
+    elapsed = time.perf_counter() - since
+    return waited / elapsed if elapsed > 0 else 0.0
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -322,7 +363,9 @@ def train(net: Net, config: TrainConfig, options: RunOptions, resume: bool = Fal
                "val_top1": evals[-1]["top1"] if evals else None, "val_top5": evals[-1]["top5"] if evals else None,
                "best_val_top1": max((r["top1"] for r in evals), default=None),
                "train_time_s": round(trainer.elapsed, 2), "compile_time_s": round(trainer.compile_s, 2),
-               "images_per_s": round(result["images_per_s"], 1)}
+               "images_per_s": round(result["images_per_s"], 1),
+               "input_images_per_s": round(result["input_images_per_s"], 1),
+               "data_wait_share": round(result["data_wait_share"], 4), "workers": trainer.workers}
     write_metrics(out, metrics)
     plot_curves(out, records, f"{net.name} on {options.data}")
     return metrics

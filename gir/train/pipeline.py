@@ -12,6 +12,8 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Self
@@ -24,6 +26,7 @@ from gir.train.data import DataError, Dataset, FileImages
 
 MAX_DEFAULT_WORKERS = 8
 BATCHES_PER_WORKER = 2  # batches in flight per worker process (two for the single thread)
+ORPHAN_CHECK_S = 0.5    # how often a worker checks that the main process is still there
 
 
 def batch_indices(seed: int, n: int, batch: int, step: int) -> np.ndarray:
@@ -71,16 +74,27 @@ _WORKER_MAKER: BatchMaker | None = None
 
 
 def _start_worker(maker: BatchMaker) -> None:
-    """In a worker process: keep the maker; leave Ctrl-C to the main process, which stops the workers itself."""
+    """In a worker process: keep the maker; leave Ctrl-C to the main process, which stops the workers itself;
+    exit when the main process is gone (killed with SIGKILL, it cannot stop them)."""
     global _WORKER_MAKER
     _WORKER_MAKER = maker
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
 
 
-def _run(maker: BatchMaker | None, job: str, key: int) -> tuple[np.ndarray, np.ndarray]:
-    """One job, its failure turned into a DataError (which always pickles back to the main process)."""
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_S)
+    os._exit(1)
+
+
+def _run(maker: BatchMaker | None, job: str, key: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """One job's images and labels and the seconds it took; a failure becomes a DataError (which always pickles
+    back to the main process)."""
     try:
-        return getattr(maker or _WORKER_MAKER, job)(key)
+        t0 = time.perf_counter()
+        images, labels = getattr(maker or _WORKER_MAKER, job)(key)
+        return images, labels, time.perf_counter() - t0
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 (whatever a worker hits must come back as one line)
@@ -94,7 +108,7 @@ class Loader:
         if workers < 0:
             raise ValueError(f"workers must be >= 0, got {workers}")
         self.maker, self.workers = maker, workers
-        self.ahead = BATCHES_PER_WORKER * max(1, workers)
+        self.ahead = self.batches_in_flight(workers) - 1
         if workers:
             self._pool: cf.Executor = cf.ProcessPoolExecutor(
                 workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
@@ -102,15 +116,24 @@ class Loader:
         else:
             self._pool = cf.ThreadPoolExecutor(1, thread_name_prefix="gir-data")
 
-    def train(self, first: int, last: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The batches of steps first..last, in order."""
+    @staticmethod
+    def batches_in_flight(workers: int) -> int:
+        """The most batches alive at once: those being made ahead, and the one the step is using."""
+        return BATCHES_PER_WORKER * max(1, workers) + 1
+
+    def train(self, first: int, last: int) -> Iterator[tuple[np.ndarray, np.ndarray, float]]:
+        """The images, labels and making time (s) of steps first..last, in order."""
         return self._ordered("train", range(first, last + 1))
 
-    def val(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The validation split in batch-sized slices, in order."""
+    def val(self) -> Iterator[tuple[np.ndarray, np.ndarray, float]]:
+        """The validation split in batch-sized slices, in order (images, labels, making time)."""
         return self._ordered("val", range(0, len(self.maker.data.val), self.maker.batch))
 
-    def _ordered(self, job: str, keys: Iterable[int]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def images_per_s(self, seconds_per_batch: float) -> float:
+        """What the workers together can make, from the time one of them takes per batch."""
+        return self.maker.batch * max(1, self.workers) / seconds_per_batch if seconds_per_batch > 0 else 0.0
+
+    def _ordered(self, job: str, keys: Iterable[int]) -> Iterator[tuple[np.ndarray, np.ndarray, float]]:
         keys = iter(keys)
         pending: deque[cf.Future] = deque()
         maker = None if self.workers else self.maker

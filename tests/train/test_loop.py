@@ -32,6 +32,27 @@ def gir_train(*args: str, env: dict | None = None) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
 
 
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie waiting to be reaped does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
     t0 = time.time()
     while time.time() - t0 < timeout:
@@ -63,24 +84,32 @@ def test_small_cnn_reaches_97_percent_on_digits(tmp_path, capsys):
     assert meta["step"] == 360 and meta["net"] == "digits_cnn" and "momentum:head.weight" in arrays
 
 
-def test_sigkill_mid_epoch_then_resume_gives_the_same_losses(tmp_path):
-    """Checkpoint every epoch (45 steps); the run is killed in epoch 2 and resumed from step 45."""
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigkill_mid_epoch_then_resume_gives_the_same_losses(tmp_path, workers):
+    """Checkpoint every epoch (45 steps); the run is killed in epoch 2 and resumed from step 45. The uninterrupted
+    run makes its batches on a thread, the other on worker processes: the batches are the same."""
     args = ["--epochs", "3", "--augment", "--checkpoint-every", "1"]
     full, cut = tmp_path / "full", tmp_path / "cut"
-    assert main(["train", NET, "--out", str(full), "-q", *args]) == 0
-    proc = gir_train("--out", str(cut), *args)
+    assert main(["train", NET, "--out", str(full), "-q", "--workers", "0", *args]) == 0
+    proc = gir_train("--out", str(cut), "--workers", workers, *args)
     wait_for_step(cut, 60, proc)
+    children = children_of(proc.pid)
+    assert len(children) >= int(workers)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    deadline = time.time() + 20
+    while any(map(alive, children)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(map(alive, children)), "data workers outlived their killed parent"
     assert load_checkpoint(cut)[1]["step"] == 45 and max(losses(cut)) >= 60
-    assert main(["train", NET, "--resume", str(cut), "-q"]) == 0
+    assert main(["train", NET, "--resume", str(cut), "-q", "--workers", workers]) == 0
     assert losses(cut) == losses(full)                     # every step, bit for bit (IREE on the CPU)
     assert load_checkpoint(cut)[1]["step"] == 135
 
 
 def test_sigint_stops_cleanly_with_a_checkpoint(tmp_path):
     run = tmp_path / "run"
-    proc = gir_train("--out", str(run), "--epochs", "2")
+    proc = gir_train("--out", str(run), "--epochs", "2", "--workers", "2")
     wait_for_step(run, 5, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -143,6 +172,8 @@ def test_iree_and_jax_backends_agree(tmp_path):
     (["--data", "mnist:/nonexistent"], "/nonexistent"),
     (["--data", "bogus:x"], "bogus"),
     (["--backend", "jax", "--devices", "64"], "--devices 64: JAX sees"),
+    (["--image", "20000", "--batch", "512"], "--image 20000 with --batch 512: a train step of digits_cnn needs at "
+                                             "least"),
 ])
 def test_bad_options_give_one_clear_line(tmp_path, capsys, args, match):
     assert main(["train", NET, "--out", str(tmp_path / "r"), "-q", *args]) == 1

@@ -47,15 +47,16 @@ def test_loader_gives_the_makers_batches_in_order(digits16, workers):
         got = list(loader.train(40, 52))
         val = list(loader.val())
     assert len(got) == 13
-    for step, (images, labels) in zip(range(40, 53), got):
+    for step, (images, labels, seconds) in zip(range(40, 53), got):
+        assert seconds > 0
         want_images, want_labels = maker.train(step)
         np.testing.assert_array_equal(images, want_images)
         np.testing.assert_array_equal(labels, want_labels)
     n = len(digits16.val)
-    assert [len(y) for _, y in val] == [32] * (n // 32) + [n % 32]
-    assert all(x.shape == (32, 1, 16, 16) for x, _ in val)  # the last slice padded to a whole batch
-    np.testing.assert_array_equal(np.concatenate([y for _, y in val]), digits16.val.labels)
-    np.testing.assert_array_equal(np.concatenate([x[:len(y)] for x, y in val]),
+    assert [len(y) for _, y, _ in val] == [32] * (n // 32) + [n % 32]
+    assert all(x.shape == (32, 1, 16, 16) for x, _, _ in val)  # the last slice padded to a whole batch
+    np.testing.assert_array_equal(np.concatenate([y for _, y, _ in val]), digits16.val.labels)
+    np.testing.assert_array_equal(np.concatenate([x[:len(y)] for x, y, _ in val]),
                                   digits16.batch(digits16.val, np.arange(n)))
 
 
