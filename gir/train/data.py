@@ -181,12 +181,16 @@ class Dataset:
         return images if augment is None else augment_batch(images, augment, rng)
 
     def normalize(self, images_u8: np.ndarray) -> np.ndarray:
-        """float32 (x/255 - mean)/std per channel; channels are axis -3 ([n, C, S, S] or [C, S, S])."""
+        """float32 (x/255 - mean)/std per channel, as one multiply and one add; channels are axis -3
+        ([n, C, S, S] or [C, S, S])."""
         if images_u8.ndim < 3 or images_u8.shape[-3] != len(self.mean):
             raise ValueError(f"normalize expects [..., {len(self.mean)}, H, W] images, got shape {images_u8.shape}")
-        mean = np.asarray(self.mean, np.float32).reshape(-1, 1, 1)
-        std = np.asarray(self.std, np.float32).reshape(-1, 1, 1)
-        return ((images_u8.astype(np.float32) / np.float32(255.0) - mean) / std).astype(np.float32)
+        mean = np.asarray(self.mean, np.float64).reshape(-1, 1, 1)
+        std = np.asarray(self.std, np.float64).reshape(-1, 1, 1)
+        out = images_u8.astype(np.float32)
+        out *= (1.0 / (255.0 * std)).astype(np.float32)
+        out += (-mean / std).astype(np.float32)
+        return out
 
 
 def load_dataset(spec: str, image_size: int, channels: int, num_classes: int | None = None) -> Dataset:

@@ -53,6 +53,7 @@ def crop_resize(im: Image.Image, box: tuple[float, float, float, float], size: i
     left, top, right, bottom = box
     im.draft(mode, (math.ceil(w * size / (right - left)), math.ceil(h * size / (bottom - top))))
     sx, sy = im.size[0] / w, im.size[1] / h
-    im = im.convert(mode)
+    if im.mode != mode:
+        im = im.convert(mode)
     out = im.resize((size, size), Image.Resampling.BILINEAR, box=(left * sx, top * sy, right * sx, bottom * sy))
     return to_chw(np.asarray(out), channels)
