@@ -258,6 +258,11 @@ def imagefolder(tmp, request, bad: bool = True):
         write(tmp, "folder/train/b/1.png", b"\x89PNG but not really")
 
 
+def imagefolder_zero_byte(tmp, request):
+    imagefolder(tmp, request, bad=False)
+    write(tmp, "folder/train/a/0.png", b"")
+
+
 def imagefolder_empty(tmp, request):
     for split in ("train", "val"):
         (tmp / "folder" / split / "a").mkdir(parents=True)
@@ -527,8 +532,10 @@ ERROR_ROWS = [
     row("data-truncated-ref-bin", [*DATA, "ref-bin:{tmp}/refbin"],
         ["{tmp}/refbin/train.bin: file length 726 does not match 4 records", "truncated in record 3 of 4"],
         setup=refbin_truncated),
-    row("data-unreadable-image", [*DATA, "imagefolder:{tmp}/folder"],
+    row("data-unreadable-image", [*DATA, "imagefolder:{tmp}/folder", "--batch", "2"],
         ["{tmp}/folder/train/b/1.png: cannot read image: "], setup=imagefolder),
+    row("data-zero-byte-image", [*DATA, "imagefolder:{tmp}/folder", "--batch", "2", "--workers", "1"],
+        ["{tmp}/folder/train/a/0.png: cannot read image: cannot identify image file"], setup=imagefolder_zero_byte),
     row("data-npz-missing-array", [*DATA, "npz:{tmp}/data.npz"],
         ["{tmp}/data.npz: missing array 'x_val' (has: x_train, y_train)"], setup=npz_missing_array),
     row("data-not-an-npz", [*DATA, "npz:{tmp}/data.npz"], ["{tmp}/data.npz: not a readable .npz file"],
@@ -541,6 +548,9 @@ ERROR_ROWS = [
         ["label 5 out of range [0, 5) at record 5 of digits"], setup=net("five.py", FIVE_CLASSES)),
     row("data-batch-larger-than-data", [*TRAIN, "--batch", "5000", "--out", "{tmp}/run"],
         ["batch 5000 is larger than the 1442 training images of digits"]),
+    row("train-too-big-for-memory", [*TRAIN, "--image", "20000", "--batch", "512", "--out", "{tmp}/run"],
+        ["--image 20000 with --batch 512: a train step of digits_cnn needs at least ",
+         "GiB of activations", "more than this machine's", "lower --image or --batch"]),
 
     # output folders
     row("out-under-a-file", [*TRAIN, "--epochs", "1", "--out", "{tmp}/afile/run"],

@@ -158,3 +158,32 @@ def test_memory_does_not_grow_with_the_number_of_images(tmp_path):
     npz_large = peak_rss_kib(f"npz:{tmp_path / 'large.npz'}", 64)
     assert folder_large - folder_small < 25_000, (folder_small, folder_large)
     assert npz_large - npz_small < 25_000, (npz_small, npz_large)
+
+
+def test_bad_files_met_mid_run_are_one_line_each(tmp_path):
+    """Through a worker process: a zero-byte image, a text file named .jpg, a truncated JPEG and a class folder
+    deleted after the run started; files without an image suffix are not images and are not listed."""
+    folder = tmp_path / "f"
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            (folder / split / c).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (30, 20), (i * 40, 0, 0)).save(folder / split / c / f"{i}.jpg")
+    (folder / "train" / "a" / "notes.txt").write_text("not an image, not listed")
+    data = load_dataset(f"imagefolder:{folder}", 16, 3)
+    assert len(data.train) == 8
+    whole = (folder / "train" / "a" / "0.jpg").read_bytes()
+    cases = [(b"", "cannot identify image file"), (b"just text", "cannot identify image file"),
+             (whole[:len(whole) // 2], "Truncated File Read")]
+    for content, why in cases:
+        (folder / "train" / "a" / "0.jpg").write_bytes(content)
+        with Loader(BatchMaker(data, 8, 0, None), 1) as loader:
+            with pytest.raises(DataError, match=f"^{folder}/train/a/0.jpg: cannot read image: .*{why}"):
+                list(loader.train(1, 2))
+    (folder / "train" / "a" / "0.jpg").write_bytes(whole)
+    for f in (folder / "train" / "b").iterdir():
+        f.unlink()
+    (folder / "train" / "b").rmdir()
+    with Loader(BatchMaker(data, 8, 0, None), 1) as loader:
+        with pytest.raises(DataError, match=f"^{folder}/train/b/\\d.jpg: cannot read image: .*No such file"):
+            list(loader.train(1, 2))
