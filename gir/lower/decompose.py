@@ -9,8 +9,8 @@ import sympy
 
 from gir.ir import opdefs as od
 from gir.ir.graph import Graph, Node, Value
-from gir.ir.types import Dim
 from gir.ir.ops import get_op, rule_registrar
+from gir.ir.types import Dim
 from gir.shapes.emit import Emitter
 from gir.shapes.padding import explicit_pads
 

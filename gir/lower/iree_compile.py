@@ -6,11 +6,15 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import TypeVar
 
 import iree.compiler as ireec
+
+from gir.lower.compile_cache import CompileCache
+
+T = TypeVar("T")
 
 TARGETS = ("cpu", "rocm", "cuda")
 DEFAULT_CHIPS = {"rocm": "gfx1100", "cuda": "sm_80", "cpu": "host"}
@@ -104,39 +108,45 @@ def explain(diagnostics: str, text: str) -> str:
     return lines[0] if lines else "iree-compile failed without a diagnostic"
 
 
+def _attempts(target: str, chip: str | None, extra_flags: Sequence[str]) -> list[list[str]]:
+    """The flag lists compile_text tries in turn; the first one names the cache entry."""
+    flags = target_flags(target, chip) + list(extra_flags)
+    return [flags + list(speed) for speed in CPU_SPEED_FLAG_SETS] if target == "cpu" else [flags]
+
+
 def compile_text(text: str, target: str = "cpu", chip: str | None = None, extra_flags: Sequence[str] = (),
                  use_cache: bool = True) -> bytes:
-    """The compiled .vmfb bytes for `text`, from the cache when the same text, target and flags
+    """The compiled .vmfb bytes for `text`, from the verified cache when the same text, target and flags
     were compiled before. On the CPU the speed flags are tried first, then fewer of them, then none."""
-    flags = target_flags(target, chip) + list(extra_flags)
-    attempts = [flags + list(speed) for speed in CPU_SPEED_FLAG_SETS] if target == "cpu" else [flags]
-    key = cache_key(text, attempts[0])
-    path = cache_dir() / f"{key}.vmfb"
-    if use_cache and path.exists():
-        return path.read_bytes()
-    for i, args in enumerate(attempts):
-        try:
-            # Locations stay as written (no debug-info rewriting) so diagnostics point at our text.
-            vmfb = ireec.compile_str(text, extra_args=args)
-            break
-        except ireec.CompilerToolError as e:
-            if i + 1 < len(attempts):
+    *fallible, last = attempts = _attempts(target, chip, extra_flags)
+
+    def compile_now() -> bytes:
+        for args in fallible:
+            try:
+                # Locations stay as written (no debug-info rewriting) so diagnostics point at our text.
+                return ireec.compile_str(text, extra_args=args)
+            except ireec.CompilerToolError:
                 continue   # a speed flag broke it: try with fewer
+        try:
+            return ireec.compile_str(text, extra_args=last)
+        except ireec.CompilerToolError as e:
             msg = explain(str(e), text)
             if chip and any(k in msg for k in CHIP_TROUBLE):
                 msg += f" (is --chip {chip} a valid {target} {'CPU' if target == 'cpu' else 'GPU'} name?)"
             raise CompileError(f"iree-compile ({target}) failed: {msg}") from None
-    if use_cache:
-        _write_atomic(path, vmfb)
-    return vmfb
+
+    if not use_cache:
+        return compile_now()
+    return CompileCache(cache_dir()).get_or_compile(cache_key(text, attempts[0]), compile_now)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def load_compiled(text: str, target: str, chip: str | None, extra_flags: Sequence[str],
+                  load: Callable[[bytes], T]) -> T:
+    """`load(compile_text(...))`; a cached module the runtime refuses (ValueError or RuntimeError from IREE) is
+    evicted with a warning and compiled again, once."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a cache that cannot be written only costs a recompile
+        return load(compile_text(text, target, chip, extra_flags))
+    except (ValueError, RuntimeError) as e:
+        name = cache_key(text, _attempts(target, chip, extra_flags)[0])
+        CompileCache(cache_dir()).evict(name, f"was refused by the runtime ({e})")
+        return load(compile_text(text, target, chip, extra_flags))

@@ -9,7 +9,7 @@ from typing import Any
 
 import iree.runtime as ireert
 import numpy as np
-from iree.runtime.function import InvokeContext, Invocation, _extract_vm_sequence_to_python
+from iree.runtime.function import Invocation, InvokeContext, _extract_vm_sequence_to_python
 
 from gir.lower.iree_compile import DRIVERS
 

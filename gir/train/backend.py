@@ -11,7 +11,7 @@ import attrs
 import numpy as np
 
 from gir.ir.graph import Graph
-from gir.lower.iree_compile import compile_text
+from gir.lower.iree_compile import load_compiled
 from gir.lower.iree_runtime import IreeSession
 from gir.lower.pipeline import LoweredModule
 from gir.lower.stablehlo import print_module
@@ -49,8 +49,8 @@ class IreeBackend:
                  chip: str | None = None, flags: tuple[str, ...] = ()):
         self.train = train.primitive
         self.eval = evaluate.primitive if evaluate is not None else None
-        self.session = IreeSession(compile_text(iree_module_text(train, evaluate, target), target, chip, list(flags)),
-                                   target)
+        self.session = load_compiled(iree_module_text(train, evaluate, target), target, chip, list(flags),
+                                     lambda vmfb: IreeSession(vmfb, target))
         self.carried = carried_names(self.train)
         self.state: dict[str, Any] = {}
 
