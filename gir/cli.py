@@ -33,10 +33,12 @@ from gir.train.checkpoint import CheckpointError, check_compatible, load_checkpo
 from gir.train.config import OPTIMIZERS, TrainConfig
 from gir.train.data import SOURCES, DataError
 from gir.train.loop import BACKENDS, Interrupted, NonFiniteLoss, RunOptions, TrainError, checkpoint_arrays, train
+from gir.train.runlog import TRACE, TraceError, read_trace
 from gir.train.step import build_train_step, lower_train_step
 
 USER_ERRORS = (NetFileError, ShapeError, BindingError, ParamsError, CompileError, LoweringError, AdjointError,
-               RewriteError, DataError, CheckpointError, BackendError, DeviceUnavailable, NonFiniteLoss, TrainError)
+               RewriteError, DataError, CheckpointError, TraceError, BackendError, DeviceUnavailable, NonFiniteLoss,
+               TrainError)
 
 
 class CliError(Exception):
@@ -335,6 +337,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CliError(f"--resume continues the saved run with its own recipe, data and folder; drop "
                            f"{', '.join(given + [f for f, v in (('--data', args.data), ('--out', args.out)) if v])}")
         arrays, meta = load_checkpoint(args.resume)
+        if os.path.exists(os.path.join(args.resume, TRACE)):
+            read_trace(os.path.join(args.resume, TRACE))   # a damaged trace is reported before anything is compiled
         where = os.path.join(args.resume, "checkpoint.npz")
         if meta.get("net") != net.name:
             raise CheckpointError(f"{where} is a checkpoint of net {meta.get('net')!r}, not {net.name!r}")

@@ -26,6 +26,7 @@ import pytest
 
 from gir.cli import main
 from gir.shapes.errors import ShapeError
+from gir.train.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD = "tests/data/bad_nets"
@@ -139,6 +140,14 @@ net = Net("head7", [conv_bn(1, 8, k=3), global_avg_pool(), dense(8, 7)], input_s
 config = TrainConfig(image_size=16, epochs=1)
 '''
 
+ONE_CLASS = '''from gir.nn import H, N, W, Net, conv_bn, dense, global_avg_pool
+from gir.train import TrainConfig
+
+net = Net("one", [conv_bn(1, 8, k=3), global_avg_pool(), dense(8, 1)], input_shape=(N, 1, H, W),
+          num_classes=1, sizes={"H": 16, "W": 16})
+config = TrainConfig(image_size=16, epochs=1, batch_size=8, label_smoothing=0.1)
+'''
+
 FIVE_CLASSES = '''from gir.nn import H, N, W, Net, conv_bn, dense, global_avg_pool
 from gir.train import TrainConfig
 
@@ -213,6 +222,16 @@ def npz_label(tmp, request):
     y = np.arange(40) % 10
     y[7] = 12
     _npz(tmp, "data.npz", x_train=x, y_train=y, x_val=x[:8], y_val=np.arange(8) % 10)
+
+
+def npz_one_class(tmp, request):
+    x = RNG.integers(0, 255, (40, 16, 16), dtype=np.uint8)
+    _npz(tmp, "data.npz", x_train=x, y_train=np.zeros(40, np.int64), x_val=x[:8], y_val=np.zeros(8, np.int64))
+
+
+def npz_five_classes(tmp, request):
+    x = RNG.integers(0, 255, (40, 16, 16), dtype=np.uint8)
+    _npz(tmp, "data.npz", x_train=x, y_train=np.arange(40) % 5, x_val=x[:8], y_val=np.arange(8) % 5)
 
 
 def npz_empty(tmp, request):
@@ -290,6 +309,34 @@ def copy_run(tmp, request):
 def corrupt_checkpoint(tmp, request):
     good = request.getfixturevalue("digits_run") / "checkpoint.npz"
     write(tmp, "run/checkpoint.npz", good.read_bytes()[:100])
+
+
+def _rewrite_checkpoint(tmp, request, **record) -> None:
+    """The finished run, copied, with its checkpoint's record changed (arrays kept): e.g. back at step 20."""
+    copy_run(tmp, request)
+    arrays, meta = load_checkpoint(tmp / "run")
+    save_checkpoint(tmp / "run", arrays, {k: v for k, v in {**meta, **record}.items() if k != "format"})
+
+
+def flipped_checkpoint(tmp, request):
+    """One byte flipped inside the stored arrays: the zip's CRC-32 of that member no longer matches."""
+    copy_run(tmp, request)
+    path = tmp / "run" / "checkpoint.npz"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def damaged_record(tmp, request):
+    _rewrite_checkpoint(tmp, request, step=-3)
+
+
+def damaged_trace(tmp, request):
+    _rewrite_checkpoint(tmp, request, step=20)
+    path = tmp / "run" / "trace.jsonl"
+    lines = path.read_text().split("\n")
+    lines[4] = lines[4][:30] + "\x00\x00" + lines[4][30:]
+    path.write_text("\n".join(lines))
 
 
 def foreign_npz_checkpoint(tmp, request):
@@ -575,6 +622,13 @@ ERROR_ROWS = [
         ["cannot resume: {tmp}/run has no checkpoint (checkpoint.npz)"], setup=empty_dir),
     row("resume-corrupt-checkpoint", [*TRAIN, "--resume", "{tmp}/run"],
         ["cannot read checkpoint {tmp}/run/checkpoint.npz: "], setup=corrupt_checkpoint),
+    row("resume-flipped-checkpoint", [*TRAIN, "--resume", "{tmp}/run"],
+        ["cannot read checkpoint {tmp}/run/checkpoint.npz: Bad CRC-32 for file "], setup=flipped_checkpoint),
+    row("resume-damaged-record", [*TRAIN, "--resume", "{tmp}/run"],
+        ["{tmp}/run/checkpoint.npz: the checkpoint's record is damaged: step is -3"], setup=damaged_record),
+    row("resume-damaged-trace", [*TRAIN, "--resume", "{tmp}/run"],
+        ["{tmp}/run/trace.jsonl line 5 is damaged: not JSON (", "remove the damaged lines (or the file) to go on"],
+        setup=damaged_trace, check=_nothing_done_before_the_net_check),
     row("resume-not-a-gir-checkpoint", [*TRAIN, "--resume", "{tmp}/run"],
         ["{tmp}/run/checkpoint.npz is not a gir checkpoint (no __gir_checkpoint__ record)"],
         setup=foreign_npz_checkpoint),
@@ -611,6 +665,38 @@ def test_error(capsys, tmp_path, request, args, facts, absent, setup, check):
     assert_one_line(r, [f.format(**subs) for f in facts], [a.format(**subs) for a in absent])
     if check is not None:
         check(tmp_path, r)
+
+
+# ---- warnings: the run goes on ----------------------------------------------------------------------
+
+WARNING_ROWS = [
+    row("warn-warmup-not-shorter-than-the-run", [*TRAIN, "--epochs", "1", "--warmup-epochs", "2",
+                                                 "--out", "{tmp}/run"],
+        ["--warmup-epochs 2 is not shorter than the 1-epoch run: the learning rate never reaches its peak 0.05"]),
+    row("warn-one-class", ["train", "{tmp}/one.py", "-q", "--data", "npz:{tmp}/data.npz", "--out", "{tmp}/run"],
+        ["the net has one class: its softmax cross-entropy is 0 for every input and nothing trains (label "
+         "smoothing cannot change that)"], setup=both(net("one.py", ONE_CLASS), npz_one_class)),
+    row("warn-more-outputs-than-classes", [*TRAIN, "--epochs", "1", "--batch", "8", "--data", "npz:{tmp}/data.npz",
+                                           "--out", "{tmp}/run"],
+        ["the net predicts 10 classes but npz:{tmp}/data.npz has 5: 5 outputs never see a label"],
+        setup=npz_five_classes),
+    row("warn-optimizer-field-unused", [*TRAIN, "--epochs", "1", "--optimizer", "adam", "--momentum", "0.5",
+                                        "--out", "{tmp}/run"],
+        ["momentum = 0.5 has no effect with the adam optimizer (only sgd read it)"]),
+]
+
+
+@pytest.mark.parametrize("args,facts,absent,setup,check", WARNING_ROWS)
+def test_warning(capsys, tmp_path, request, args, facts, absent, setup, check):
+    """One warning line at the start; the run finishes (exit 0) and says so."""
+    if setup is not None:
+        setup(tmp_path, request)
+    subs = {"tmp": str(tmp_path)}
+    r = gir(capsys, *(a.format(**subs) for a in args))
+    assert "Traceback" not in r.err + r.out and r.rc == 0, r
+    warnings = [line for line in r.err.splitlines() if line.startswith("gir: warning: ")]
+    assert warnings == [f"gir: warning: {f.format(**subs)}" for f in facts], r.err
+    assert "done: " in r.out
 
 
 # ---- rows about the process ------------------------------------------------------------------------

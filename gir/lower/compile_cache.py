@@ -15,18 +15,15 @@ import hmac
 import os
 import secrets
 import stat
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from gir.messages import warn
+
 KEY_FILE = "cache.key"
 KEY_BYTES = 32
 TAG_SUFFIX = ".tag"
-
-
-def warn(message: str) -> None:
-    print(f"gir: warning: {message}", file=sys.stderr)
 
 
 class CompileCache:
@@ -63,8 +60,8 @@ class CompileCache:
 
     def _read(self, name: str, key: bytes) -> bytes | None:
         path, tag_path = self.path(name), self.path(name).with_suffix(".vmfb" + TAG_SUFFIX)
-        if not path.exists() and not tag_path.exists():
-            return None
+        if not tag_path.exists():
+            return None  # nothing gir vouched for (absent, or left untagged by an older gir): compiled afresh
         try:
             data = path.read_bytes()
         except OSError as e:
@@ -75,8 +72,7 @@ class CompileCache:
         except (OSError, UnicodeDecodeError):
             tag = ""
         if not hmac.compare_digest(tag, self._tag(key, name, data)):
-            why = "empty" if not data else ("has no tag" if not tag else f"fails its check ({len(data):,} bytes)")
-            self._remove(name, why)
+            self._remove(name, "is empty" if not data else f"fails its check ({len(data):,} bytes)")
             return None
         return data
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import zipfile
 import zlib
 from typing import Mapping
 
@@ -81,7 +82,7 @@ def load_params(path: str | os.PathLike, graph: Graph | None = None,
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # a bad CRC is a BadZipFile
         raise ParamsError(f"{path}: not a readable .npz parameter file ({e})") from None
     if graph is not None:
         want = {v.name: v for v in graph.inputs if v.role in roles}

@@ -22,6 +22,13 @@ FORMAT = 1
 TEMP_PREFIX, TEMP_SUFFIX = ".checkpoint-", ".npz.tmp"
 
 
+RECORD_FIELDS: tuple[tuple[str, type | tuple[type, ...], Any], ...] = (
+    ("net", str, bool), ("step", int, lambda v: v >= 0), ("elapsed", (int, float), lambda v: v >= 0),
+    ("steps_per_epoch", int, lambda v: v > 0), ("data", str, bool), ("seed", int, lambda v: True),
+    ("config", dict, lambda v: True))
+"""What resume reads from a checkpoint's record: (field, type, check of the value)."""
+
+
 class CheckpointError(Exception):
     """A checkpoint that cannot be written or read, or that belongs to another net."""
 
@@ -87,8 +94,14 @@ def load_checkpoint(run_dir: str | Path) -> tuple[dict[str, np.ndarray], dict[st
         raise
     except (OSError, ValueError, zipfile.BadZipFile, json.JSONDecodeError, EOFError) as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: the checkpoint's record is damaged (not a JSON object)")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} has checkpoint format {meta.get('format')!r}; this gir reads {FORMAT}")
+    for key, kind, ok in RECORD_FIELDS:
+        value = meta.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) or not ok(value):
+            raise CheckpointError(f"{path}: the checkpoint's record is damaged: {key} is {value!r}")
     return arrays, meta
 
 

@@ -58,3 +58,30 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return attrs.asdict(self)
+
+
+OPTIMIZER_FIELDS = {"momentum": ("sgd",), "beta1": ("adam", "adamw"), "beta2": ("adam", "adamw"),
+                    "rms_decay": ("rmsprop",)}
+"""The recipe fields each optimizer reads; a changed field that the chosen optimizer ignores is a mistake."""
+
+
+def recipe_warnings(config: TrainConfig, net_classes: int | None, data_classes: int, data: str) -> list[str]:
+    """One line for each combination that is legal but almost certainly not what was meant."""
+    out = []
+    if config.warmup_epochs >= config.epochs:
+        reach = "never reaches" if config.warmup_epochs > config.epochs else "reaches only at the last step"
+        out.append(f"--warmup-epochs {config.warmup_epochs:g} is not shorter than the {config.epochs}-epoch run: "
+                   f"the learning rate {reach} its peak {config.learning_rate:g}")
+    if net_classes == 1:
+        smoothing = " (label smoothing cannot change that)" if config.label_smoothing > 0 else ""
+        out.append(f"the net has one class: its softmax cross-entropy is 0 for every input and nothing "
+                   f"trains{smoothing}")
+    elif net_classes is not None and net_classes > data_classes:
+        out.append(f"the net predicts {net_classes} classes but {data} has {data_classes}: "
+                   f"{net_classes - data_classes} outputs never see a label")
+    defaults = TrainConfig()
+    for field, users in OPTIMIZER_FIELDS.items():
+        if getattr(config, field) != getattr(defaults, field) and config.optimizer not in users:
+            out.append(f"{field} = {getattr(config, field):g} has no effect with the {config.optimizer} optimizer "
+                       f"(only {', '.join(users)} read it)")
+    return out

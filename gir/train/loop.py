@@ -21,6 +21,7 @@ import numpy as np
 from gir.ir.graph import Graph
 from gir.lower.iree_runtime import device_config
 from gir.lower.pipeline import LoweredModule, lower_graph
+from gir.messages import warn
 from gir.nn.net import Net
 from gir.nn.params import init_params
 from gir.rewrite import passes_for, pipeline_for_backend
@@ -28,7 +29,7 @@ from gir.shapes.specialize import bind_dim
 from gir.train.augment import default_augment
 from gir.train.backend import BackendError, IreeBackend, JaxBackend
 from gir.train.checkpoint import check_compatible, checkpoint_path, load_checkpoint, save_checkpoint
-from gir.train.config import TrainConfig
+from gir.train.config import TrainConfig, recipe_warnings
 from gir.train.data import Dataset, load_dataset
 from gir.train.pipeline import BatchMaker, Loader, default_workers
 from gir.train.runlog import Trace, plot_curves, read_trace, write_metrics
@@ -168,6 +169,8 @@ class Trainer:
         self.net_file = net_file
         channels, self.image = _input_geometry(net, config)
         self.data: Dataset = load_dataset(options.data, self.image, channels, net.num_classes)
+        for line in recipe_warnings(config, net.num_classes, self.data.classes, options.data):
+            warn(line)
         self.steps_per_epoch = len(self.data.train.labels) // config.batch_size
         if self.steps_per_epoch < 1:
             raise TrainError(f"batch {config.batch_size} is larger than the {len(self.data.train.labels)} "

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from typing import Self
 
 import attrs
@@ -145,7 +146,7 @@ class Loader:
                     return
                 try:
                     yield pending.popleft().result()
-                except cf.process.BrokenProcessPool:
+                except BrokenProcessPool:
                     raise DataError(f"a data worker process died (out of memory?); try fewer --workers "
                                     f"(now {self.workers}) or a smaller --batch-size") from None
         finally:

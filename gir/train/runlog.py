@@ -13,15 +13,30 @@ METRICS = "metrics.json"
 PLOT = "curves.png"
 
 
+class TraceError(Exception):
+    """A trace.jsonl that cannot be continued: unreadable, or damaged before its last line."""
+
+
 def read_trace(path: str | Path) -> list[dict[str, Any]]:
-    """The trace's records in order; a last line cut short by a crash is dropped."""
+    """The trace's records in order. A last line cut short by a crash (no newline after it) is dropped; any other
+    line that is not a JSON object is a TraceError naming the file and line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise TraceError(f"cannot read the trace {path}: {getattr(e, 'strerror', None) or e}") from None
     out = []
-    with open(path) as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
+    for number, line in enumerate(text.split("\n")[:-1], 1):   # after the last newline: "" or a cut-short line
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            record, why = None, f"not JSON ({e.msg} at column {e.colno})"
+        else:
+            why = "not a JSON object"
+        if not isinstance(record, dict):
+            raise TraceError(f"{path} line {number} is damaged: {why}; remove the damaged lines (or the file) "
+                             f"to go on")
+        out.append(record)
     return out
 
 

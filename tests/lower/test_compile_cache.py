@@ -59,15 +59,10 @@ def damage_swap(path: Path) -> None:
     path.write_bytes(other.read_bytes())
 
 
-def damage_untagged(path: Path) -> None:
-    path.with_suffix(".vmfb.tag").unlink()
-
-
 @pytest.mark.parametrize("damage,why", [(damage_truncate, "fails its check (100 bytes)"),
                                         (damage_flip, "fails its check (1,300 bytes)"),
-                                        (damage_empty, "empty"),
-                                        (damage_swap, "fails its check"),
-                                        (damage_untagged, "has no tag")])
+                                        (damage_empty, "is empty"),
+                                        (damage_swap, "fails its check")])
 def test_a_damaged_entry_is_reported_removed_and_recompiled(tmp_path, damage, why):
     said: list[str] = []
     cache = CompileCache(tmp_path, warn=said.append)
@@ -81,6 +76,17 @@ def test_a_damaged_entry_is_reported_removed_and_recompiled(tmp_path, damage, wh
     assert len(said) == 1 and said[0].startswith(f"compile cache entry {cache.path('entry')} ")
     assert why in said[0] and said[0].endswith("; removed, recompiling")
     assert cache.get_or_compile("entry", compiler) == compiler.payload and compiler.calls == 2  # whole again
+
+
+def test_an_untagged_entry_is_never_run_and_silently_replaced(tmp_path):
+    """What an older gir left (no tag) is not trusted: compiled again, without a warning for each old entry."""
+    said: list[str] = []
+    cache = CompileCache(tmp_path, warn=said.append)
+    compiler = Counting()
+    cache.get_or_compile("entry", compiler)
+    cache.path("entry").with_suffix(".vmfb.tag").unlink()
+    cache.path("entry").write_bytes(b"whatever an older version wrote")
+    assert cache.get_or_compile("entry", compiler) == compiler.payload and compiler.calls == 2 and not said
 
 
 def test_an_unreadable_entry_is_replaced(tmp_path, monkeypatch):

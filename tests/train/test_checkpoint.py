@@ -14,10 +14,16 @@ def _arrays(v: float = 1.0):
             "bn.running_var": np.ones(4, np.float32)}
 
 
+def _meta(step: int, **changes):
+    """A whole record, as a run writes it."""
+    return {"net": "n", "step": step, "elapsed": 1.5, "steps_per_epoch": 10, "data": "digits", "seed": 0,
+            "config": {"learning_rate": 0.1}, **changes}
+
+
 def test_round_trip(tmp_path):
-    save_checkpoint(tmp_path, _arrays(), {"step": 7, "config": {"learning_rate": 0.1}})
+    save_checkpoint(tmp_path, _arrays(), _meta(7))
     arrays, meta = load_checkpoint(tmp_path)
-    assert meta == {"format": ck.FORMAT, "step": 7, "config": {"learning_rate": 0.1}}
+    assert meta == {"format": ck.FORMAT, **_meta(7)}
     for k, v in _arrays().items():
         np.testing.assert_array_equal(arrays[k], v)
         assert arrays[k].dtype == v.dtype
@@ -25,7 +31,7 @@ def test_round_trip(tmp_path):
 
 
 def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    save_checkpoint(tmp_path, _arrays(1.0), {"step": 1})
+    save_checkpoint(tmp_path, _arrays(1.0), _meta(1))
 
     def disk_full(*a, **k):
         raise OSError(28, "No space left on device")
@@ -33,7 +39,7 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(ck.np, "savez", disk_full)
     with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*checkpoint.npz: No space left on device; "
                                               r"the previous checkpoint \(if any\) is kept"):
-        save_checkpoint(tmp_path, _arrays(2.0), {"step": 2})
+        save_checkpoint(tmp_path, _arrays(2.0), _meta(2))
     monkeypatch.undo()
     arrays, meta = load_checkpoint(tmp_path)
     assert meta["step"] == 1 and arrays["conv.weight"][0, 0] == 1.0
@@ -41,10 +47,10 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_an_interrupt_during_the_write_leaves_no_partial_file(tmp_path, monkeypatch):
-    save_checkpoint(tmp_path, _arrays(1.0), {"step": 1})
+    save_checkpoint(tmp_path, _arrays(1.0), _meta(1))
     monkeypatch.setattr(ck.os, "fsync", lambda fd: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(tmp_path, _arrays(2.0), {"step": 2})
+        save_checkpoint(tmp_path, _arrays(2.0), _meta(2))
     monkeypatch.undo()
     assert load_checkpoint(tmp_path)[1]["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz"]
@@ -74,6 +80,29 @@ def test_clear_errors(tmp_path, case, match):
         np.savez(folder / "checkpoint.npz", x=np.zeros(2))
     with pytest.raises(CheckpointError, match=match):
         load_checkpoint(folder)
+
+
+def test_a_flipped_byte_in_an_array_fails_the_zip_crc(tmp_path):
+    """The .npz's members carry CRC-32s that numpy's reader checks: damage inside an array is one clear error."""
+    save_checkpoint(tmp_path, {"w": np.arange(4096, dtype=np.float32)}, _meta(3))
+    path = tmp_path / "checkpoint.npz"
+    data = bytearray(path.read_bytes())
+    at = data.index(np.arange(4096, dtype=np.float32)[2000:2004].tobytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*checkpoint.npz: Bad CRC-32 for file 'w.npy'"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("field,value", [("step", -1), ("step", "7"), ("elapsed", None), ("steps_per_epoch", 0),
+                                         ("net", ""), ("config", [1]), ("seed", True)])
+def test_a_damaged_record_is_named(tmp_path, field, value):
+    save_checkpoint(tmp_path, _arrays(), {**_meta(3), field: value})
+    with pytest.raises(CheckpointError, match=rf"checkpoint.npz: the checkpoint's record is damaged: {field} is "):
+        load_checkpoint(tmp_path)
+    save_checkpoint(tmp_path, _arrays(), {k: v for k, v in _meta(3).items() if k != field})
+    with pytest.raises(CheckpointError, match=rf"record is damaged: {field} is None"):
+        load_checkpoint(tmp_path)
 
 
 def test_compatibility_names_what_differs():
