@@ -22,6 +22,7 @@ import attrs
 import numpy as np
 from PIL import Image
 
+from gir.messages import warn
 from gir.train.augment import Augment, augment_batch
 from gir.train.transforms import center_crop, random_resized_crop, to_chw
 
@@ -316,7 +317,10 @@ def _unpacked(path: Path, member: str = "") -> Path:
     cache = data_cache_dir()
     target = cache / f"{key}.raw"
     if target.exists():
-        return target
+        size, want = target.stat().st_size, _unpacked_size(path, member)
+        if size == want or (not member and size % 2**32 == want):  # gzip records the size modulo 2**32
+            return target
+        warn(f"data cache file {target} (unpacked {path}) is {size:,} bytes, not {want:,}; unpacking it again")
     try:
         cache.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache, suffix=".part")
@@ -340,6 +344,19 @@ def _unpacked(path: Path, member: str = "") -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def _unpacked_size(path: Path, member: str) -> int:
+    """The size a gzip file (its trailer holds it, modulo 2**32) or a zip member unpacks to."""
+    try:
+        if member:
+            with zipfile.ZipFile(path) as z:
+                return z.getinfo(member).file_size
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            return struct.unpack("<I", f.read(4))[0]
+    except (OSError, KeyError, zipfile.BadZipFile, struct.error) as e:
+        raise DataError(f"{path}: corrupt {'zip' if member else 'gzip'} data: {e}") from None
 
 
 def _need_dir(path: Path) -> Path:

@@ -550,3 +550,20 @@ def test_array_files_are_memory_mapped(tmp_path, digits, monkeypatch):
     assert len(list((tmp_path / "cache").iterdir())) == 6  # four .gz files and two deflated members, once each
     load_dataset(f"mnist:{tmp_path / 'mz'}", 8, 1)
     assert len(list((tmp_path / "cache").iterdir())) == 6
+
+
+def test_a_damaged_unpacked_copy_is_unpacked_again(tmp_path, digits, monkeypatch, capsys):
+    """The data cache is read back too: a copy whose size is not the archive's record of it is redone."""
+    gray, labels = digits
+    monkeypatch.setenv("GIR_DATA_CACHE_DIR", str(tmp_path / "cache"))
+    write_mnist(tmp_path / "mz", gray, labels, True)
+    load_dataset(f"mnist:{tmp_path / 'mz'}", 8, 1)
+    copies = sorted((tmp_path / "cache").iterdir(), key=lambda p: p.stat().st_size)
+    big = copies[-1]   # the train images
+    big.write_bytes(big.read_bytes()[:50])
+    capsys.readouterr()
+    ds = load_dataset(f"mnist:{tmp_path / 'mz'}", 8, 1)
+    err = capsys.readouterr().err
+    assert err.startswith(f"gir: warning: data cache file {big} (unpacked {tmp_path}/mz/") and err.count("\n") == 1
+    assert "is 50 bytes, not 2,576; unpacking it again" in err
+    np.testing.assert_array_equal(pixels(ds, ds.train), gray[:N_TRAIN, None])
