@@ -266,9 +266,10 @@ def refbin_truncated(tmp, request):
 
 
 def imagefolder(tmp, request, bad: bool = True):
+    """Ten class folders (as many as the digits nets predict) of three 20x20 PNGs each."""
     from PIL import Image
     for split in ("train", "val"):
-        for cls in ("a", "b"):
+        for cls in "abcdefghij":
             for i in range(3):
                 p = tmp / "folder" / split / cls / f"{i}.png"
                 p.parent.mkdir(parents=True, exist_ok=True)

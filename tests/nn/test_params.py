@@ -67,6 +67,17 @@ def test_load_rejects_mismatches_with_clear_messages(tmp_path):
         load_params(tmp_path / "none.npz")
 
 
+def test_a_flipped_byte_is_caught_by_the_zip_crc(tmp_path):
+    g = _graph()
+    path = tmp_path / "p.npz"
+    save_params(path, init_params(g))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ParamsError, match=r"not a readable .npz parameter file \(Bad CRC-32 for file"):
+        load_params(path, g)
+
+
 def test_load_never_unpickles(tmp_path):
     path = tmp_path / "obj.npz"
     np.savez(path, bad=np.array([object()], dtype=object))

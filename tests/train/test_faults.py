@@ -21,14 +21,17 @@ from gir.train.runlog import read_trace
 ROOT = Path(__file__).resolve().parents[2]
 NET = str(ROOT / "nets" / "digits_cnn.py")
 
+RECORD = {"net": "n", "elapsed": 0.5, "steps_per_epoch": 10, "data": "digits", "seed": 0, "config": {}}
+"""A checkpoint's record as a run writes it, less the step."""
+
 # Writes checkpoint 1, then starts checkpoint 2 and stops (says MID) after 1 MB of it is on disk.
-SLOW_WRITER = textwrap.dedent("""
+SLOW_WRITER = textwrap.dedent(f"""
     import sys, time
     import numpy as np
     from gir.train import checkpoint as ck
 
-    run = sys.argv[1]
-    ck.save_checkpoint(run, {"w": np.full(1_000_000, 1.0, np.float32)}, {"step": 1})
+    run, record = sys.argv[1], {RECORD!r}
+    ck.save_checkpoint(run, {{"w": np.full(1_000_000, 1.0, np.float32)}}, {{**record, "step": 1}})
     savez = np.savez
 
     class Stalling:
@@ -45,7 +48,7 @@ SLOW_WRITER = textwrap.dedent("""
             return getattr(self.f, name)
 
     np.savez = lambda f, **arrays: savez(Stalling(f), **arrays)
-    ck.save_checkpoint(run, {"w": np.full(1_000_000, 2.0, np.float32)}, {"step": 2})
+    ck.save_checkpoint(run, {{"w": np.full(1_000_000, 2.0, np.float32)}}, {{**record, "step": 2}})
 """)
 
 
@@ -58,7 +61,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
     assert len(partial) == 1 and partial[0].stat().st_size > 1_000_000      # killed mid-write, for real
     arrays, meta = load_checkpoint(tmp_path)
     assert meta["step"] == 1 and np.all(arrays["w"] == 1.0)                  # the previous one, whole
-    save_checkpoint(tmp_path, {"w": np.full(3, 3.0, np.float32)}, {"step": 3})
+    save_checkpoint(tmp_path, {"w": np.full(3, 3.0, np.float32)}, {**RECORD, "step": 3})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz"]  # the next write clears the debris
     assert load_checkpoint(tmp_path)[1]["step"] == 3
 
