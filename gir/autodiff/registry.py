@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
+from gir.ir import opdefs as od
 from gir.ir.graph import Node, Value
 from gir.ir.ops import rule_registrar
 from gir.shapes.emit import Emitter
@@ -19,6 +20,7 @@ Adjoint = Callable[[Emitter, Node, tuple[Optional[Value], ...]], Cotangents]
 ADJOINTS: dict[str, Adjoint] = {}
 NOT_DIFFERENTIABLE: dict[str, str] = {
     "compare": "its result is boolean",
+    **{name: "it works on integer bits" for name in od.ELEMENTWISE_BITWISE},
     "iota": "it has no operands and an integer result",
     "constant": "it has no operands",
 }

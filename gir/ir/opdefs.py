@@ -216,6 +216,8 @@ class ConcatAttrs:
 
 ELEMENTWISE_UNARY = ("negate", "exp", "log", "tanh", "logistic", "sqrt", "rsqrt", "abs")
 ELEMENTWISE_BINARY = ("add", "subtract", "multiply", "divide", "maximum", "minimum")
+ELEMENTWISE_BITWISE = ("xor", "or", "shift_left", "shift_right_logical")
+"""Integer bit operations (i32 operands read as 32 raw bits): what a counter-based random generator is made of."""
 ACTIVATIONS = ("relu", "relu6", "swish", "hard_swish", "gelu")
 
 for _name in ELEMENTWISE_UNARY:
@@ -223,6 +225,8 @@ for _name in ELEMENTWISE_UNARY:
 for _name in ELEMENTWISE_BINARY:
     register_op(_name, None, 2, "primitive", f"elementwise {_name}; operands have equal types")
 
+for _name in ELEMENTWISE_BITWISE:
+    register_op(_name, None, 2, "primitive", f"elementwise {_name} of integer bits; operands have equal types")
 register_op("compare", CompareAttrs, 2, "primitive", "elementwise comparison; i1 result")
 register_op("select", None, 3, "primitive", "select(pred, on_true, on_false), elementwise")
 register_op("clamp", None, 3, "primitive", "clamp(min, x, max); min/max are scalars or x's shape")

@@ -55,7 +55,8 @@ def _ints(ds) -> tuple[int, ...]:
 _UNARY = {"negate": lax.neg, "exp": lax.exp, "log": lax.log, "tanh": lax.tanh, "logistic": lax.logistic,
           "sqrt": lax.sqrt, "rsqrt": lax.rsqrt, "abs": lax.abs}
 _BINARY = {"add": lax.add, "subtract": lax.sub, "multiply": lax.mul, "divide": lax.div, "maximum": lax.max,
-           "minimum": lax.min}
+           "minimum": lax.min, "xor": lax.bitwise_xor, "or": lax.bitwise_or, "shift_left": lax.shift_left,
+           "shift_right_logical": lax.shift_right_logical}
 _COMPARE = {"EQ": lax.eq, "NE": lax.ne, "LT": lax.lt, "LE": lax.le, "GT": lax.gt, "GE": lax.ge}
 
 

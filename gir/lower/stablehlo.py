@@ -123,10 +123,12 @@ _NAMES = {"exp": "exponential", "log": "log", "tanh": "tanh", "logistic": "logis
           "rsqrt": "rsqrt", "abs": "abs", "negate": "negate", "add": "add", "subtract": "subtract",
           "multiply": "multiply", "divide": "divide", "maximum": "maximum", "minimum": "minimum",
           "select": "select", "clamp": "clamp", "convert": "convert", "reshape": "reshape",
-          "concatenate": "concatenate"}
+          "concatenate": "concatenate", "xor": "xor", "or": "or", "shift_left": "shift_left",
+          "shift_right_logical": "shift_right_logical"}
 
 
-@prints(*od.ELEMENTWISE_UNARY, *od.ELEMENTWISE_BINARY, "select", "clamp", "convert", "reshape")
+@prints(*od.ELEMENTWISE_UNARY, *od.ELEMENTWISE_BINARY, *od.ELEMENTWISE_BITWISE, "select", "clamp", "convert",
+        "reshape")
 def _plain(p: _Printer, node: Node, a: Any) -> None:
     p.generic(node, _NAMES[node.op])
 

@@ -112,6 +112,15 @@ def _binary(ctx: ShapeCtx, a: Any, x: TensorType, y: TensorType) -> TensorType:
     return x
 
 
+@shape_rule(*od.ELEMENTWISE_BITWISE, inputs=("lhs", "rhs"))
+def _bitwise(ctx: ShapeCtx, a: Any, x: TensorType, y: TensorType) -> TensorType:
+    ctx.same_shape(x, y, "operand shapes differ")
+    ctx.same_dtype(x, y)
+    if x.dtype != DType.i32:
+        raise ctx.fail(f"needs i32 operands, got {x.dtype}")
+    return x
+
+
 @shape_rule("compare", inputs=("lhs", "rhs"))
 def _compare(ctx: ShapeCtx, a: od.CompareAttrs, x: TensorType, y: TensorType) -> TensorType:
     ctx.same_shape(x, y, "operand shapes differ")

@@ -22,6 +22,19 @@ F, I32 = DType.f32, DType.i32
 RNG = np.random.default_rng(0)
 
 
+MIX = (-1640531527, 1013904223)  # 0x9E3779B9 as i32, and an odd offset: small ints spread over all 32 bits
+
+
+def bits(e, x, k: int = 0):
+    """x * MIX[0] + MIX[1] + k in wrapping i32 arithmetic: negative values and high bits from the 0..4 inputs."""
+    return e.op("add", e.op("multiply", x, e.const(MIX[0], x)), e.const(MIX[1] + k, x))
+
+
+def np_bits(x, k: int = 0):
+    with np.errstate(over="ignore"):
+        return (x.astype(np.int64) * MIX[0] + MIX[1] + k).astype(np.uint64).astype(np.uint32).view(np.int32)
+
+
 def rand(shape, dtype=F, positive=False):
     if dtype == I32:
         return RNG.integers(0, 5, shape).astype(np.int32)
@@ -90,6 +103,15 @@ CASES = {
                        "logistic": lambda x: 1 / (1 + np.exp(-x)), "sqrt": np.sqrt,
                        "rsqrt": lambda x: 1 / np.sqrt(x), "abs": np.abs}.items()},
     "compare": (((3, 4), (3, 4)), lambda e, x, y: e.compare(x, y, "GT"), np.greater, 0),
+    "xor": ((((3, 4), I32), ((3, 4), I32)), lambda e, x, y: e.op("xor", bits(e, x), bits(e, y, 7)),
+            lambda x, y: np_bits(x) ^ np_bits(y, 7), 0),
+    "or": ((((3, 4), I32), ((3, 4), I32)), lambda e, x, y: e.op("or", bits(e, x), bits(e, y, 7)),
+           lambda x, y: np_bits(x) | np_bits(y, 7), 0),
+    "shift_left": ((((3, 4), I32), ((3, 4), I32)), lambda e, x, s: e.op("shift_left", bits(e, x), s),
+                   lambda x, s: np_bits(x) << s, 0),
+    "shift_right_logical": ((((3, 4), I32), ((3, 4), I32)),
+                            lambda e, x, s: e.op("shift_right_logical", bits(e, x), s),
+                            lambda x, s: (np_bits(x).view(np.uint32) >> s.astype(np.uint32)).view(np.int32), 0),
     "select": (((3, 4), (3, 4)), lambda e, x, y: e.select(e.compare(x, y, "LT"), x, y), np.minimum, 0),
     "clamp": (((3, 4),), lambda e, x: e.op("clamp", e.scalar(-0.5), x, e.scalar(0.5)),
               lambda x: np.clip(x, -0.5, 0.5), 0),
