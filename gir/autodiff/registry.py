@@ -21,6 +21,7 @@ ADJOINTS: dict[str, Adjoint] = {}
 NOT_DIFFERENTIABLE: dict[str, str] = {
     "compare": "its result is boolean",
     **{name: "it works on integer bits" for name in od.ELEMENTWISE_BITWISE},
+    "random_bits": "its result is integer bits that depend on no float input",
     "iota": "it has no operands and an integer result",
     "constant": "it has no operands",
 }

@@ -111,6 +111,13 @@ class AttentionAttrs:
 
 
 @attrs.frozen
+class RandomAttrs:
+    """`shape` of random bits; `salt` tells apart the generators that share a key (one per layer)."""
+    shape: tuple[Dim, ...] = attrs.field(converter=_dims)
+    salt: int = attrs.field(validator=[attrs.validators.instance_of(int), attrs.validators.in_(range(2**31))])
+
+
+@attrs.frozen
 class ConvolutionAttrs:
     """The StableHLO convolution: explicit padding, dilations, group counts, dimension numbers."""
     window_strides: tuple[int, ...] = attrs.field(default=(1, 1), converter=_ints)
@@ -262,5 +269,8 @@ register_op("global_avg_pool", None, 1, "layer", "mean over H, W: [N,C,H,W] -> [
 register_op("softmax", AxisAttrs, 1, "layer", "softmax along one axis")
 register_op("softmax_cross_entropy", XentAttrs, 2, "layer",
             "mean label-smoothed cross-entropy of logits[N,K] against int labels[N]")
+register_op("random_bits", RandomAttrs, 2, "layer",
+            "32 random bits per element (i32), threefry2x32 keyed by two i32 scalars; element i of the flattened "
+            "shape is word 0 of the block with counter (i, salt)")
 register_op("attention", AttentionAttrs, 3, "layer",
             "multi-head scaled dot-product attention of q, k, v [N,T,D]")

@@ -10,7 +10,8 @@ import sympy
 from gir.ir import opdefs as od
 from gir.ir.graph import Graph, Node, Value
 from gir.ir.ops import get_op, rule_registrar
-from gir.ir.types import Dim
+from gir.ir.dtypes import DType
+from gir.ir.types import Dim, TensorType
 from gir.shapes.emit import Emitter
 from gir.shapes.padding import explicit_pads
 
@@ -231,3 +232,39 @@ def decompose(graph: Graph) -> Graph:
         out.set_output(name, vmap[v])
     return out
 
+
+
+THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+THREEFRY_PARITY = 0x1BD11BDA  # Threefish's key-schedule constant
+
+
+def threefry2x32(e: Emitter, k0: Value, k1: Value, x0: Value, x1: Value) -> tuple[Value, Value]:
+    """Random123's threefry2x32 with 20 rounds, as JAX computes it: i32 values as raw 32 bits, wrapping adds.
+    Keys are scalars, broadcast to the counters' shape."""
+    shape = x0.type.shape
+    ks = [e.bcast(k, shape, ()) for k in (k0, k1)]
+    ks.append(e.op("xor", e.op("xor", ks[0], ks[1]), e.const(THREEFRY_PARITY, x0)))
+    x0, x1 = e.add(x0, ks[0]), e.add(x1, ks[1])
+    for group in range(5):
+        for r in THREEFRY_ROTATIONS[group % 2]:
+            x0 = e.add(x0, x1)
+            rotated = e.op("or", e.op("shift_left", x1, e.const(r, x1)),
+                           e.op("shift_right_logical", x1, e.const(32 - r, x1)))
+            x1 = e.op("xor", x0, rotated)
+        x0 = e.add(x0, ks[(group + 1) % 3])
+        x1 = e.add(e.add(x1, ks[(group + 2) % 3]), e.const(group + 1, x1))
+    return x0, x1
+
+
+@decomposes("random_bits")
+def _random_bits(e: Emitter, a: od.RandomAttrs, k0: Value, k1: Value) -> Value:
+    flat = TensorType(a.shape, DType.i32)
+    index: Value | None = None
+    stride: Dim = 1
+    for d in reversed(range(flat.rank)):   # the row-major flat index, from one iota per dim
+        position = e.op("iota", attrs=od.IotaAttrs(d, flat))
+        term = position if stride == 1 else e.mul(position, e.const(stride, position))
+        index = term if index is None else e.add(index, term)
+        stride = stride * a.shape[d]
+    index = index if index is not None else e.const(0, flat)
+    return threefry2x32(e, k0, k1, index, e.const(a.salt, flat))[0]

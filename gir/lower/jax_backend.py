@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import sympy
 from jax import lax
+from jax.extend.random import threefry_2x32
 
 from gir.ir import opdefs as od
 from gir.ir.dtypes import DType
@@ -274,6 +275,15 @@ def _batch_norm(a: od.BatchNormAttrs, x, gamma, beta, running_mean=None, running
     scale = gamma * lax.rsqrt(var + jnp.asarray(a.eps, x.dtype))
     y = (x - _along(mean, x, 1)) * _along(scale, x, 1) + _along(beta, x, 1)
     return (y, mean, var) if a.training else y
+
+
+@jax_rule("random_bits")
+def _random_bits(a: od.RandomAttrs, k0, k1):
+    """Word 0 of JAX's threefry2x32((k0, k1), (i, salt)) per row-major flat index i, as i32 (= gir's decomposition)."""
+    n = math.prod(a.shape)
+    key = lax.bitcast_convert_type(jnp.stack([k0, k1]), jnp.uint32)
+    counts = jnp.concatenate([jnp.arange(n, dtype=jnp.uint32), jnp.full(n, a.salt, jnp.uint32)])
+    return lax.bitcast_convert_type(threefry_2x32(key, counts)[:n], jnp.int32).reshape(a.shape)
 
 
 @jax_rule("layer_norm")

@@ -434,6 +434,14 @@ def _xent(ctx: ShapeCtx, a: od.XentAttrs, logits: TensorType, labels: TensorType
     return TensorType((), logits.dtype)
 
 
+@shape_rule("random_bits", inputs=("key0", "key1"))
+def _random_bits(ctx: ShapeCtx, a: od.RandomAttrs, k0: TensorType, k1: TensorType) -> TensorType:
+    for k in (k0, k1):
+        if k.rank or k.dtype != DType.i32:
+            raise ctx.fail(f"keys are i32 scalars, got {k}")
+    return TensorType(a.shape, DType.i32)
+
+
 @shape_rule("attention", inputs=("q", "k", "v"))
 def _attention(ctx: ShapeCtx, a: od.AttentionAttrs, q: TensorType, k: TensorType, v: TensorType) -> TensorType:
     ctx.rank(q, 3, "q [N, T, D]")

@@ -35,6 +35,14 @@ def np_bits(x, k: int = 0):
         return (x.astype(np.int64) * MIX[0] + MIX[1] + k).astype(np.uint64).astype(np.uint32).view(np.int32)
 
 
+def np_threefry_bits(k0, k1, n: int, salt: int) -> np.ndarray:
+    """Word 0 of JAX's threefry2x32 for counters (i, salt), i < n, as i32."""
+    from jax.extend.random import threefry_2x32
+    key = np.array([k0, k1], np.int32).view(np.uint32)
+    counts = np.concatenate([np.arange(n, dtype=np.uint32), np.full(n, salt, np.uint32)])
+    return np.asarray(threefry_2x32(key, counts))[:n].view(np.int32)
+
+
 def rand(shape, dtype=F, positive=False):
     if dtype == I32:
         return RNG.integers(0, 5, shape).astype(np.int32)
@@ -172,6 +180,8 @@ CASES = {
     "softmax_cross_entropy": (((4, 5), ((4,), I32)), lambda e, x, y: e.op(
         "softmax_cross_entropy", x, y, attrs=od.XentAttrs(0.1)),
         lambda x, y: -np.mean(np.sum((0.9 * np.eye(5)[y] + 0.02) * np.log(np_softmax(x, 1)), 1)), 1e-5),
+    "random_bits": ((((), I32),) * 2, lambda e, k0, k1: e.op("random_bits", k0, k1, attrs=od.RandomAttrs((3, 4), 5)),
+                    lambda k0, k1: np_threefry_bits(k0, k1, 12, 5).reshape(3, 4), 0),
     "attention": (((2, 4, 6),) * 3, lambda e, q, k, v: e.op("attention", q, k, v, attrs=od.AttentionAttrs(2)),
                   lambda q, k, v: np_attention(q, k, v, 2), 1e-5),
 }
