@@ -3,6 +3,7 @@ source line, and shapes are inferred (and checked) as each node is made."""
 from __future__ import annotations
 
 import contextlib
+import zlib
 from typing import Any, Iterator, Sequence
 
 import sympy
@@ -17,15 +18,21 @@ from gir.shapes.errors import ShapeError
 from gir.shapes.rules import infer
 
 
+STEP = "step"
+"""The name of the training step's i32 input: random layers key their numbers by it."""
+
+
 class Builder:
     """Builds one Graph. `mode` is "train" (BN uses batch statistics and reports them) or "eval"."""
 
-    def __init__(self, name: str = "graph", constraints: Constraints = Constraints(), mode: str = "train"):
+    def __init__(self, name: str = "graph", constraints: Constraints = Constraints(), mode: str = "train",
+                 seed: int = 0):
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
         self.graph = Graph(name)
         self.constraints = constraints
         self.mode = mode
+        self.seed = seed
         self._scopes: list[str] = []
         self.sites: list[tuple[Loc, int]] = []  # (call site of the layer being built, stack depth then)
         self._child_names: dict[str, set[str]] = {}
@@ -99,6 +106,22 @@ class Builder:
             raise ValueError(f"{self.loc()}: a parameter named {full!r} already exists; give the layer a "
                              f"distinct name=")
         return self.graph.add_input(full, TensorType(tuple(shape), DType.f32), role, init)
+
+    def step_input(self) -> Value:
+        """The graph's i32 `step` input (role `hyper`, 1 for the first training step), made on first use."""
+        try:
+            return self.graph.input(STEP)
+        except KeyError:
+            return self.input(STEP, (), DType.i32, "hyper")
+
+    def random_uniform(self, shape: Sequence[Dim]) -> Value:
+        """Uniform floats in [0, 1) (24 random bits each), a function of (seed, step, layer path) alone: the same
+        on IREE and JAX, and the same again when a run resumes at that step."""
+        salt = zlib.crc32(self.path.encode()) & 0x7FFFFFFF
+        key = self.constant(self.seed % 2**31, (), DType.i32)
+        bits = self._one("random_bits", key, self.step_input(), attrs=od.RandomAttrs(tuple(shape), salt))
+        top = self._one("shift_right_logical", bits, self.constant(8, shape, DType.i32))
+        return self.multiply(self.convert(top, DType.f32), self.constant(2.0**-24, shape))
 
     # ---- nodes ---------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 constructor by `@layer`. Parameters are named by layer path: `stage3.block1.dw.conv.weight`."""
 from __future__ import annotations
 
+from gir.ir import opdefs as od
 from gir.ir.graph import Init, Value
 from gir.nn.builder import Builder
 from gir.shapes.errors import ShapeError
@@ -151,6 +152,43 @@ def avg_pool(b: Builder, x: Value, k: int = 2, stride: int | None = None, paddin
 def global_avg_pool(b: Builder, x: Value) -> Value:
     """[N, C, H, W] -> [N, C]."""
     return b.global_avg_pool(x)
+
+
+def _keep(b: Builder, x: Value, keep: Value, p: float) -> Value:
+    """x / (1 - p) where `keep` (broadcast to x's shape), else 0: the backward pass reuses the same mask."""
+    scaled = b.multiply(x, b.constant(1.0 / (1.0 - p), x.type.shape))
+    return b.emit("select", (keep, scaled, b.constant(0.0, x.type.shape)), None).out
+
+
+def _probability(p: float, layer: str) -> float:
+    if not (isinstance(p, (int, float)) and 0 <= p < 1):
+        raise ValueError(f"{layer}: p must be in [0, 1), got {p!r}")
+    return float(p)
+
+
+@layer("drop")
+def dropout(b: Builder, x: Value, p: float = 0.5) -> Value:
+    """Training: each element zeroed with probability p, the rest scaled by 1/(1-p) (PyTorch's Dropout).
+    Evaluation: the identity."""
+    p = _probability(p, "dropout")
+    if b.mode == "eval" or p == 0:
+        return x
+    u = b.random_uniform(x.type.shape)
+    keep = b.emit("compare", (u, b.constant(p, x.type.shape)), od.CompareAttrs("GE")).out
+    return _keep(b, x, keep, p)
+
+
+@layer("drop_path")
+def drop_path(b: Builder, x: Value, p: float = 0.1) -> Value:
+    """Stochastic depth on a residual branch: each example's whole x zeroed with probability p, kept ones scaled by
+    1/(1-p) (timm's DropPath). Evaluation: the identity."""
+    p = _probability(p, "drop_path")
+    if b.mode == "eval" or p == 0:
+        return x
+    n = x.type.shape[0]
+    u = b.random_uniform((n,))
+    keep = b.emit("compare", (u, b.constant(p, (n,))), od.CompareAttrs("GE")).out
+    return _keep(b, x, b.broadcast_in_dim(keep, x.type.shape, (0,)), p)
 
 
 @layer("flatten")

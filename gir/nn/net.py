@@ -66,10 +66,11 @@ class Net:
                 out[s] = image
         return out
 
-    def build(self, mode: str = "train", loss: bool = False, label_smoothing: float = 0.0) -> Graph:
+    def build(self, mode: str = "train", loss: bool = False, label_smoothing: float = 0.0, seed: int = 0) -> Graph:
         """The forward graph: output `logits`; in train mode also `bn_mean:<path>` and
-        `bn_var:<path>` per BN layer; with `loss`, a `labels` input and a `loss` output."""
-        b = Builder(self.name, self.constraints, mode)
+        `bn_var:<path>` per BN layer; with `loss`, a `labels` input and a `loss` output. Random layers (dropout)
+        take their numbers from `seed` and the graph's `step` input."""
+        b = Builder(self.name, self.constraints, mode, seed)
         x = b.input("images", self.input_type.shape)
         for lay in self.layers:
             x = lay(b, x)

@@ -21,6 +21,7 @@ from gir.ir.dtypes import DType
 from gir.ir.graph import Graph, Init, Loc
 from gir.ir.types import TensorType
 from gir.lower.pipeline import LoweredModule, lower_graph
+from gir.nn.builder import STEP
 from gir.nn.net import Net
 from gir.rewrite import Firing, passes_for
 from gir.shapes.emit import Emitter
@@ -37,7 +38,7 @@ class TrainStep:
 
 
 def build_train_step(net: Net, config: TrainConfig) -> TrainStep:
-    g = net.build(mode="train", loss=True, label_smoothing=config.label_smoothing)
+    g = net.build(mode="train", loss=True, label_smoothing=config.label_smoothing, seed=config.seed)
     g.name = f"{net.name}_train_step"
     forward_nodes = len(g.nodes)
     params = g.params
@@ -45,7 +46,8 @@ def build_train_step(net: Net, config: TrainConfig) -> TrainStep:
     back = vjp(g, {"loss": seed}, params, net.constraints)
     opt = OPTIMIZERS[config.optimizer]
     lr = g.add_input("lr", TensorType((), DType.f32), "hyper")
-    step = g.add_input("step", TensorType((), DType.i32), "hyper")
+    step = g.input(STEP) if any(v.name == STEP for v in g.inputs) else g.add_input(STEP, TensorType((), DType.i32),
+                                                                                     "hyper")
     e = Emitter(g, Loc(path="optimizer"), None, net.constraints)
     grads = [back.grads[p] if back.grads[p] is not None else e.zeros(p) for p in params]
     if config.clip_norm:
