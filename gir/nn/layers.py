@@ -5,6 +5,7 @@ from __future__ import annotations
 from gir.ir import opdefs as od
 from gir.ir.graph import Init, Value
 from gir.nn.builder import Builder
+from gir.nn.init import resolve_init
 from gir.shapes.errors import ShapeError
 from gir.nn.layer import Layer, layer
 
@@ -59,62 +60,77 @@ def sequential(b: Builder, x: Value, *layers: Layer) -> Value:
 
 # ---- single layers -------------------------------------------------------------------------
 
+def _conv_weight(b: Builder, oc: int, ic: int, k: int, init: str | Init | None) -> Value:
+    """A conv kernel [oc, ic, k, k], initialized as `init` says (default: He normal over the fan-in)."""
+    default = conv_init(oc, ic, k)
+    return b.param("weight", (oc, ic, k, k), resolve_init(init, default.fan_in, default.fan_out, default))
+
+
 @layer("conv")
 def conv2d(b: Builder, x: Value, ic: int, oc: int, k: int = 3, stride: int = 1, padding="same",
-           bias: bool = True, act: str = "identity") -> Value:
-    """Convolution with an optional bias, then an activation."""
-    w = b.param("weight", (oc, ic, k, k), conv_init(oc, ic, k))
+           bias: bool = True, act: str = "identity", init: str | Init | None = None) -> Value:
+    """Convolution with an optional bias, then an activation; `init` names the kernel's initializer."""
+    w = _conv_weight(b, oc, ic, k, init)
     y = b.conv2d(x, w, stride, padding)
     if bias:
         y = b.bias_add(y, b.param("bias", (oc,), ZEROS), axis=1)
     return activate(b, y, act)
 
 
-def _bn(b: Builder, x: Value, c: int, eps: float = 1e-5, momentum: float = 0.1) -> Value:
-    gamma, beta = b.param("gamma", (c,), ONES), b.param("beta", (c,), ZEROS)
+def _bn(b: Builder, x: Value, c: int, eps: float = 1e-5, momentum: float = 0.1,
+        gamma_init: str | Init | None = None) -> Value:
+    gamma = b.param("gamma", (c,), resolve_init(gamma_init, c, c, ONES))
+    beta = b.param("beta", (c,), ZEROS)
     mean = b.param("running_mean", (c,), ZEROS, role="state")
     var = b.param("running_var", (c,), ONES, role="state")
     return b.batch_norm(x, gamma, beta, mean, var, eps, momentum)
 
 
 @layer("bn")
-def batch_norm(b: Builder, x: Value, c: int, eps: float = 1e-5, momentum: float = 0.1) -> Value:
-    """Batch norm over N (and H, W for images); running statistics are `state` inputs."""
-    return _bn(b, x, c, eps, momentum)
+def batch_norm(b: Builder, x: Value, c: int, eps: float = 1e-5, momentum: float = 0.1,
+               gamma_init: str | Init | None = None) -> Value:
+    """Batch norm over N (and H, W for images); running statistics are `state` inputs. `gamma_init="zeros"`
+    starts a residual branch at zero."""
+    return _bn(b, x, c, eps, momentum, gamma_init)
 
 
 @layer("conv")
 def conv_bn(b: Builder, x: Value, ic: int, oc: int, k: int = 3, stride: int = 1, padding="same",
-            act: str = "relu", depthwise: bool = False) -> Value:
-    """Convolution without bias (depthwise when `depthwise`), batch norm, activation."""
+            act: str = "relu", depthwise: bool = False, init: str | Init | None = None,
+            gamma_init: str | Init | None = None) -> Value:
+    """Convolution without bias (depthwise when `depthwise`), batch norm, activation; `init` and `gamma_init` name
+    the kernel's and the BN scale's initializers."""
     with b.scope("conv"):
         if depthwise:
             if ic != oc:
                 raise ValueError(f"{b.loc()}: a depthwise conv_bn keeps its channels, got {ic} -> {oc}")
-            y = b.depthwise_conv2d(x, b.param("weight", (ic, 1, k, k), conv_init(ic, 1, k)), stride, padding)
+            y = b.depthwise_conv2d(x, _conv_weight(b, ic, 1, k, init), stride, padding)
         else:
-            y = b.conv2d(x, b.param("weight", (oc, ic, k, k), conv_init(oc, ic, k)), stride, padding)
+            y = b.conv2d(x, _conv_weight(b, oc, ic, k, init), stride, padding)
     with b.scope("bn"):
-        y = _bn(b, y, oc)
+        y = _bn(b, y, oc, gamma_init=gamma_init)
     return activate(b, y, act)
 
 
 @layer("dw")
 def depthwise_conv(b: Builder, x: Value, c: int, k: int = 3, stride: int = 1, padding="same",
-                   bias: bool = False, act: str = "identity") -> Value:
-    """Per-channel convolution (weight [C, 1, k, k])."""
-    y = b.depthwise_conv2d(x, b.param("weight", (c, 1, k, k), conv_init(c, 1, k)), stride, padding)
+                   bias: bool = False, act: str = "identity", init: str | Init | None = None) -> Value:
+    """Per-channel convolution (weight [C, 1, k, k]); `init` names the kernel's initializer."""
+    y = b.depthwise_conv2d(x, _conv_weight(b, c, 1, k, init), stride, padding)
     if bias:
         y = b.bias_add(y, b.param("bias", (c,), ZEROS), axis=1)
     return activate(b, y, act)
 
 
 @layer("dense")
-def dense(b: Builder, x: Value, fan_in: int, fan_out: int, act: str = "identity", bias: bool = True) -> Value:
-    """x[..., fan_in] @ W + b, then an activation."""
-    y = b.dense(x, b.param("weight", (fan_in, fan_out), dense_init(fan_in, fan_out)))
+def dense(b: Builder, x: Value, fan_in: int, fan_out: int, act: str = "identity", bias: bool = True,
+          init: str | Init | None = None, bias_init: str | Init | None = None) -> Value:
+    """x[..., fan_in] @ W + b, then an activation; `init` and `bias_init` name the initializers."""
+    w = b.param("weight", (fan_in, fan_out), resolve_init(init, fan_in, fan_out, dense_init(fan_in, fan_out)))
+    y = b.dense(x, w)
     if bias:
-        y = b.bias_add(y, b.param("bias", (fan_out,), Init("uniform", scale=fan_in ** -0.5)), axis=-1)
+        default = Init("uniform", scale=fan_in ** -0.5)
+        y = b.bias_add(y, b.param("bias", (fan_out,), resolve_init(bias_init, fan_in, fan_out, default)), axis=-1)
     return activate(b, y, act)
 
 
