@@ -148,7 +148,7 @@ class Loader:
                     yield pending.popleft().result()
                 except BrokenProcessPool:
                     raise DataError(f"a data worker process died (out of memory?); try fewer --workers "
-                                    f"(now {self.workers}) or a smaller --batch-size") from None
+                                    f"(now {self.workers}) or a smaller --batch") from None
         finally:
             for f in pending:
                 f.cancel()
