@@ -108,9 +108,13 @@ def explain(diagnostics: str, text: str) -> str:
     return lines[0] if lines else "iree-compile failed without a diagnostic"
 
 
-def _attempts(target: str, chip: str | None, extra_flags: Sequence[str]) -> list[list[str]]:
+KEEP_F64 = "--iree-input-demote-f64-to-f32=false"
+"""IREE computes float64 in float32 unless told not to; a module with f64 values is compiled with this."""
+
+
+def _attempts(text: str, target: str, chip: str | None, extra_flags: Sequence[str]) -> list[list[str]]:
     """The flag lists compile_text tries in turn; the first one names the cache entry."""
-    flags = target_flags(target, chip) + list(extra_flags)
+    flags = target_flags(target, chip) + ([KEEP_F64] if "f64>" in text else []) + list(extra_flags)
     return [flags + list(speed) for speed in CPU_SPEED_FLAG_SETS] if target == "cpu" else [flags]
 
 
@@ -118,7 +122,7 @@ def compile_text(text: str, target: str = "cpu", chip: str | None = None, extra_
                  use_cache: bool = True) -> bytes:
     """The compiled .vmfb bytes for `text`, from the verified cache when the same text, target and flags
     were compiled before. On the CPU the speed flags are tried first, then fewer of them, then none."""
-    *fallible, last = attempts = _attempts(target, chip, extra_flags)
+    *fallible, last = attempts = _attempts(text, target, chip, extra_flags)
 
     def compile_now() -> bytes:
         for args in fallible:
@@ -147,6 +151,6 @@ def load_compiled(text: str, target: str, chip: str | None, extra_flags: Sequenc
     try:
         return load(compile_text(text, target, chip, extra_flags))
     except (ValueError, RuntimeError) as e:
-        name = cache_key(text, _attempts(target, chip, extra_flags)[0])
+        name = cache_key(text, _attempts(text, target, chip, extra_flags)[0])
         CompileCache(cache_dir()).evict(name, f"was refused by the runtime ({e})")
         return load(compile_text(text, target, chip, extra_flags))

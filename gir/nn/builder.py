@@ -26,13 +26,14 @@ class Builder:
     """Builds one Graph. `mode` is "train" (BN uses batch statistics and reports them) or "eval"."""
 
     def __init__(self, name: str = "graph", constraints: Constraints = Constraints(), mode: str = "train",
-                 seed: int = 0):
+                 seed: int = 0, dtype: DType = DType.f32):
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
         self.graph = Graph(name)
         self.constraints = constraints
         self.mode = mode
         self.seed = seed
+        self.dtype = dtype  # of parameters and float constants: f32, or f64 for a whole-net float64 check
         self._scopes: list[str] = []
         self.sites: list[tuple[Loc, int]] = []  # (call site of the layer being built, stack depth then)
         self._child_names: dict[str, set[str]] = {}
@@ -91,8 +92,8 @@ class Builder:
 
     # ---- graph inputs --------------------------------------------------------------------
 
-    def input(self, name: str, shape: Sequence[Dim], dtype: DType = DType.f32, role: str = "data") -> Value:
-        return self.graph.add_input(name, TensorType(shape, dtype), role)
+    def input(self, name: str, shape: Sequence[Dim], dtype: DType | None = None, role: str = "data") -> Value:
+        return self.graph.add_input(name, TensorType(shape, dtype or self.dtype), role)
 
     def param(self, name: str, shape: Sequence[int], init: Init, role: str = "param") -> Value:
         """A parameter named by its layer path, e.g. `stage3.block1.dw.weight`."""
@@ -105,7 +106,7 @@ class Builder:
         if any(v.name == full for v in self.graph.inputs):
             raise ValueError(f"{self.loc()}: a parameter named {full!r} already exists; give the layer a "
                              f"distinct name=")
-        return self.graph.add_input(full, TensorType(tuple(shape), DType.f32), role, init)
+        return self.graph.add_input(full, TensorType(tuple(shape), self.dtype), role, init)
 
     def step_input(self) -> Value:
         """The graph's i32 `step` input (role `hyper`, 1 for the first training step), made on first use."""
@@ -121,7 +122,7 @@ class Builder:
         key = self.constant(self.seed % 2**31, (), DType.i32)
         bits = self._one("random_bits", key, self.step_input(), attrs=od.RandomAttrs(tuple(shape), salt))
         top = self._one("shift_right_logical", bits, self.constant(8, shape, DType.i32))
-        return self.multiply(self.convert(top, DType.f32), self.constant(2.0**-24, shape))
+        return self.multiply(self.convert(top, self.dtype), self.constant(2.0**-24, shape))
 
     # ---- nodes ---------------------------------------------------------------------------
 
@@ -157,8 +158,8 @@ class Builder:
             raise ValueError(f"{op!r} is not an elementwise unary op or activation")
         return self._one(op, x)
 
-    def constant(self, value: float | int | bool, shape: Sequence[Dim] = (), dtype: DType = DType.f32) -> Value:
-        return self._one("constant", attrs=od.ConstantAttrs(value, TensorType(shape, dtype)))
+    def constant(self, value: float | int | bool, shape: Sequence[Dim] = (), dtype: DType | None = None) -> Value:
+        return self._one("constant", attrs=od.ConstantAttrs(value, TensorType(shape, dtype or self.dtype)))
 
     def convert(self, x: Value, dtype: DType) -> Value:
         return x if x.type.dtype == dtype else self._one("convert", x, attrs=od.ConvertAttrs(dtype))

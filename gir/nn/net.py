@@ -24,7 +24,7 @@ class Net:
 
     def __init__(self, name: str, layers: Sequence[Layer], input_shape: Sequence[Dim] = (N, 3, H, W),
                  num_classes: int | None = None, constraints: Constraints = Constraints(),
-                 sizes: Mapping[str, int] | None = None):
+                 sizes: Mapping[str, int] | None = None, dtype: str = "f32"):
         frame, _ = user_frame(2)
         self.file = short_path(frame.f_code.co_filename) if frame else ""
         self.name = name
@@ -33,7 +33,10 @@ class Net:
             if not isinstance(lay, Layer):
                 raise TypeError(f"{self.file}: Net {name!r} layer {i} is {lay!r}, not a layer (did you forget "
                                 f"the parentheses, as in relu()?)")
-        self.input_type = TensorType(tuple(input_shape), DType.f32)
+        if dtype not in ("f32", "f64"):
+            raise ValueError(f"{self.file}: Net {name!r} dtype must be 'f32' or 'f64', got {dtype!r}")
+        self.dtype = DType(dtype)
+        self.input_type = TensorType(tuple(input_shape), self.dtype)
         self.num_classes = num_classes
         self.constraints = constraints
         defaults = {"N": 32, "H": 224, "W": 224}
@@ -70,7 +73,7 @@ class Net:
         """The forward graph: output `logits`; in train mode also `bn_mean:<path>` and
         `bn_var:<path>` per BN layer; with `loss`, a `labels` input and a `loss` output. Random layers (dropout)
         take their numbers from `seed` and the graph's `step` input."""
-        b = Builder(self.name, self.constraints, mode, seed)
+        b = Builder(self.name, self.constraints, mode, seed, self.dtype)
         x = b.input("images", self.input_type.shape)
         for lay in self.layers:
             x = lay(b, x)

@@ -48,7 +48,7 @@ def init_params(graph: Graph, seed: int = 0, roles: tuple[str, ...] = ("param", 
             if v.init is None:
                 raise ValueError(f"input {v.name!r} has no init scheme")
             rng = np.random.default_rng([seed, zlib.crc32(v.name.encode())])
-            out[v.name] = _draw(v.init, tuple(v.type.shape), rng)
+            out[v.name] = _draw(v.init, tuple(v.type.shape), rng).astype(v.type.dtype.numpy, copy=False)
     return out
 
 

@@ -42,6 +42,11 @@ def iree_module_text(train: LoweredModule, evaluate: LoweredModule | None, targe
     return print_module(functions, f"{train.primitive.name}_module", transient_storage=target == "cpu")
 
 
+def float_type(train: Graph) -> np.dtype:
+    """The NumPy type a train step's images and learning rate are fed in: float32, or float64 for an f64 net."""
+    return train.input("images").type.dtype.numpy
+
+
 class IreeBackend:
     """The train step and the eval function in one IREE module on one device."""
 
@@ -52,13 +57,15 @@ class IreeBackend:
         self.session = load_compiled(iree_module_text(train, evaluate, target), target, chip, list(flags),
                                      lambda vmfb: IreeSession(vmfb, target))
         self.carried = carried_names(self.train)
+        self.float = float_type(self.train)
         self.state: dict[str, Any] = {}
 
     def load(self, values: Mapping[str, np.ndarray]) -> None:
         self.state = {k: self.session.to_device(values[k]) for k in self.carried}
 
     def step(self, images: np.ndarray, labels: np.ndarray, lr: float, step: int) -> StepResult:
-        feed = {"images": images, "labels": labels, "lr": np.float32(lr), "step": np.int32(step)}
+        feed = {"images": images.astype(self.float, copy=False), "labels": labels, "lr": self.float.type(lr),
+                "step": np.int32(step)}
         args = [self.state[v.name] if v.name in self.state else self.session.to_device(feed[v.name])
                 for v in self.train.inputs]
         out = dict(zip(self.train.outputs, self.session.call("train_step", *args)))
@@ -70,7 +77,7 @@ class IreeBackend:
     def logits(self, images: np.ndarray) -> np.ndarray:
         if self.eval is None:
             raise BackendError("this backend was built without an eval function")
-        args = [self.state[v.name] if v.name in self.state else self.session.to_device(images)
+        args = [self.state[v.name] if v.name in self.state else self.session.to_device(images.astype(self.float))
                 for v in self.eval.inputs]
         out = dict(zip(self.eval.outputs, self.session.call("eval", *args)))
         return np.array(out["logits"].to_host())  # a copy: the host view may alias a buffer IREE reuses
@@ -107,6 +114,9 @@ class JaxBackend:
         def shardings(g: Graph) -> dict[str, Any]:
             return {v.name: self.split if v.name in ("images", "labels") else self.replicated for v in g.inputs}
 
+        self.float = float_type(self.train)
+        if self.float == np.float64:
+            jax.config.update("jax_enable_x64", True)   # else JAX computes a float64 graph in float32
         self._step = jax.jit(as_jax_function(self.train), in_shardings=(shardings(self.train),))
         self._eval = (jax.jit(as_jax_function(self.eval), in_shardings=(shardings(self.eval),))
                       if self.eval is not None else None)
@@ -116,8 +126,8 @@ class JaxBackend:
         self.state = {k: self.jax.device_put(np.asarray(values[k]), self.replicated) for k in self.carried}
 
     def step(self, images: np.ndarray, labels: np.ndarray, lr: float, step: int) -> StepResult:
-        feed = {**self.state, "images": self.jax.device_put(images, self.split),
-                "labels": self.jax.device_put(labels, self.split), "lr": np.float32(lr), "step": np.int32(step)}
+        feed = {**self.state, "images": self.jax.device_put(images.astype(self.float, copy=False), self.split),
+                "labels": self.jax.device_put(labels, self.split), "lr": self.float.type(lr), "step": np.int32(step)}
         out = self._step(feed)
         self.state = {k: out[k] for k in self.carried}
         norm = out.get("grad_norm")
@@ -127,7 +137,7 @@ class JaxBackend:
         if self._eval is None:
             raise BackendError("this backend was built without an eval function")
         feed = {**{v.name: self.state[v.name] for v in self.eval.inputs if v.name in self.state},
-                "images": self.jax.device_put(images, self.split)}
+                "images": self.jax.device_put(images.astype(self.float, copy=False), self.split)}
         return np.asarray(self._eval(feed)["logits"])
 
     def values(self) -> dict[str, np.ndarray]:

@@ -86,13 +86,14 @@ OPTIMIZERS: dict[str, Optimizer] = {
 }
 
 
-def bias_corrections(e: Emitter, c: TrainConfig, step: Value) -> tuple[Value, Value]:
-    """1 / (1 - beta^t) for both betas, with t the (1-based, i32) step: beta^t = exp(t * ln beta)."""
-    t = e.convert(step, DType.f32)
+def bias_corrections(e: Emitter, c: TrainConfig, step: Value, dtype: DType = DType.f32) -> tuple[Value, Value]:
+    """1 / (1 - beta^t) for both betas in `dtype` (the parameters'), with t the (1-based, i32) step:
+    beta^t = exp(t * ln beta)."""
+    t = e.convert(step, dtype)
 
     def corr(beta: float) -> Value:
         power = e.op("exp", e.mul_scalar(t, math.log(beta)))
-        return e.div(e.scalar(1.0), e.sub(e.scalar(1.0), power))
+        return e.div(e.scalar(1.0, dtype), e.sub(e.scalar(1.0, dtype), power))
 
     return corr(c.beta1), corr(c.beta2)
 

@@ -45,7 +45,7 @@ def build_train_step(net: Net, config: TrainConfig) -> TrainStep:
     seed = Emitter(g, Loc(path="loss"), None, net.constraints).const(1.0, g.outputs["loss"])
     back = vjp(g, {"loss": seed}, params, net.constraints)
     opt = OPTIMIZERS[config.optimizer]
-    lr = g.add_input("lr", TensorType((), DType.f32), "hyper")
+    lr = g.add_input("lr", TensorType((), net.dtype), "hyper")
     step = g.input(STEP) if any(v.name == STEP for v in g.inputs) else g.add_input(STEP, TensorType((), DType.i32),
                                                                                      "hyper")
     e = Emitter(g, Loc(path="optimizer"), None, net.constraints)
@@ -53,7 +53,7 @@ def build_train_step(net: Net, config: TrainConfig) -> TrainStep:
     if config.clip_norm:
         grads, norm = clip_by_global_norm(e, grads, config.clip_norm)
         g.set_output("grad_norm", norm)
-    hyper = Hyper(lr, *bias_corrections(e, config, step)) if "adam_m" in opt.slots else Hyper(lr)
+    hyper = Hyper(lr, *bias_corrections(e, config, step, net.dtype)) if "adam_m" in opt.slots else Hyper(lr)
     for p, grad in zip(params, grads):
         state = tuple(g.add_input(f"{slot}:{p.name}", p.type, "state", Init("zeros")) for slot in opt.slots)
         new_p, new_state = opt.update(e.at(Loc(path=f"optimizer.{p.name}"), None), config, hyper, p, grad, state)

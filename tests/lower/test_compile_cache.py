@@ -178,7 +178,7 @@ def test_a_module_the_runtime_refuses_is_evicted_and_recompiled(tmp_path, monkey
     """A correctly tagged entry the runtime cannot load (as from another IREE build) is compiled again."""
     monkeypatch.setenv("GIR_CACHE_DIR", str(tmp_path))
     good = compile_text(MODULE, "cpu")
-    name = cache_key(MODULE, _attempts("cpu", None, ())[0])
+    name = cache_key(MODULE, _attempts(MODULE, "cpu", None, ())[0])
     cache = CompileCache(cache_dir())
     key = (cache_dir() / KEY_FILE).read_bytes()
     junk = b"not a flatbuffer at all" * 10
