@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
 from gir.autodiff import ADJOINTS, grad
 from gir.autodiff.invariants import Finding, op_count, structural
 from gir.autodiff.numeric import AdjointCheck, check_adjoint
 from gir.lower.decompose import decompose
+from gir.lower.jax_backend import as_jax_function, evaluate
+from gir.nn.builder import STEP
 from gir.nn.net import Net
+from gir.nn.params import init_params
 from gir.shapes.specialize import check_binding, specialize
 
 NUMERIC_TOL = 1e-4
@@ -27,6 +32,54 @@ def _numeric_findings(results: list[AdjointCheck], tol: float) -> list[Finding]:
         Finding("linearity", f"{len(linear)} linear nodes pass the dot-product test <Jv, w> = <v, J^T w> "
                 f"(max relative error {worst('linearity'):.1e})", tuple(b for b in bad if "dot-product" in b)),
     ]
+
+
+WHOLE_NET_TOL = 1e-10
+
+
+def check_whole_net_f64(net: Net, batch: int = 2, image: int | None = None, label_smoothing: float = 0.1,
+                        seed: int = 0) -> Finding:
+    """The whole train step's gradient (loss w.r.t. every parameter), built by gir and run on the JAX backend in
+    float64, against jax.grad of the same forward pass: in float64 no input lands on the other side of a ReLU6
+    kink, so the two must agree to rounding (WHOLE_NET_TOL). Enables JAX's float64 for the process."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    f64 = net.with_dtype("f64")
+    binding = f64.binding(batch=batch, image=image)
+    check_binding(binding, f64.constraints)
+    def build():
+        return f64.build(mode="train", loss=True, label_smoothing=label_smoothing, seed=seed)
+
+    forward, graph = build(), build()
+    grad(graph, constraints=f64.constraints)
+    forward = decompose(specialize(forward, binding, f64.constraints))
+    with_grads = decompose(specialize(graph, binding, f64.constraints))
+    rng = np.random.default_rng(seed)
+    feeds = init_params(with_grads, seed)
+    classes = int(with_grads.outputs["logits"].type.shape[-1])
+    for v in with_grads.inputs:
+        if v.name == "labels":
+            feeds[v.name] = rng.integers(0, classes, v.type.shape).astype(np.int32)
+        elif v.name == STEP:
+            feeds[v.name] = np.int32(1)
+        elif v.name not in feeds:
+            feeds[v.name] = rng.standard_normal(v.type.shape)
+    ours = evaluate(with_grads, feeds)
+    params = [v.name for v in with_grads.inputs if v.role == "param"]
+    loss_fn = as_jax_function(forward)
+    reference = jax.grad(lambda p: loss_fn({**feeds, **p})["loss"])({k: feeds[k] for k in params})
+    # A gradient that is zero in exact arithmetic (a BN shift feeding another BN) is rounding noise on both sides:
+    # each is compared against its own norm or a millionth of the whole gradient's, whichever is larger.
+    floor = 1e-6 * float(np.sqrt(sum(np.sum(np.square(reference[k])) for k in params)))
+    errors = {k: float(np.linalg.norm(ours[f"grad:{k}"] - reference[k]) / max(np.linalg.norm(reference[k]), floor,
+                                                                                 1e-300))
+              for k in params}
+    worst = max(errors, key=errors.get)
+    bad = tuple(f"grad:{k} differs from jax.grad by {e:.1e} (relative)" for k, e in errors.items()
+                if not e <= WHOLE_NET_TOL)
+    return Finding("whole net (float64)", f"{len(params)} parameter gradients of the whole train step vs jax.grad: "
+                   f"max relative error {errors[worst]:.1e} ({worst}; tolerance {WHOLE_NET_TOL:g})", bad)
 
 
 def check_net(net: Net, batch: int = 2, image: int | None = None, numeric: bool = True,

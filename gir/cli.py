@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from gir.autodiff import AdjointError
 from gir.bench import bench_train_step
-from gir.check import check_net
+from gir.check import check_net, check_whole_net_f64
 from gir.ir.dot import to_dot
 from gir.ir.printer import print_graph
 from gir.lower.iree_compile import TARGETS, CompileError, compile_text
@@ -447,6 +447,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     findings = check_net(net, batch=args.batch or 2, image=args.image, numeric=not args.no_numeric,
                          label_smoothing=config.label_smoothing, progress=progress)
+    if args.f64:
+        progress("the whole train step in float64 against jax.grad")
+        findings.append(check_whole_net_f64(net, batch=args.batch or 2, image=args.image,
+                                            label_smoothing=config.label_smoothing, seed=config.seed))
     width = max(len(f.name) for f in findings)
     print(f"gir check {args.net}: backward pass of net {net.name!r} (loss w.r.t. every parameter)")
     for f in findings:
@@ -518,6 +522,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     s = net_cmd("check", "build the backward pass and check its invariants and every adjoint numerically")
     s.add_argument("--no-numeric", action="store_true", help="structural checks only (no float64 comparisons)")
+    s.add_argument("--f64", action="store_true",
+                   help="also compare the whole train step's gradient, built in float64, with jax.grad (~1e-10)")
     s.add_argument("-v", "--verbose", action="store_true", help="name each node as it is checked numerically")
     s.set_defaults(func=cmd_check)
 

@@ -1,6 +1,8 @@
 """A network: a layer list, its input signature and the constraints on its symbols."""
 from __future__ import annotations
 
+import copy
+
 from typing import Mapping, Sequence
 
 import sympy
@@ -53,6 +55,16 @@ class Net:
         """Whether an image size binds this net's input (H and W are symbols), as opposed to a
         fixed-size input such as MNIST's 28x28."""
         return H in self.symbols
+
+    def with_dtype(self, dtype: str) -> Net:
+        """The same layers computing in `dtype` ("f32" or "f64"): a float64 copy checks a whole net's gradient
+        without float32 rounding moving inputs across ReLU6's kinks."""
+        if dtype not in ("f32", "f64"):
+            raise ValueError(f"dtype must be 'f32' or 'f64', got {dtype!r}")
+        other = copy.copy(self)
+        other.dtype = DType(dtype)
+        other.input_type = self.input_type.with_dtype(other.dtype)
+        return other
 
     def binding(self, batch: int | None = None, image: int | None = None) -> dict[sympy.Symbol, int]:
         """Symbol values: the defaults, with N set to `batch` and H, W to `image` when given."""
