@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import jax
 import numpy as np
 
 from gir.autodiff import ADJOINTS, grad
@@ -41,13 +42,16 @@ def check_whole_net_f64(net: Net, batch: int = 2, image: int | None = None, labe
                         seed: int = 0) -> Finding:
     """The whole train step's gradient (loss w.r.t. every parameter), built by gir and run on the JAX backend in
     float64, against jax.grad of the same forward pass: in float64 no input lands on the other side of a ReLU6
-    kink, so the two must agree to rounding (WHOLE_NET_TOL). Enables JAX's float64 for the process."""
-    import jax
+    kink, so the two must agree to rounding (WHOLE_NET_TOL)."""
+    with jax.enable_x64(True):   # for this check only: the process keeps JAX's float32 default
+        return _whole_net_f64(net, batch, image, label_smoothing, seed)
 
-    jax.config.update("jax_enable_x64", True)
+
+def _whole_net_f64(net: Net, batch: int, image: int | None, label_smoothing: float, seed: int) -> Finding:
     f64 = net.with_dtype("f64")
     binding = f64.binding(batch=batch, image=image)
     check_binding(binding, f64.constraints)
+
     def build():
         return f64.build(mode="train", loss=True, label_smoothing=label_smoothing, seed=seed)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from gir.autodiff import ADJOINTS
@@ -25,6 +26,7 @@ def test_the_whole_gradient_agrees_with_jax_grad_to_rounding():
     net, config = load_net_file(str(ROOT / "nets" / "digits_cnn.py"))
     finding = check_whole_net_f64(net, batch=2, label_smoothing=config.label_smoothing)
     assert finding.ok and finding.name == "whole net (float64)"
+    assert not jax.config.jax_enable_x64   # float64 was switched on for the check only
     worst = float(finding.summary.split("max relative error ")[1].split()[0])
     assert worst < WHOLE_NET_TOL
 
@@ -49,6 +51,7 @@ def test_a_float64_net_trains_the_same_on_iree_and_jax(tmp_path, capsys):
                if '"loss"' in line and '"eval"' not in line] for b in ("iree", "jax")]
     assert len(losses[0]) == 45
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-12)   # float64 on both: agreement to rounding
+    assert not jax.config.jax_enable_x64   # the JAX backend turned float64 on around its own calls only
     capsys.readouterr()
     assert main(["check", str(tmp_path / "f64_cnn.py"), "--f64"]) == 0
     assert "whole net (float64)   ok" in capsys.readouterr().out

@@ -4,6 +4,7 @@ the batch axis, parameters replicated). Both take and give the same names as the
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -115,17 +116,25 @@ class JaxBackend:
             return {v.name: self.split if v.name in ("images", "labels") else self.replicated for v in g.inputs}
 
         self.float = float_type(self.train)
-        if self.float == np.float64:
-            jax.config.update("jax_enable_x64", True)   # else JAX computes a float64 graph in float32
         self._step = jax.jit(as_jax_function(self.train), in_shardings=(shardings(self.train),))
         self._eval = (jax.jit(as_jax_function(self.eval), in_shardings=(shardings(self.eval),))
                       if self.eval is not None else None)
         self.state: dict[str, Any] = {}
 
+    def _x64(self) -> contextlib.AbstractContextManager:
+        """JAX's float64 for a float64 net, around each call only (else JAX computes it in float32); the switch
+        is JAX's process-wide default otherwise, and other graphs in the process keep theirs."""
+        return self.jax.enable_x64(True) if self.float == np.float64 else contextlib.nullcontext()
+
     def load(self, values: Mapping[str, np.ndarray]) -> None:
-        self.state = {k: self.jax.device_put(np.asarray(values[k]), self.replicated) for k in self.carried}
+        with self._x64():
+            self.state = {k: self.jax.device_put(np.asarray(values[k]), self.replicated) for k in self.carried}
 
     def step(self, images: np.ndarray, labels: np.ndarray, lr: float, step: int) -> StepResult:
+        with self._x64():
+            return self._step_once(images, labels, lr, step)
+
+    def _step_once(self, images: np.ndarray, labels: np.ndarray, lr: float, step: int) -> StepResult:
         feed = {**self.state, "images": self.jax.device_put(images.astype(self.float, copy=False), self.split),
                 "labels": self.jax.device_put(labels, self.split), "lr": self.float.type(lr), "step": np.int32(step)}
         out = self._step(feed)
@@ -136,9 +145,10 @@ class JaxBackend:
     def logits(self, images: np.ndarray) -> np.ndarray:
         if self._eval is None:
             raise BackendError("this backend was built without an eval function")
-        feed = {**{v.name: self.state[v.name] for v in self.eval.inputs if v.name in self.state},
-                "images": self.jax.device_put(images.astype(self.float, copy=False), self.split)}
-        return np.asarray(self._eval(feed)["logits"])
+        with self._x64():
+            feed = {**{v.name: self.state[v.name] for v in self.eval.inputs if v.name in self.state},
+                    "images": self.jax.device_put(images.astype(self.float, copy=False), self.split)}
+            return np.asarray(self._eval(feed)["logits"])
 
     def values(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in self.state.items()}
