@@ -567,3 +567,15 @@ def test_a_damaged_unpacked_copy_is_unpacked_again(tmp_path, digits, monkeypatch
     assert err.startswith(f"gir: warning: data cache file {big} (unpacked {tmp_path}/mz/") and err.count("\n") == 1
     assert "is 50 bytes, not 2,576; unpacking it again" in err
     np.testing.assert_array_equal(pixels(ds, ds.train), gray[:N_TRAIN, None])
+
+
+def test_normalization_is_measured_at_most_stats_size_wide():
+    """Mean and std are measured on images at the net's size up to STATS_SIZE, and at STATS_SIZE above it (a
+    larger upscale of the same images only rounds differently): 96 pixels gives the numbers of 64."""
+    from gir.train.data import STATS_SIZE
+
+    at, above, below = (load_dataset("digits", s, 1) for s in (STATS_SIZE, 96, 20))
+    assert above.mean == at.mean and above.std == at.std
+    x = pixels(below, below.train).astype(np.float64) / 255   # below the cap: measured at the size itself
+    np.testing.assert_allclose(below.mean, x.mean(axis=(0, 2, 3)), rtol=1e-9)
+    assert below.mean != at.mean
