@@ -130,3 +130,35 @@ def test_a_net_with_dropout_trains_the_same_on_iree_and_jax(tmp_path):
               for b in ("iree", "jax")]
     assert len(losses[0]) == 45
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
+
+
+def test_a_run_with_dropout_resumes_bit_exactly(tmp_path):
+    """Stopped by SIGINT mid-epoch and resumed, a dropout net's losses equal the uninterrupted run's: its masks
+    are functions of (seed, step, layer), nothing else."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from gir.cli import main
+    from gir.train.runlog import read_trace
+
+    (tmp_path / "drop_cnn.py").write_text(NET_FILE)
+    net_file, args = str(tmp_path / "drop_cnn.py"), ["--epochs", "2", "-q"]
+
+    def losses(run):
+        return {r["step"]: r["loss"] for r in read_trace(run / "trace.jsonl") if "loss" in r and not r.get("eval")}
+
+    assert main(["train", net_file, *args, "--out", str(tmp_path / "full")]) == 0
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "gir", "train", net_file, *args, "--out", str(cut)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not ((cut / "trace.jsonl").exists() and max(losses(cut), default=0) >= 50) and time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    assert max(losses(cut)) < 90
+    assert main(["train", net_file, "--resume", str(cut), "-q"]) == 0
+    assert losses(cut) == losses(tmp_path / "full")      # every step, bit for bit
