@@ -9,7 +9,6 @@ import pytest
 from jax.extend.random import threefry_2x32
 
 from gir.autodiff import vjp
-from gir.ir import DType, TensorType
 from gir.lower.iree_compile import compile_text
 from gir.lower.iree_runtime import IreeSession
 from gir.lower.jax_backend import evaluate
