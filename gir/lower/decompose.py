@@ -9,8 +9,8 @@ import sympy
 
 from gir.ir import opdefs as od
 from gir.ir.graph import Graph, Node, Value
-from gir.ir.ops import get_op, rule_registrar
 from gir.ir.dtypes import DType
+from gir.ir.ops import get_op, rule_registrar
 from gir.ir.types import Dim, TensorType
 from gir.shapes.emit import Emitter
 from gir.shapes.padding import explicit_pads
@@ -231,7 +231,6 @@ def decompose(graph: Graph) -> Graph:
     for name, v in graph.outputs.items():
         out.set_output(name, vmap[v])
     return out
-
 
 
 THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))

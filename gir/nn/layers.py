@@ -170,41 +170,32 @@ def global_avg_pool(b: Builder, x: Value) -> Value:
     return b.global_avg_pool(x)
 
 
-def _keep(b: Builder, x: Value, keep: Value, p: float) -> Value:
-    """x / (1 - p) where `keep` (broadcast to x's shape), else 0: the backward pass reuses the same mask."""
-    scaled = b.multiply(x, b.constant(1.0 / (1.0 - p), x.type.shape))
-    return b.emit("select", (keep, scaled, b.constant(0.0, x.type.shape)), None).out
-
-
-def _probability(p: float, layer: str) -> float:
+def _drop(b: Builder, x: Value, p: float, layer: str, mask_dims: tuple[int, ...]) -> Value:
+    """Training: x / (1 - p) where a uniform draw over x's dims `mask_dims` is >= p (broadcast over the others),
+    else 0; the backward pass reuses the same mask. Evaluation, or p = 0: x itself."""
     if not (isinstance(p, (int, float)) and 0 <= p < 1):
         raise ValueError(f"{layer}: p must be in [0, 1), got {p!r}")
-    return float(p)
+    if b.mode == "eval" or p == 0:
+        return x
+    mask_shape = tuple(x.type.shape[d] for d in mask_dims)
+    keep = b.emit("compare", (b.random_uniform(mask_shape), b.constant(p, mask_shape)), od.CompareAttrs("GE")).out
+    keep = b.broadcast_in_dim(keep, x.type.shape, mask_dims) if mask_shape != tuple(x.type.shape) else keep
+    scaled = b.multiply(x, b.constant(1.0 / (1.0 - p), x.type.shape))
+    return b.emit("select", (keep, scaled, b.constant(0.0, x.type.shape)), None).out
 
 
 @layer("drop")
 def dropout(b: Builder, x: Value, p: float = 0.5) -> Value:
     """Training: each element zeroed with probability p, the rest scaled by 1/(1-p) (PyTorch's Dropout).
     Evaluation: the identity."""
-    p = _probability(p, "dropout")
-    if b.mode == "eval" or p == 0:
-        return x
-    u = b.random_uniform(x.type.shape)
-    keep = b.emit("compare", (u, b.constant(p, x.type.shape)), od.CompareAttrs("GE")).out
-    return _keep(b, x, keep, p)
+    return _drop(b, x, p, "dropout", tuple(range(x.type.rank)))
 
 
 @layer("drop_path")
 def drop_path(b: Builder, x: Value, p: float = 0.1) -> Value:
     """Stochastic depth on a residual branch: each example's whole x zeroed with probability p, kept ones scaled by
     1/(1-p) (timm's DropPath). Evaluation: the identity."""
-    p = _probability(p, "drop_path")
-    if b.mode == "eval" or p == 0:
-        return x
-    n = x.type.shape[0]
-    u = b.random_uniform((n,))
-    keep = b.emit("compare", (u, b.constant(p, (n,))), od.CompareAttrs("GE")).out
-    return _keep(b, x, b.broadcast_in_dim(keep, x.type.shape, (0,)), p)
+    return _drop(b, x, p, "drop_path", (0,))
 
 
 @layer("flatten")

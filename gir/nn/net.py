@@ -18,6 +18,13 @@ from gir.shapes.dims import Constraints, H, N, W
 from gir.shapes.specialize import BindingError
 
 
+def _float_dtype(dtype: str, who: str) -> DType:
+    """A net's float type from its name, "f32" or "f64"."""
+    if dtype not in ("f32", "f64"):
+        raise ValueError(f"{who} dtype must be 'f32' or 'f64', got {dtype!r}")
+    return DType(dtype)
+
+
 class Net:
     """`layers` applied in order to an input of `input_shape` (dims are ints or symbols).
 
@@ -35,9 +42,7 @@ class Net:
             if not isinstance(lay, Layer):
                 raise TypeError(f"{self.file}: Net {name!r} layer {i} is {lay!r}, not a layer (did you forget "
                                 f"the parentheses, as in relu()?)")
-        if dtype not in ("f32", "f64"):
-            raise ValueError(f"{self.file}: Net {name!r} dtype must be 'f32' or 'f64', got {dtype!r}")
-        self.dtype = DType(dtype)
+        self.dtype = _float_dtype(dtype, f"{self.file}: Net {name!r}")
         self.input_type = TensorType(tuple(input_shape), self.dtype)
         self.num_classes = num_classes
         self.constraints = constraints
@@ -59,10 +64,8 @@ class Net:
     def with_dtype(self, dtype: str) -> Net:
         """The same layers computing in `dtype` ("f32" or "f64"): a float64 copy checks a whole net's gradient
         without float32 rounding moving inputs across ReLU6's kinks."""
-        if dtype not in ("f32", "f64"):
-            raise ValueError(f"dtype must be 'f32' or 'f64', got {dtype!r}")
         other = copy.copy(self)
-        other.dtype = DType(dtype)
+        other.dtype = _float_dtype(dtype, f"Net {self.name!r}")
         other.input_type = self.input_type.with_dtype(other.dtype)
         return other
 

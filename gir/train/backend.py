@@ -122,8 +122,8 @@ class JaxBackend:
         self.state: dict[str, Any] = {}
 
     def _x64(self) -> contextlib.AbstractContextManager:
-        """JAX's float64 for a float64 net, around each call only (else JAX computes it in float32); the switch
-        is JAX's process-wide default otherwise, and other graphs in the process keep theirs."""
+        """JAX's float64 around a float64 net's calls only (without it JAX computes them in float32), so other
+        graphs in the process keep JAX's float32 default."""
         return self.jax.enable_x64(True) if self.float == np.float64 else contextlib.nullcontext()
 
     def load(self, values: Mapping[str, np.ndarray]) -> None:
@@ -132,12 +132,10 @@ class JaxBackend:
 
     def step(self, images: np.ndarray, labels: np.ndarray, lr: float, step: int) -> StepResult:
         with self._x64():
-            return self._step_once(images, labels, lr, step)
-
-    def _step_once(self, images: np.ndarray, labels: np.ndarray, lr: float, step: int) -> StepResult:
-        feed = {**self.state, "images": self.jax.device_put(images.astype(self.float, copy=False), self.split),
-                "labels": self.jax.device_put(labels, self.split), "lr": self.float.type(lr), "step": np.int32(step)}
-        out = self._step(feed)
+            feed = {**self.state, "images": self.jax.device_put(images.astype(self.float, copy=False), self.split),
+                    "labels": self.jax.device_put(labels, self.split), "lr": self.float.type(lr),
+                    "step": np.int32(step)}
+            out = self._step(feed)
         self.state = {k: out[k] for k in self.carried}
         norm = out.get("grad_norm")
         return StepResult(float(out["loss"]), None if norm is None else float(norm))

@@ -170,15 +170,14 @@ class Dataset:
         shorter side scaled to S/0.875 and the center SxS), then padded-crop/flipped as `augment` says."""
         if isinstance(split.images, ArrayImages):
             images = _fit(split.images.take(idx), self.size, self.channels)
-        elif augment is not None and augment.crop == "resized":
-            files, (lo, hi) = split.images, (augment.scale, augment.ratio)
-            images = np.stack([_decode(files.path(i), lambda im: random_resized_crop(im, self.size, self.channels,
-                                                                                      lo, hi, rng)) for i in idx])
-            augment = attrs.evolve(augment, crop="none")
         else:
-            files = split.images
-            images = np.stack([_decode(files.path(i), lambda im: center_crop(im, self.size, self.channels))
-                               for i in idx])
+            if augment is not None and augment.crop == "resized":
+                scale, ratio = augment.scale, augment.ratio
+                crop = lambda im: random_resized_crop(im, self.size, self.channels, scale, ratio, rng)
+                augment = attrs.evolve(augment, crop="none")   # the crop is done; the flip is left
+            else:
+                crop = lambda im: center_crop(im, self.size, self.channels)
+            images = np.stack([_decode(split.images.path(i), crop) for i in idx])
         return images if augment is None else augment_batch(images, augment, rng)
 
     def normalize(self, images_u8: np.ndarray) -> np.ndarray:

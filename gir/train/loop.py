@@ -97,7 +97,7 @@ def _check_memory(net: Net, config: TrainConfig, channels: int, image: int, batc
     """Refuse a run whose activations and batches in flight cannot fit in this machine's memory, naming the flags."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     b = config.batch_size
-    batches = batches_in_flight * b * channels * image * image * (1 + 4)   # uint8 from the workers, float32 fed
+    batches = batches_in_flight * b * channels * image * image * (1 + net.dtype.numpy.itemsize)  # uint8, then fed
     need = activation_bytes(net, b, image) + batches
     if need > total:
         gib = 2.0 ** 30
@@ -221,11 +221,6 @@ class Trainer:
         return save_checkpoint(self.options.out, self.backend.values(), meta)
 
     # ---- batches ----------------------------------------------------------------------------
-
-    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """The images (normalized float32) and labels of 1-based `step`, made here rather than by the workers."""
-        images, labels = self.batches.train(step)
-        return self.data.normalize(images), labels
 
     def evaluate(self, loader: Loader) -> dict[str, float]:
         """Top-1, top-5 and loss on the validation split, in batches of the compiled size."""
