@@ -45,7 +45,7 @@ torch_rule = rule_registrar(TORCH_RULES, "PyTorch")
 
 _UNARY = {"negate": torch.neg, "exp": torch.exp, "log": torch.log, "tanh": torch.tanh, "logistic": torch.sigmoid,
           "sqrt": torch.sqrt, "rsqrt": torch.rsqrt, "abs": torch.abs,
-          "relu": F.relu, "relu6": F.relu6, "swish": F.silu, "hard_swish": F.hardswish,
+          "relu": F.relu, "relu6": F.relu6, "swish": F.silu, "hard_swish": F.hardswish, "hard_sigmoid": F.hardsigmoid,
           "gelu": functools.partial(F.gelu, approximate="tanh")}
 _BINARY = {"add": torch.add, "subtract": torch.sub, "multiply": torch.mul, "divide": torch.div,
            "maximum": torch.maximum, "minimum": torch.minimum}

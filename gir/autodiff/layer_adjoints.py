@@ -156,5 +156,5 @@ def _through_decomposition(e: Emitter, node: Node, cts: tuple[Ct, ...]):
     return tuple(back.grads.get(v) if node.inputs.index(v) == i else None for i, v in enumerate(node.inputs))
 
 
-for _op in ("layer_norm", "swish", "hard_swish", "gelu", "avg_pool", "softmax_cross_entropy", "attention"):
+for _op in ("layer_norm", "swish", "hard_swish", "hard_sigmoid", "gelu", "avg_pool", "softmax_cross_entropy", "attention"):
     adjoint(_op)(_through_decomposition)

@@ -22,7 +22,8 @@ POSITIVE_INPUTS: dict[str, tuple[int, ...]] = {
 NEGATIVE_INPUTS: dict[str, tuple[int, ...]] = {"clamp": (0,)}
 """Inputs drawn away from zero with one sign: where the op is smooth (log, sqrt) or sensible (clamp's
 lower bound below its upper bound)."""
-KINKS: dict[str, tuple[float, ...]] = {"relu": (0.0,), "relu6": (0.0, 6.0), "abs": (0.0,), "hard_swish": (-3.0, 3.0)}
+KINKS: dict[str, tuple[float, ...]] = {"relu": (0.0,), "relu6": (0.0, 6.0), "abs": (0.0,), "hard_swish": (-3.0, 3.0),
+                                     "hard_sigmoid": (-3.0, 3.0)}
 """Points where an op's first input is not differentiable: random inputs are kept 1e-3 away from them,
 so a central difference never straddles one (the conventions there are tested separately)."""
 

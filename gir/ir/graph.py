@@ -36,7 +36,7 @@ class Loc:
 class Init:
     """How a parameter or state input is initialized: a named scheme and its arguments."""
 
-    kind: str  # "zeros" | "ones" | "normal" | "he_normal" | "uniform" | "trunc_normal"
+    kind: str  # "zeros" | "ones" | "constant" (every entry `scale`) | "normal" | "he_normal" | "uniform" | "trunc_normal"
     scale: float = 1.0
     fan_in: int = 1
     fan_out: int = 1

@@ -225,7 +225,7 @@ ELEMENTWISE_UNARY = ("negate", "exp", "log", "tanh", "logistic", "sqrt", "rsqrt"
 ELEMENTWISE_BINARY = ("add", "subtract", "multiply", "divide", "maximum", "minimum")
 ELEMENTWISE_BITWISE = ("xor", "or", "shift_left", "shift_right_logical")
 """Integer bit operations (i32 operands read as 32 raw bits): what a counter-based random generator is made of."""
-ACTIVATIONS = ("relu", "relu6", "swish", "hard_swish", "gelu")
+ACTIVATIONS = ("relu", "relu6", "swish", "hard_swish", "hard_sigmoid", "gelu")
 
 for _name in ELEMENTWISE_UNARY:
     register_op(_name, None, 1, "primitive", f"elementwise {_name}")

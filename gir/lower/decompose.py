@@ -117,10 +117,16 @@ def _swish(e: Emitter, a: Any, x: Value) -> Value:
     return e.op("multiply", x, e.op("logistic", x))
 
 
+@decomposes("hard_sigmoid")
+def _hard_sigmoid(e: Emitter, a: Any, x: Value) -> Value:
+    """relu6(x + 3) / 6 (MobileNetV3's gate)."""
+    r = e.op("clamp", e.scalar(0.0, x.type.dtype), e.op("add", x, e.const(3.0, x)), e.scalar(6.0, x.type.dtype))
+    return e.mul_scalar(r, 1.0 / 6.0)
+
+
 @decomposes("hard_swish")
 def _hard_swish(e: Emitter, a: Any, x: Value) -> Value:
-    r = e.op("clamp", e.scalar(0.0, x.type.dtype), e.op("add", x, e.const(3.0, x)), e.scalar(6.0, x.type.dtype))
-    return e.op("multiply", x, e.mul_scalar(r, 1.0 / 6.0))
+    return e.op("multiply", x, _hard_sigmoid(e, a, x))
 
 
 @decomposes("gelu")

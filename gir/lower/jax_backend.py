@@ -312,11 +312,17 @@ def _swish(a, x):
     return x * lax.logistic(x)
 
 
+@jax_rule("hard_sigmoid")
+def _hard_sigmoid(a, x):
+    """relu6(x + 3) / 6."""
+    return lax.clamp(jnp.asarray(0, x.dtype), x + jnp.asarray(3, x.dtype), jnp.asarray(6, x.dtype)) / \
+        jnp.asarray(6, x.dtype)
+
+
 @jax_rule("hard_swish")
 def _hard_swish(a, x):
-    """x * relu6(x + 3) / 6."""
-    return x * lax.clamp(jnp.asarray(0, x.dtype), x + jnp.asarray(3, x.dtype), jnp.asarray(6, x.dtype)) / \
-        jnp.asarray(6, x.dtype)
+    """x * hard_sigmoid(x)."""
+    return x * _hard_sigmoid(a, x)
 
 
 @jax_rule("gelu")

@@ -2,6 +2,8 @@
 constructor by `@layer`. Parameters are named by layer path: `stage3.block1.dw.conv.weight`."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from gir.ir import opdefs as od
 from gir.ir.graph import Init, Value
 from gir.nn.builder import Builder
@@ -30,8 +32,8 @@ def _need_rank(b: Builder, x: Value, rank: int, layer: str, layout: str) -> None
                          (("input", x.type),), layer, b.loc())
 
 
-ACTIVATION_OPS = {"relu": "relu", "relu6": "relu6", "swish": "swish", "silu": "swish",
-                  "hard_swish": "hard_swish", "gelu": "gelu", "sigmoid": "logistic", "tanh": "tanh"}
+ACTIVATION_OPS = {"relu": "relu", "relu6": "relu6", "swish": "swish", "silu": "swish", "hard_swish": "hard_swish",
+                  "hard_sigmoid": "hard_sigmoid", "gelu": "gelu", "sigmoid": "logistic", "tanh": "tanh"}
 
 
 def activate(b: Builder, x: Value, act: str) -> Value:
@@ -148,8 +150,8 @@ def _activation_layer(act: str):
     return layer(act)(build)
 
 
-relu, relu6, swish, hard_swish, gelu, sigmoid, identity = (
-    _activation_layer(a) for a in ("relu", "relu6", "swish", "hard_swish", "gelu", "sigmoid", "identity"))
+relu, relu6, swish, hard_swish, hard_sigmoid, gelu, sigmoid, identity = (
+    _activation_layer(a) for a in ("relu", "relu6", "swish", "hard_swish", "hard_sigmoid", "gelu", "sigmoid", "identity"))
 
 
 @layer("pool")
@@ -241,56 +243,172 @@ def residual_stage(b: Builder, x: Value, ic: int, oc: int, stride: int = 1, n: i
     return x
 
 
-def _inverted_residual_block(b: Builder, x: Value, ic: int, oc: int, t: int, stride: int) -> Value:
-    hidden = ic * t
+def make_divisible(v: float, divisor: int = 8) -> int:
+    """v rounded to a multiple of `divisor` (at least `divisor`, never below 90% of v): how torchvision's MobileNets
+    and timm's round channel counts."""
+    rounded = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * v else rounded
+
+
+def _drop_rates(p: float | Sequence[float], n: int, layer: str) -> list[float]:
+    """One drop-path rate per block of a stage: `p` for every block, or `p[i]` for block i (a schedule)."""
+    if isinstance(p, (int, float)):
+        return [float(p)] * n
+    if not isinstance(p, (list, tuple)):
+        raise ValueError(f"{layer}: drop_path must be a rate or a list of rates, one per block; got {p!r}")
+    rates = list(p)
+    if len(rates) != n:
+        raise ValueError(f"{layer}: drop_path has {len(rates)} rates for {n} blocks; give one rate or one per block")
+    return rates
+
+
+def _residual(b: Builder, x: Value, y: Value, skip: bool, drop: float) -> Value:
+    """x + y when `skip` (the block keeps stride 1 and its channels), y's examples dropped at rate `drop`
+    (stochastic depth); y alone otherwise."""
+    return b.add(x, _drop(b, y, drop, "drop_path", (0,))) if skip else y
+
+
+def _blocks(b: Builder, x: Value, n: int, ic: int, oc: int, stride: int, drop_path: float | Sequence[float],
+            layer: str, build: Callable[[Builder, Value, int, int, float], Value]) -> Value:
+    """A stage: `build(b, x, in_channels, stride, drop_rate)` n times under block1..blockn; the first block takes ic
+    channels and strides, the rest keep oc channels."""
+    for i, rate in enumerate(_drop_rates(drop_path, n, layer)):
+        with b.scope(b.child_name(None, "block")):
+            x = build(b, x, ic if i == 0 else oc, stride if i == 0 else 1, rate)
+    return x
+
+
+@layer("se")
+def squeeze_excite(b: Builder, x: Value, c: int, squeeze: int, act: str = "swish", gate: str = "sigmoid") -> Value:
+    """Scales channels by gate(dense(act(dense(mean over H, W)))): EfficientNet's swish/sigmoid by default,
+    MobileNetV3's act="relu", gate="hard_sigmoid"."""
+    s = b.global_avg_pool(x)
+    s = dense(c, squeeze, act=act)(b, s, name="reduce")
+    s = dense(squeeze, c, act=gate)(b, s, name="expand")
+    return b.multiply(x, b.broadcast_like(s, x, (0, 1)))
+
+
+def _inverted_bottleneck(b: Builder, x: Value, ic: int, hidden: int, oc: int, k: int, stride: int, act: str,
+                         squeeze: int = 0, se_act: str = "swish", se_gate: str = "sigmoid", drop: float = 0.0) -> Value:
+    """MobileNetV2/V3's and EfficientNet's block: 1x1 expand to `hidden` (none when hidden == ic), k x k depthwise,
+    squeeze-excite to `squeeze` channels (none for 0), 1x1 project; the residual when shapes match."""
     y = x
-    if t != 1:
-        y = conv_bn(ic, hidden, k=1, act="relu6")(b, y, name="expand")
-    y = conv_bn(hidden, hidden, k=3, stride=stride, act="relu6", depthwise=True)(b, y, name="dw")
+    if hidden != ic:
+        y = conv_bn(ic, hidden, k=1, act=act)(b, y, name="expand")
+    y = conv_bn(hidden, hidden, k=k, stride=stride, act=act, depthwise=True)(b, y, name="dw")
+    if squeeze:
+        y = squeeze_excite(hidden, squeeze, act=se_act, gate=se_gate)(b, y, name="se")
     y = conv_bn(hidden, oc, k=1, act="identity")(b, y, name="project")
-    return b.add(x, y) if stride == 1 and ic == oc else y
+    return _residual(b, x, y, stride == 1 and ic == oc, drop)
 
 
 @layer("stage")
 def inverted_residual(b: Builder, x: Value, ic: int, oc: int, t: int = 6, stride: int = 1, n: int = 1) -> Value:
     """MobileNetV2 stage of n blocks: 1x1 expand to ic*t (skipped for t=1), BN, ReLU6, 3x3
     depthwise (strided in the first block), BN, ReLU6, 1x1 project, BN; residual when shapes match."""
-    for i in range(n):
-        with b.scope(b.child_name(None, "block")):
-            x = _inverted_residual_block(b, x, ic if i == 0 else oc, oc, t, stride if i == 0 else 1)
-    return x
+    return _blocks(b, x, n, ic, oc, stride, 0.0, "inverted_residual",
+                   lambda b, x, c, s, _: _inverted_bottleneck(b, x, c, c * t, oc, 3, s, "relu6"))
 
 
-@layer("se")
-def squeeze_excite(b: Builder, x: Value, c: int, squeeze: int) -> Value:
-    """Scales channels by sigmoid(dense(swish(dense(mean over H, W))))."""
-    s = b.global_avg_pool(x)
-    s = dense(c, squeeze, act="swish")(b, s, name="reduce")
-    s = dense(squeeze, c, act="sigmoid")(b, s, name="expand")
-    return b.multiply(x, b.broadcast_like(s, x, (0, 1)))
-
-
-def _mb_conv_block(b: Builder, x: Value, ic: int, oc: int, t: int, k: int, stride: int, se_ratio: float) -> Value:
-    hidden = ic * t
-    y = x
-    if t != 1:
-        y = conv_bn(ic, hidden, k=1, act="swish")(b, y, name="expand")
-    y = conv_bn(hidden, hidden, k=k, stride=stride, act="swish", depthwise=True)(b, y, name="dw")
-    if se_ratio:
-        y = squeeze_excite(hidden, max(1, int(ic * se_ratio)))(b, y, name="se")
-    y = conv_bn(hidden, oc, k=1, act="identity")(b, y, name="project")
-    return b.add(x, y) if stride == 1 and ic == oc else y
+@layer("block")
+def inverted_bottleneck(b: Builder, x: Value, ic: int, oc: int, hidden: int, k: int = 3, stride: int = 1,
+                        act: str = "relu", se: float = 0.0, se_act: str = "relu", se_gate: str = "hard_sigmoid",
+                        drop_path: float = 0.0) -> Value:
+    """MobileNetV3's block: 1x1 expand to `hidden` channels (none when hidden == ic), k x k depthwise, squeeze-excite
+    to make_divisible(se * hidden) channels (none for se=0; MobileNetV3 uses 0.25 with ReLU and a hard-sigmoid gate),
+    1x1 project; residual (with drop path) when shapes match."""
+    squeeze = make_divisible(se * hidden) if se else 0
+    return _inverted_bottleneck(b, x, ic, hidden, oc, k, stride, act, squeeze, se_act, se_gate, drop_path)
 
 
 @layer("stage")
 def mb_conv(b: Builder, x: Value, ic: int, oc: int, t: int = 6, k: int = 3, stride: int = 1, n: int = 1,
-            se_ratio: float = 0.25) -> Value:
+            se_ratio: float = 0.25, drop_path: float | Sequence[float] = 0.0) -> Value:
     """EfficientNet MBConv stage of n blocks: expand (t != 1), k x k depthwise, squeeze-excite
-    (squeeze = ic * se_ratio of the block input), project; residual when shapes match."""
-    for i in range(n):
-        with b.scope(b.child_name(None, "block")):
-            x = _mb_conv_block(b, x, ic if i == 0 else oc, oc, t, k, stride if i == 0 else 1, se_ratio)
-    return x
+    (squeeze = ic * se_ratio of the block input), project; residual when shapes match, with drop path at
+    `drop_path` (one rate, or one per block)."""
+    def block(b: Builder, x: Value, c: int, s: int, drop: float) -> Value:
+        squeeze = max(1, int(c * se_ratio)) if se_ratio else 0
+        return _inverted_bottleneck(b, x, c, c * t, oc, k, s, "swish", squeeze, drop=drop)
+    return _blocks(b, x, n, ic, oc, stride, drop_path, "mb_conv", block)
+
+
+@layer("stage")
+def fused_mb_conv(b: Builder, x: Value, ic: int, oc: int, t: int = 4, k: int = 3, stride: int = 1, n: int = 1,
+                  drop_path: float | Sequence[float] = 0.0) -> Value:
+    """EfficientNetV2's Fused-MBConv stage of n blocks: one k x k conv expanding to ic*t (strided, BN, swish) and a 1x1
+    project (BN); for t=1 the k x k conv alone makes oc channels. Residual when shapes match, with drop path."""
+    def block(b: Builder, x: Value, c: int, s: int, drop: float) -> Value:
+        if t == 1:
+            y = conv_bn(c, oc, k=k, stride=s, act="swish")(b, x, name="conv")
+        else:
+            y = conv_bn(c, c * t, k=k, stride=s, act="swish")(b, x, name="expand")
+            y = conv_bn(c * t, oc, k=1, act="identity")(b, y, name="project")
+        return _residual(b, x, y, s == 1 and c == oc, drop)
+    return _blocks(b, x, n, ic, oc, stride, drop_path, "fused_mb_conv", block)
+
+
+@layer("stage")
+def uib(b: Builder, x: Value, ic: int, oc: int, t: float = 4, start_k: int = 0, mid_k: int = 3, stride: int = 1,
+        n: int = 1, act: str = "relu", drop_path: float | Sequence[float] = 0.0) -> Value:
+    """MobileNetV4's universal inverted bottleneck, n blocks: an optional start_k x start_k depthwise (BN), 1x1 expand
+    to make_divisible(ic * t) (BN, act), an optional mid_k x mid_k depthwise (BN, act), 1x1 project (BN); residual
+    when shapes match. Its four variants: ExtraDW (both depthwise), IB (mid only), ConvNeXt-like (start only), FFN
+    (neither). The mid depthwise strides, else the start one; an FFN block cannot."""
+    if stride != 1 and not start_k and not mid_k:
+        raise ValueError(f"{b.loc()}: uib with start_k=0 and mid_k=0 (an FFN block) has no depthwise conv to "
+                         f"stride {stride}")
+
+    def block(b: Builder, x: Value, c: int, s: int, drop: float) -> Value:
+        y = x
+        if start_k:
+            y = conv_bn(c, c, k=start_k, stride=1 if mid_k else s, act="identity", depthwise=True)(b, y, name="dw_start")
+        hidden = make_divisible(c * t)
+        y = conv_bn(c, hidden, k=1, act=act)(b, y, name="expand")
+        if mid_k:
+            y = conv_bn(hidden, hidden, k=mid_k, stride=s, act=act, depthwise=True)(b, y, name="dw_mid")
+        y = conv_bn(hidden, oc, k=1, act="identity")(b, y, name="project")
+        return _residual(b, x, y, s == 1 and c == oc, drop)
+    return _blocks(b, x, n, ic, oc, stride, drop_path, "uib", block)
+
+
+# ---- ConvNeXt ------------------------------------------------------------------------------
+
+def _channels_last_norm(b: Builder, x: Value, c: int, eps: float) -> Value:
+    """LayerNorm over the channels of [N, C, H, W]: to channels-last, normalize, back."""
+    _need_rank(b, x, 4, "layer_norm2d", "[N, C, H, W]")
+    y = layer_norm(c, eps)(b, b.transpose(x, (0, 2, 3, 1)), name="ln")
+    return b.transpose(y, (0, 3, 1, 2))
+
+
+@layer("norm")
+def layer_norm2d(b: Builder, x: Value, c: int, eps: float = 1e-6) -> Value:
+    """LayerNorm over the channels of each pixel of [N, C, H, W] (ConvNeXt's LayerNorm2d)."""
+    return _channels_last_norm(b, x, c, eps)
+
+
+@layer("down")
+def convnext_downsample(b: Builder, x: Value, ic: int, oc: int, eps: float = 1e-6) -> Value:
+    """ConvNeXt's downsampling between stages: LayerNorm over channels, then a 2x2 stride-2 conv with bias."""
+    y = _channels_last_norm(b, x, ic, eps)
+    return conv2d(ic, oc, k=2, stride=2, padding="valid", init="trunc_normal_0.02")(b, y, name="conv")
+
+
+@layer("stage")
+def convnext_stage(b: Builder, x: Value, dim: int, n: int = 1, drop_path: float | Sequence[float] = 0.0,
+                   layer_scale: float = 1e-6, eps: float = 1e-6) -> Value:
+    """n ConvNeXt blocks: 7x7 depthwise conv (bias), then channels-last LayerNorm, dim -> 4 dim (GELU) -> dim, each
+    channel scaled by a learned factor starting at `layer_scale` (none for 0), drop path, residual."""
+    def block(b: Builder, x: Value, c: int, s: int, drop: float) -> Value:
+        y = depthwise_conv(dim, k=7, bias=True, init="trunc_normal_0.02")(b, x, name="dw")
+        y = layer_norm(dim, eps)(b, b.transpose(y, (0, 2, 3, 1)), name="ln")
+        y = dense(dim, 4 * dim, act="gelu", init="trunc_normal_0.02", bias_init="zeros")(b, y, name="fc1")
+        y = dense(4 * dim, dim, init="trunc_normal_0.02", bias_init="zeros")(b, y, name="fc2")
+        if layer_scale:
+            gamma = b.param("layer_scale", (dim,), Init("constant", scale=layer_scale))
+            y = b.multiply(y, b.broadcast_like(gamma, y, (3,)))
+        return _residual(b, x, b.transpose(y, (0, 3, 1, 2)), True, drop)
+    return _blocks(b, x, n, dim, dim, 1, drop_path, "convnext_stage", block)
 
 
 # ---- transformer ---------------------------------------------------------------------------

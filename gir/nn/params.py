@@ -23,6 +23,8 @@ def _draw(init: Init, shape: tuple[int, ...], rng: np.random.Generator) -> np.nd
         return np.zeros(shape, np.float32)
     if kind == "ones":
         return np.ones(shape, np.float32)
+    if kind == "constant":
+        return np.full(shape, init.scale, np.float32)
     if kind == "normal":
         return (rng.standard_normal(shape) * init.scale).astype(np.float32)
     if kind == "he_normal":

@@ -4,7 +4,7 @@
 The graphs (float64, static shapes; inputs a [2,3], c [2,3,4], img [2,3,5,4], tok [2,4,6], plus weights,
 scales, scalars and labels made as steps need them) are 2-8 random steps, each adding values to a pool
 that later steps read: elementwise unary ops (negate, exp(tanh x), log/sqrt/rsqrt of x*x + 0.5, tanh,
-logistic, abs) and activations (relu, relu6, swish, hard_swish, gelu); binary ops (add, subtract,
+logistic, abs) and activations (relu, relu6, swish, hard_swish, hard_sigmoid, gelu); binary ops (add, subtract,
 multiply, divide by x*x + 0.5, maximum, minimum), with pool values, splat constants or broadcasts;
 select of compare; clamp with scalar bounds; convert through f32; broadcast_in_dim, reshape, transpose,
 reverse, strided slice, pad (edge and interior, the padding value an input), concatenate; reduce sum,
@@ -72,7 +72,7 @@ from gir.shapes.specialize import specialize
 F64 = DType.f64
 INPUTS = {"a": (2, 3), "c": (2, 3, 4), "img": (2, 3, 5, 4), "tok": (2, 4, 6)}
 UNARY = ("negate", "exp", "log", "tanh", "logistic", "sqrt", "rsqrt", "abs")
-ACTIVATIONS = ("relu", "relu6", "swish", "hard_swish", "gelu")
+ACTIVATIONS = od.ACTIVATIONS
 BINARY = ("add", "subtract", "multiply", "divide", "maximum", "minimum")
 SPLATS = (0.5, -1.5, 2.0, 0.25)
 DIRECTIONS = ("EQ", "NE", "LT", "LE", "GT", "GE")

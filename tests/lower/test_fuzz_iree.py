@@ -71,7 +71,7 @@ F32, I32, I1 = DType.f32, DType.i32, DType.i1
 INPUTS = {"a": ((2, 3), F32), "c": ((2, 3, 4), F32), "img": ((2, 3, 5, 4), F32), "tok": ((2, 4, 6), F32),
           "n": ((2, 3), I32)}
 UNARY = ("negate", "exp", "log", "tanh", "logistic", "sqrt", "rsqrt", "abs")
-ACTIVATIONS = ("relu", "relu6", "swish", "hard_swish", "gelu")
+ACTIVATIONS = od.ACTIVATIONS
 BINARY = ("add", "subtract", "multiply", "divide", "maximum", "minimum")
 INT_BINARY = ("add", "subtract", "multiply", "maximum", "minimum")
 DIRECTIONS = ("EQ", "NE", "LT", "LE", "GT", "GE")

@@ -170,6 +170,8 @@ CASES = {
     "swish": (((3, 4),), lambda e, x: e.op("swish", x), lambda x: x / (1 + np.exp(-x)), 1e-5),
     "hard_swish": (((3, 4),), lambda e, x: e.op("hard_swish", e.mul_scalar(x, 3.0)),
                    lambda x: 3 * x * np.clip(3 * x + 3, 0, 6) / 6, 1e-5),
+    "hard_sigmoid": (((3, 4),), lambda e, x: e.op("hard_sigmoid", e.mul_scalar(x, 3.0)),
+                     lambda x: np.clip(3 * x + 3, 0, 6) / 6, 1e-6),
     "gelu": (((3, 4),), lambda e, x: e.op("gelu", x), gelu_tanh, 1e-5),
     "max_pool": (X, lambda e, x: e.op("max_pool", x, attrs=od.PoolAttrs(2, 2, "same")),
                  lambda x: np_pool(x, 2, 2, ((0, 1), (0, 1)), "max"), 0),

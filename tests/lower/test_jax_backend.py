@@ -253,6 +253,7 @@ ACT_REFS = {
     "relu6": lambda x: np.minimum(np.maximum(x, 0), 6),
     "swish": lambda x: x / (1 + np.exp(-x)),
     "hard_swish": lambda x: x * np.minimum(np.maximum(x + 3, 0), 6) / 6,
+    "hard_sigmoid": lambda x: np.minimum(np.maximum(x + 3, 0), 6) / 6,
     "gelu": lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))),
     "logistic": lambda x: 1 / (1 + np.exp(-x)),
 }

@@ -14,7 +14,8 @@ from gir.train import TrainConfig
 NETS_DIR = Path(__file__).resolve().parents[2] / "nets"
 NET_FILES = sorted(p.stem for p in NETS_DIR.glob("*.py") if not p.name.startswith("_"))
 
-# torchvision / timm counts with the 1000-class head replaced by a 10-class one
+# torchvision / timm counts with the 1000-class head replaced by a 10-class one (torchvision's
+# `models.<name>(num_classes=10)`; timm 1.0.15's `create_model("mobilenetv4_conv_small", num_classes=10)`)
 PARAM_COUNTS = {
     "mlp": 669_706,
     "mnist_cnn": 1_659_146,
@@ -24,6 +25,11 @@ PARAM_COUNTS = {
     "resnet50": 23_528_522,
     "efficientnet_b0": 4_020_358,
     "vit_tiny": 5_526_346,
+    "resnet18": 11_181_642,
+    "mobilenet_v3_large": 4_214_842,
+    "efficientnet_v2_s": 20_190_298,
+    "convnext_tiny": 27_827_818,
+    "mobilenet_v4_conv_s": 2_505_834,
 }
 
 
