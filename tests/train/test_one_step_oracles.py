@@ -8,8 +8,8 @@ lax's "SAME" string, batch norm, layer norm and attention by hand, ...). Per net
 
 - the issue's oracle: the loss at step 2, i.e. at the parameters gir's step 1 made (the `loss` of a
   second call with step=2), against the loss at the parameters the reference's step 1 made, within
-  1e-5 (dense, conv), 1e-4 (BN, depthwise, inverted residual, bottleneck, layer norm, attention) or
-  1e-3 (max-pool with ties);
+  1e-5 (dense, conv), 1e-4 (BN, depthwise, inverted residual, MobileNetV3's block with squeeze-excite,
+  fused MBConv and the four UIB forms, ConvNeXt, bottleneck, layer norm, attention) or 1e-3 (max-pool with ties);
 - step 1 and step 2 in detail, each against the reference step from the same state: loss, logits,
   batch statistics, BN running statistics, optimizer slots, parameter updates, the clipped norm.
 
@@ -31,9 +31,10 @@ from gir.lower.iree_compile import compile_text
 from gir.lower.iree_runtime import IreeSession
 from gir.lower.jax_backend import compile_jax
 from gir.lower.pipeline import lower_graph
-from gir.nn import (N, Net, batch_norm, class_token_pool, conv2d, conv_bn, dense, depthwise_conv, flatten, gelu,
-                    global_avg_pool, inverted_residual, layer_norm, max_pool, patch_embed, residual_block,
-                    residual_stage, transformer_encoder)
+from gir.nn import (H, N, W, Constraints, Net, batch_norm, class_token_pool, conv2d, conv_bn, convnext_downsample,
+                    convnext_stage, dense, depthwise_conv, flatten, fused_mb_conv, gelu, global_avg_pool,
+                    inverted_bottleneck, inverted_residual, layer_norm, layer_norm2d, max_pool, patch_embed,
+                    residual_block, residual_stage, transformer_encoder, uib)
 from gir.nn.params import init_params
 from gir.train.config import TrainConfig
 from gir.train.step import build_train_step
@@ -115,6 +116,45 @@ class Ref:
         y = self.conv_bn(f"{name}.project", y, act="identity")
         return x + y if stride == 1 and ic == oc else y
 
+    def _skip(self, x, y, ic, oc, stride):
+        return x + y if stride == 1 and ic == oc else y
+
+    def squeeze_excite(self, name, x, act, gate):
+        s = self.dense(f"{name}.reduce", jnp.mean(x, axis=(2, 3)), act)
+        return x * self.dense(f"{name}.expand", s, gate)[:, :, None, None]
+
+    def bottleneck_v3(self, name, x, ic, hidden, oc, stride, act, se):
+        """MobileNetV3's block: expand unless hidden == ic, depthwise, SE (ReLU, hard sigmoid), project."""
+        y = self.conv_bn(f"{name}.expand", x, act=act) if hidden != ic else x
+        y = self.conv_bn(f"{name}.dw", y, stride, act=act, depthwise=True)
+        if se:
+            y = self.squeeze_excite(f"{name}.se", y, "relu", "hard_sigmoid")
+        return self._skip(x, self.conv_bn(f"{name}.project", y, act="identity"), ic, oc, stride)
+
+    def fused_mb_conv(self, name, x, ic, oc, t, stride):
+        if t == 1:
+            y = self.conv_bn(f"{name}.conv", x, stride, act="swish")
+        else:
+            y = self.conv_bn(f"{name}.project", self.conv_bn(f"{name}.expand", x, stride, act="swish"), act="identity")
+        return self._skip(x, y, ic, oc, stride)
+
+    def uib(self, name, x, ic, oc, start_k, mid_k, stride):
+        y = x
+        if start_k:
+            y = self.conv_bn(f"{name}.dw_start", y, 1 if mid_k else stride, act="identity", depthwise=True)
+        y = self.conv_bn(f"{name}.expand", y)
+        if mid_k:
+            y = self.conv_bn(f"{name}.dw_mid", y, stride, depthwise=True)
+        return self._skip(x, self.conv_bn(f"{name}.project", y, act="identity"), ic, oc, stride)
+
+    def layer_norm2d(self, name, x, eps=1e-6):
+        return jnp.transpose(self.layer_norm(name, jnp.transpose(x, (0, 2, 3, 1)), eps), (0, 3, 1, 2))
+
+    def convnext_block(self, name, x):
+        y = jnp.transpose(self.conv(f"{name}.dw", x, groups=x.shape[1]), (0, 2, 3, 1))
+        y = self.dense(f"{name}.fc2", self.dense(f"{name}.fc1", self.layer_norm(f"{name}.ln", y, 1e-6), "gelu"))
+        return x + jnp.transpose(y * self.p[f"{name}.layer_scale"], (0, 3, 1, 2))
+
     def patch_embed(self, name, x, patch):
         y = self.conv(f"{name}.proj", x, patch, padding="VALID")
         n, d = y.shape[:2]
@@ -160,6 +200,8 @@ ACT: dict[str, Callable] = {
     "relu6": _relu6,
     "swish": lambda x: x * jax.nn.sigmoid(x),
     "hard_swish": lambda x: x * _relu6(x + 3.0) / 6.0,
+    "hard_sigmoid": lambda x: _relu6(x + 3.0) / 6.0,
+    "sigmoid": jax.nn.sigmoid,
     "gelu": _gelu_tanh,
 }
 
@@ -257,6 +299,70 @@ def inverted_residual_ref(r: Ref, x):
     x = r.inverted_residual("s2.block1", x, 8, 12, 4, 2)
     x = r.inverted_residual("s2.block2", x, 12, 12, 4, 1)
     return r.dense("head", jnp.mean(x, axis=(2, 3)))
+
+
+def mobilenet_v3_net():
+    return Net("oracle_mobilenet_v3", [
+        conv_bn(3, 8, k=3, stride=2, act="hard_swish", name="stem"),
+        inverted_bottleneck(8, 8, hidden=8, k=3, se=0.25, name="b1"),                        # no expand; SE; residual
+        inverted_bottleneck(8, 16, hidden=24, k=5, stride=2, act="hard_swish", se=0.25, name="b2"),
+        global_avg_pool(name="gap"),
+        dense(16, K, name="head"),
+    ], num_classes=K)
+
+
+def mobilenet_v3_ref(r: Ref, x):
+    x = r.conv_bn("stem", x, 2, act="hard_swish")
+    x = r.bottleneck_v3("b1", x, 8, 8, 8, 1, "relu", se=True)
+    x = r.bottleneck_v3("b2", x, 8, 24, 16, 2, "hard_swish", se=True)
+    return r.dense("head", jnp.mean(x, axis=(2, 3)))
+
+
+def fused_uib_net():
+    return Net("oracle_fused_uib", [
+        conv_bn(3, 8, k=3, stride=2, act="swish", name="stem"),
+        fused_mb_conv(8, 8, t=1, name="f1"),                          # one k x k conv; residual
+        fused_mb_conv(8, 12, t=4, stride=2, n=2, name="f2"),          # expand + project, strided, then residual
+        uib(12, 12, t=2, start_k=3, mid_k=3, name="u1"),              # ExtraDW
+        uib(12, 16, t=2, start_k=0, mid_k=5, stride=2, name="u2"),    # IB, strided
+        uib(16, 16, t=2, start_k=3, mid_k=0, name="u3"),              # ConvNeXt-like
+        uib(16, 16, t=2, start_k=0, mid_k=0, name="u4"),              # FFN
+        global_avg_pool(name="gap"),
+        dense(16, K, name="head"),
+    ], num_classes=K)
+
+
+def fused_uib_ref(r: Ref, x):
+    x = r.conv_bn("stem", x, 2, act="swish")
+    x = r.fused_mb_conv("f1.block1", x, 8, 8, 1, 1)
+    x = r.fused_mb_conv("f2.block1", x, 8, 12, 4, 2)
+    x = r.fused_mb_conv("f2.block2", x, 12, 12, 4, 1)
+    x = r.uib("u1.block1", x, 12, 12, 3, 3, 1)
+    x = r.uib("u2.block1", x, 12, 16, 0, 5, 2)
+    x = r.uib("u3.block1", x, 16, 16, 3, 0, 1)
+    x = r.uib("u4.block1", x, 16, 16, 0, 0, 1)
+    return r.dense("head", jnp.mean(x, axis=(2, 3)))
+
+
+def convnext_net():
+    return Net("oracle_convnext", [
+        conv2d(3, 8, k=4, stride=4, padding="valid", name="stem"),
+        layer_norm2d(8, name="stem_norm"),
+        convnext_stage(8, n=2, layer_scale=0.5, name="s1"),          # layer scale well away from 1e-6: a real branch
+        convnext_downsample(8, 16, name="down"),
+        convnext_stage(16, n=1, layer_scale=0.5, name="s2"),
+        global_avg_pool(name="gap"),
+        layer_norm(16, eps=1e-6, name="head_norm"),
+        dense(16, K, name="head"),
+    ], num_classes=K, constraints=Constraints().at_least(H, 8).divisible_by(H, 8).at_least(W, 8).divisible_by(W, 8))
+
+
+def convnext_ref(r: Ref, x):
+    x = r.layer_norm2d("stem_norm.ln", r.conv("stem", x, 4, padding="VALID"))
+    x = r.convnext_block("s1.block2", r.convnext_block("s1.block1", x))
+    x = r.conv("down.conv", r.layer_norm2d("down.ln", x), 2, padding="VALID")
+    x = r.convnext_block("s2.block1", x)
+    return r.dense("head", r.layer_norm("head_norm", jnp.mean(x, axis=(2, 3)), 1e-6))
 
 
 def bottleneck_net():
@@ -434,6 +540,12 @@ CASES = {
                               TrainConfig(optimizer="sgd", momentum=0.9, weight_decay=4e-5), lr=0.1, tol=1e-4),
     "bottleneck": Case(bottleneck_net, bottleneck_ref,
                        TrainConfig(optimizer="adam", weight_decay=1e-4, clip_norm=0.5), lr=1e-2, tol=1e-4),
+    "mobilenet_v3": Case(mobilenet_v3_net, mobilenet_v3_ref,
+                         TrainConfig(optimizer="rmsprop", weight_decay=1e-5, label_smoothing=0.1), lr=1e-3, tol=1e-4),
+    "fused_mb_conv_and_uib": Case(fused_uib_net, fused_uib_ref,
+                                  TrainConfig(optimizer="sgd", momentum=0.9, weight_decay=1e-4), lr=0.1, tol=1e-4),
+    "convnext": Case(convnext_net, convnext_ref,
+                     TrainConfig(optimizer="adamw", weight_decay=0.05, label_smoothing=0.1), lr=5e-3, tol=1e-4),
     "layer_norm": Case(layer_norm_net, layer_norm_ref, TrainConfig(optimizer="rmsprop", label_smoothing=0.1),
                        lr=1e-3, tol=1e-4),
     "attention": Case(attention_net, attention_ref,
