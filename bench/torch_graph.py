@@ -7,7 +7,9 @@ initial values (the names and arrays of `gir.nn.params.init_params`), written on
 per net. One rule per op in `TORCH_RULES` (as `JAX_RULES` in gir/lower/jax_backend.py); each does
 what a PyTorch user's module would: batch norm is `F.batch_norm(training=True)` updating its running
 statistics in place (nn.BatchNorm2d), attention is `F.scaled_dot_product_attention`, the loss is
-`F.cross_entropy(label_smoothing=...)`. Where gir's 'same' padding is asymmetric (XLA SAME with
+`F.cross_entropy(label_smoothing=...)`. Dropout and drop path draw their masks with gir's own counter-based
+generator (threefry2x32, gir/lower/decompose.py, run op by op here), so PyTorch drops the same units as IREE and
+JAX and the three losses stay comparable. Where gir's 'same' padding is asymmetric (XLA SAME with
 stride 2), the input is padded with `F.pad` first. The optimizer is torch.optim's for the config
 (SGD with momentum, Adam, AdamW, RMSprop), with gir's math (gir/train/optim.py): weight decay on
 every parameter, RMSprop without momentum, global-norm clipping by `clip_grad_norm_`.
@@ -26,9 +28,14 @@ import torch
 import torch.nn.functional as F
 
 from gir.ir import opdefs as od
-from gir.ir.graph import Node
+from gir.ir.dtypes import DType
+from gir.ir.graph import Graph, Node
+from gir.ir.types import TensorType
+from gir.lower.decompose import DECOMPOSITIONS
+from gir.nn.builder import STEP
 from gir.ir.ops import rule_registrar
 from gir.nn.net import Net
+from gir.shapes.emit import Emitter
 from gir.shapes.padding import explicit_pads
 from gir.shapes.specialize import specialize
 from gir.train.backend import StepResult
@@ -53,6 +60,77 @@ for _name, _fn in _UNARY.items():
     TORCH_RULES[_name] = functools.partial(lambda fn, a, x: fn(x), _fn)
 for _name, _fn in _BINARY.items():
     TORCH_RULES[_name] = functools.partial(lambda fn, a, x, y: fn(x, y), _fn)
+
+
+TORCH_DTYPES = {DType.f32: torch.float32, DType.f64: torch.float64, DType.bf16: torch.bfloat16,
+                DType.i32: torch.int32, DType.i1: torch.bool}
+_COMPARE = {"EQ": torch.eq, "NE": torch.ne, "LT": torch.lt, "LE": torch.le, "GT": torch.gt, "GE": torch.ge}
+
+
+@torch_rule("constant")
+def _constant(a: od.ConstantAttrs):
+    return torch.full(tuple(a.type.shape), a.value, dtype=TORCH_DTYPES[a.type.dtype])
+
+
+@torch_rule("iota")
+def _iota(a: od.IotaAttrs):
+    shape = tuple(a.type.shape)
+    along = [1] * len(shape)
+    along[a.dim] = shape[a.dim]
+    return torch.arange(shape[a.dim], dtype=TORCH_DTYPES[a.type.dtype]).reshape(along).expand(shape)
+
+
+@torch_rule("convert")
+def _convert(a: od.ConvertAttrs, x):
+    return x.to(TORCH_DTYPES[a.dtype])
+
+
+@torch_rule("compare")
+def _compare(a: od.CompareAttrs, x, y):
+    return _COMPARE[a.direction](x, y)
+
+
+@torch_rule("select")
+def _select(a, pred, x, y):
+    return torch.where(pred, x, y)
+
+
+@torch_rule("xor")
+def _xor(a, x, y):
+    return torch.bitwise_xor(x, y)
+
+
+@torch_rule("or")
+def _or(a, x, y):
+    return torch.bitwise_or(x, y)
+
+
+@torch_rule("shift_left")
+def _shift_left(a, x, y):
+    return torch.bitwise_left_shift(x, y)
+
+
+@torch_rule("shift_right_logical")
+def _shift_right_logical(a, x, y):
+    """i32 read as 32 unsigned bits: shifted in int64, wrapped back."""
+    return torch.bitwise_right_shift(x.to(torch.int64) & 0xFFFFFFFF, y.to(torch.int64)).to(torch.int32)
+
+
+@functools.cache
+def _random_bits_graph(a: od.RandomAttrs) -> Graph:
+    """gir's decomposition of random_bits (threefry2x32 as xor, shifts and wrapping adds) as a graph of its own."""
+    g = Graph("random_bits")
+    key, step = (g.add_input(name, TensorType((), DType.i32), "data") for name in ("key", "step"))
+    g.set_output("bits", DECOMPOSITIONS["random_bits"](Emitter(g), a, key, step))
+    return g
+
+
+@torch_rule("random_bits")
+def _random_bits(a: od.RandomAttrs, key, step):
+    """The same bits IREE and JAX draw for this key, step and salt."""
+    g = _random_bits_graph(a)
+    env = run_nodes(g.nodes, {g.inputs[0].id: key, g.inputs[1].id: step})
+    return env[g.outputs["bits"].id]
 
 
 @torch_rule("broadcast_in_dim")
@@ -202,6 +280,14 @@ OPTIMIZERS: dict[str, Callable[[list[torch.Tensor], TrainConfig], torch.optim.Op
 
 # ---- the graph as a PyTorch train step ---------------------------------------------------------
 
+def run_nodes(nodes, env: dict[int, torch.Tensor], extra: Callable[[Node], tuple] = lambda node: ()) -> dict:
+    """`env` (value id -> tensor) with every node's outputs added, node by node through TORCH_RULES."""
+    for node in nodes:
+        out = TORCH_RULES[node.op](node.attrs, *(env[v.id] for v in node.inputs), *extra(node))
+        env.update(zip((v.id for v in node.outputs), out if isinstance(out, tuple) else (out,)))
+    return env
+
+
 class TorchGraphBackend:
     """The net's train step in PyTorch eager at one batch and image size; parameters are leaf tensors
     (requires_grad), BN running statistics plain tensors updated in place."""
@@ -229,14 +315,13 @@ class TorchGraphBackend:
         self.optimizer = OPTIMIZERS[self.config.optimizer]([self.tensors[v.name] for v in self.graph.params],
                                                            self.config)
 
-    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The graph's `loss`, node by node."""
+    def loss(self, images: torch.Tensor, labels: torch.Tensor, step: int = 1) -> torch.Tensor:
+        """The graph's `loss`, node by node; `step` keys the random layers' masks."""
         env = {v.id: self.tensors[v.name] for v in self.graph.inputs if v.name in self.tensors}
         env[self.graph.input("images").id], env[self.graph.input("labels").id] = images, labels
-        for node in self.nodes:
-            out = TORCH_RULES[node.op](node.attrs, *(env[v.id] for v in node.inputs), *self._extra(node))
-            env.update(zip((v.id for v in node.outputs), out if isinstance(out, tuple) else (out,)))
-        return env[self.graph.outputs["loss"].id]
+        if any(v.name == STEP for v in self.graph.inputs):
+            env[self.graph.input(STEP).id] = torch.tensor(step, dtype=torch.int32)
+        return run_nodes(self.nodes, env, self._extra)[self.graph.outputs["loss"].id]
 
     def _extra(self, node: Node) -> tuple[torch.Tensor, ...]:
         """A train-mode batch norm's running statistics, the buffers F.batch_norm updates."""
@@ -244,11 +329,11 @@ class TorchGraphBackend:
         return tuple(self.tensors[n] for n in names) if names else ()
 
     def step(self, images: np.ndarray, labels: np.ndarray, lr: float, step: int) -> StepResult:
-        """One train step at learning rate `lr` (`step` is counted by torch.optim itself)."""
+        """One train step at learning rate `lr` (`step` keys the random layers; torch.optim counts its own)."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(torch.from_numpy(images), torch.from_numpy(labels))
+        loss = self.loss(torch.from_numpy(images), torch.from_numpy(labels), step)
         loss.backward()
         norm = None
         if self.config.clip_norm:
