@@ -5,14 +5,16 @@ The nets: an input of rank 4 (N, C, H, W), 2 (N, F), 3 (N, T, D) or 1 (N,), each
 or an int, under random `Constraints` (lower and upper bounds, divisors; always satisfiable); then 1-6
 layers drawn from conv2d, conv_bn (also depthwise), depthwise_conv, batch_norm, dense, layer_norm, the
 activation layers, max_pool, avg_pool, global_avg_pool, flatten, residual_block, bottleneck_block,
-residual_stage, inverted_residual, squeeze_excite, mb_conv, patch_embed, transformer_encoder,
+residual_stage, inverted_residual, squeeze_excite, mb_conv, inverted_bottleneck, fused_mb_conv, uib,
+convnext_stage, convnext_downsample, layer_norm2d, patch_embed, transformer_encoder,
 class_token_pool and sequential (of 1-3 of these). Arguments follow the running channel count most of the
 time and are random otherwise: mismatched, zero or negative channels, kernels up to 300 (and 0), strides
 1-3 or a pair, 'same'/'valid'/explicit padding, 0 squeeze channels, t=0 expansions, stages of 0 blocks,
 heads that do not divide the model dim. Now and then a layer comes from another rank's vocabulary (a conv
 after flatten, a dense on an image). Rarely an argument is invalid (`Case.bad` lists them): a stride
 <= 0, a padding that is not 'same'/'valid'/two non-negative pairs, an unknown activation, a depthwise
-conv_bn changing channels, a pool window of 0, heads=0, a layer name used twice or with a dot,
+conv_bn changing channels, a pool window of 0, heads=0, a uib without depthwise convs given a stride, a
+stage's drop_path list of the wrong length, a layer name used twice or with a dot,
 patch_embed on a symbolic image size, label_smoothing 1.5. The net is built in train or eval mode,
 sometimes with the loss.
 
@@ -52,18 +54,19 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from gir.ir.verify import verify
-from gir.nn import (Net, avg_pool, batch_norm, bottleneck_block, class_token_pool, conv2d, conv_bn, dense,
-                    depthwise_conv, flatten, gelu, global_avg_pool, hard_swish, identity, inverted_residual,
-                    layer_norm, max_pool, mb_conv, patch_embed, relu, relu6, residual_block, residual_stage,
-                    sequential, sigmoid, squeeze_excite, swish, transformer_encoder)
+from gir.nn import (Net, avg_pool, batch_norm, bottleneck_block, class_token_pool, conv2d, conv_bn,
+                    convnext_downsample, convnext_stage, dense, depthwise_conv, flatten, fused_mb_conv, gelu,
+                    global_avg_pool, hard_sigmoid, hard_swish, identity, inverted_bottleneck, inverted_residual,
+                    layer_norm, layer_norm2d, max_pool, mb_conv, patch_embed, relu, relu6, residual_block,
+                    residual_stage, sequential, sigmoid, squeeze_excite, swish, transformer_encoder, uib)
 from gir.shapes import Constraints, H, N, ShapeError, W, infer_node, specialize
 
 KNOWN_CRASHES = frozenset({"rank0_input", "unclear_argument_errors"})
 """The crashes listed in the module docstring that the strategy avoids; remove a name once it is fixed
 and the strategy draws that construct again."""
 
-ACTS = ("identity", "relu", "relu6", "swish", "silu", "hard_swish", "gelu", "sigmoid", "tanh")
-ACT_LAYERS = (relu, relu6, swish, hard_swish, gelu, sigmoid, identity)
+ACTS = ("identity", "relu", "relu6", "swish", "silu", "hard_swish", "hard_sigmoid", "gelu", "sigmoid", "tanh")
+ACT_LAYERS = (relu, relu6, swish, hard_swish, hard_sigmoid, gelu, sigmoid, identity)
 GOOD_PADDINGS = ("same", "valid", ((1, 0), (2, 1)), ((0, 0), (0, 0)), ((1, 1), (1, 1)))
 BAD_PADDINGS = ("full", "SAME", ((1, 1),), ((1, -1), (0, 0)))
 UNCLEAR_PADDINGS = (((1,), (2,)),)
@@ -195,11 +198,19 @@ class _Gen:
             return {"name": n}
         return {}
 
+    def drop_path(self, n: int):
+        """A stage's drop_path: one rate, or one per block; rarely a list of the wrong length."""
+        if self.one_in(8):
+            self.bad("drop_path list of the wrong length")
+            return [0.1] * (n + 1)
+        return self.choice((0.0, 0.2)) if self.draw(st.booleans()) else [0.1 * i for i in range(n)]
+
     # layers: each returns a Layer and updates the tracked rank and channels --------------------------
     def image_layer(self, real_rank: int):
         kinds = ["conv2d", "conv_bn", "conv_bn_dw", "depthwise_conv", "max_pool", "avg_pool", "residual_block",
                  "bottleneck_block", "residual_stage", "inverted_residual", "squeeze_excite", "mb_conv",
-                 "batch_norm", "act", "global_avg_pool", "flatten", "patch_embed"]
+                 "inverted_bottleneck", "fused_mb_conv", "uib", "convnext_stage", "convnext_downsample",
+                 "layer_norm2d", "batch_norm", "act", "global_avg_pool", "flatten", "patch_embed"]
         if real_rank != 4 and "token_layers_on_wrong_rank" in KNOWN_CRASHES:
             kinds.remove("patch_embed")
         if real_rank == 0 and "rank0_input" in KNOWN_CRASHES:
@@ -252,6 +263,34 @@ class _Gen:
             oc = ic if self.one_in(3) else oc
             lay = mb_conv(ic, oc, t=self.choice((1, 2, 6)), k=self.choice((3, 5)), stride=self.choice((1, 2)),
                           n=self.draw(st.integers(1, 2)), se_ratio=self.choice((0.0, 0.25, 0.5)), **self.name())
+        elif kind == "inverted_bottleneck":
+            oc = ic if self.one_in(3) else oc
+            lay = inverted_bottleneck(ic, oc, hidden=self.draw(st.integers(1, 24)), k=self.choice((3, 5)),
+                                      stride=self.choice((1, 2)), act=self.act(), se=self.choice((0.0, 0.25)),
+                                      drop_path=self.choice((0.0, 0.1)), **self.name())
+        elif kind in ("fused_mb_conv", "uib"):
+            oc = ic if self.one_in(3) else oc
+            n = self.draw(st.integers(0, 2))
+            drop = self.drop_path(n)
+            if kind == "fused_mb_conv":
+                lay = fused_mb_conv(ic, oc, t=self.choice((1, 4)), k=self.choice((1, 3)), stride=self.choice((1, 2)),
+                                    n=n, drop_path=drop, **self.name())
+            else:
+                start_k, mid_k, stride = self.choice((0, 3, 5)), self.choice((0, 3)), self.choice((1, 2))
+                if stride != 1 and not start_k and not mid_k:
+                    self.bad("uib without a depthwise conv (an FFN block) given a stride")
+                lay = uib(ic, oc, t=self.choice((1, 2, 4)), start_k=start_k, mid_k=mid_k, stride=stride, n=n,
+                          drop_path=drop, **self.name())
+        elif kind == "convnext_stage":
+            oc = ic
+            n = self.draw(st.integers(0, 2))
+            lay = convnext_stage(ic, n=n, drop_path=self.drop_path(n), layer_scale=self.choice((0.0, 1e-6)),
+                                 **self.name())
+        elif kind == "convnext_downsample":
+            lay = convnext_downsample(ic, oc, **self.name())
+        elif kind == "layer_norm2d":
+            oc = self.chan
+            lay = layer_norm2d(ic, **self.name())
         elif kind == "batch_norm":
             oc = self.chan
             lay = batch_norm(ic, eps=self.choice((1e-5, 1e-3)), momentum=self.choice((0.1, 0.01)), **self.name())

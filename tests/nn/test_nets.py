@@ -1,6 +1,7 @@
 """The net files in nets/: each loads, exposes `net` and `config`, builds in train and eval mode
 with symbolic shapes, and has the parameter count of its reference definition."""
 import functools
+import json
 import math
 import runpy
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import sympy
 
+from gir.cli import main
 from gir.nn import H, N, W, Net
 from gir.train import TrainConfig
 
@@ -128,3 +130,9 @@ def test_mobilenet_v2_symbolic_shape_inference():
     assert g.outputs["logits"].type.shape == (N, 10)
     pooled = next(g.ops("global_avg_pool")).inputs[0].type.shape
     assert pooled == (N, 1280, sympy.ceiling(H / 32), sympy.ceiling(W / 32))
+
+
+@pytest.mark.parametrize("name", sorted(PARAM_COUNTS))
+def test_gir_show_json_reports_the_param_count(name, capsys):
+    assert main(["show", str(NETS_DIR / f"{name}.py"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"] == PARAM_COUNTS[name]
