@@ -70,7 +70,7 @@ def _weight_grad_axes(a: od.ConvolutionAttrs) -> tuple[int, int, tuple[int, ...]
     return axes if axes == ct_axes else None
 
 
-def static(*values: Value) -> bool:
+def _static(*values: Value) -> bool:
     return all(isinstance(d, int) for v in values for d in v.type.shape)
 
 
@@ -130,7 +130,7 @@ def _depthwise_taps(e: Emitter, m: Match, phases: bool = True) -> Value | None:
     c = x.type.shape[c_ax]
     kh, kw = (w.type.shape[d] for d in w_sp)
     pads = _static_pads(a)
-    if pads is None or not static(x, w, out) or a.feature_group_count != c or out.type.shape[c_ax] != c \
+    if pads is None or not _static(x, w, out) or a.feature_group_count != c or out.type.shape[c_ax] != c \
             or w.type.shape[a.rhs_layout.index("O")] != c or w.type.shape[a.rhs_layout.index("I")] != 1 \
             or kh * kw > MAX_TAPS:
         return None
@@ -191,7 +191,7 @@ def _weight_grad_taps(e: Emitter, m: Match) -> Value | None:
     x, ct, out = m["x"], m["ct"], m.node.outputs[0]
     a: od.ConvolutionAttrs = m.node.attrs
     axes, pads = _weight_grad_axes(a), _static_pads(a)
-    if axes is None or pads is None or not static(x, ct, out):
+    if axes is None or pads is None or not _static(x, ct, out):
         return None
     c_ax, _, sp = axes
     c = x.type.shape[c_ax]
@@ -226,7 +226,7 @@ def _pointwise_as_matmul(e: Emitter, m: Match) -> Value | None:
     or last dim in memory, else (NCHW) a dot_general batched over images."""
     x, w, out = m["x"], m["w"], m.node.outputs[0]
     a: od.ConvolutionAttrs = m.node.attrs
-    if not static(x, w, out) or a.out_layout != a.lhs_layout \
+    if not _static(x, w, out) or a.out_layout != a.lhs_layout \
             or any(w.type.shape[d] != 1 for d in _spatial(a.rhs_layout, "O", "I")):
         return None
     c_ax, n_ax = a.lhs_layout.index("C"), a.lhs_layout.index("N")
@@ -251,7 +251,7 @@ def _pointwise_weight_grad_as_matmul(e: Emitter, m: Match) -> Value | None:
     x, ct, out = m["x"], m["ct"], m.node.outputs[0]
     a: od.ConvolutionAttrs = m.node.attrs
     axes = _weight_grad_axes(a)
-    if axes is None or not static(x, ct, out):
+    if axes is None or not _static(x, ct, out):
         return None
     c_ax, n_ax, sp = axes
     if any(out.type.shape[d] != 1 for d in _spatial(a.out_layout, "N", "C")) \
@@ -306,7 +306,7 @@ def _dense_as_matmul(e: Emitter, m: Match) -> Value | None:
     x, w, out = m["x"], m["w"], m.node.outputs[0]
     a: od.ConvolutionAttrs = m.node.attrs
     pads = _static_pads(a)
-    if pads is None or not static(x, w, out):
+    if pads is None or not _static(x, w, out):
         return None
     xr, wr, yr = _roles(a.lhs_layout, "N", "C"), _roles(a.rhs_layout, "O", "I"), _roles(a.out_layout, "N", "C")
     b, f = (x.type.shape[d] for d in xr[:2])
@@ -324,7 +324,7 @@ def _dense_as_matmul(e: Emitter, m: Match) -> Value | None:
         wide = b * positions < ROWS_PER_OUTPUT_FEATURE * o   # the kernel as [o, taps * f], else [taps * f, o]
         wm = e.transpose(w, (wr[0], *wr[2:], wr[1]) if wide else (*wr[2:], wr[1], wr[0]))
         wm = e.reshape(wm, (o, taps * f) if wide else (taps * f, o))
-        y = walled_matmul(e, _concat(e, cols, 1), wm, 1 if wide else 0)
+        y = _walled_matmul(e, _concat(e, cols, 1), wm, 1 if wide else 0)
         y, order = e.reshape(y, (b, *p_hw, o)), (0, 3, 1, 2)   # [b, o, p...] from [b, p..., o]
     else:
         # x once as [b, f, h, w]: each window is then a [b, f, k...] block, rows of cols
@@ -332,12 +332,12 @@ def _dense_as_matmul(e: Emitter, m: Match) -> Value | None:
         window = _tap_windows(e, xt, (2, 3), a.rhs_dilation, a.window_strides, a.lhs_dilation, pads, k_hw)
         cols = [e.reshape(window(i, j), (b, f * taps)) for i in range(p_hw[0]) for j in range(p_hw[1])]
         wm = e.reshape(e.transpose(w, wr), (o, f * taps))
-        y = walled_matmul(e, wm, _concat(e, cols, 0), 1)
+        y = _walled_matmul(e, wm, _concat(e, cols, 0), 1)
         y, order = e.reshape(y, (o, *p_hw, b)), (3, 0, 1, 2)
     return e.transpose(y, tuple(order[yr.index(d)] for d in range(4)))   # into the output's layout
 
 
-def walled_matmul(e: Emitter, lhs: Value, rhs: Value, rhs_contract: int) -> Value:
+def _walled_matmul(e: Emitter, lhs: Value, rhs: Value, rhs_contract: int) -> Value:
     """lhs[m, k] times rhs ([k, n] or [n, k]) as a plain 2-D matmul behind optimization barriers:
     IREE would otherwise fold the transposes around it into its operands and result and run it as
     a 4-D contraction, 2-5x slower (docs/performance.md)."""

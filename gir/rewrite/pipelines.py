@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from gir.rewrite import bf16 as bf16_policy  # noqa: F401
-from gir.rewrite import bn_fold, conv_forms, cse, dot_forms, fold, fusion, layout, simplify  # noqa: F401  (importing registers them)
+from gir.rewrite import bn_fold, conv_forms, cse, fold, fusion, layout, simplify  # noqa: F401  (importing registers them)
 from gir.rewrite.driver import PIPELINES, resolve
 
 PIPELINES["default"] = ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", "layout_cnhw_small", "conv_forms",
