@@ -56,7 +56,7 @@ def bench_train_step(net: Net, config: TrainConfig, batch: int, image: int, back
         device_config(target)
     t0 = time.perf_counter()
     mod = lower_train_step(net, config.replace(batch_size=batch, image_size=image), batch=batch, image=image,
-                           passes=pipeline_for_backend(passes, backend))
+                           passes=pipeline_for_backend(passes, backend, target))
     front = time.perf_counter() - t0
     t0 = time.perf_counter()
     runner = (IreeBackend(mod, None, target, chip, flags) if backend == "iree" else JaxBackend(mod, None))

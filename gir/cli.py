@@ -25,7 +25,7 @@ from gir.netfile import NetFileError, load_net_file
 from gir.nn.net import Net
 from gir.nn.params import ParamsError
 from gir.nn.summary import summarize
-from gir.rewrite import PASSES, PIPELINES, Firing, RewriteError, passes_for, resolve
+from gir.rewrite import PASSES, PIPELINES, Firing, RewriteError, passes_for, pipeline_for_backend, resolve
 from gir.shapes.errors import ShapeError
 from gir.shapes.specialize import BindingError, check_binding
 from gir.train.backend import BackendError
@@ -239,6 +239,7 @@ def cmd_lower(args: argparse.Namespace) -> int:
     if text:
         _write(text, print_graph(graph) + "\n")
         print(f"wrote {text} ({args.dump} graph, symbolic, {len(graph.nodes)} nodes)")
+    spec = pipeline_for_backend(spec, "iree", args.target)
     passes = passes_for(spec, bf16=args.bf16, bf16_conv=args.bf16_conv)
     config = config.replace(bf16=args.bf16 or config.bf16, bf16_conv=args.bf16_conv or config.bf16_conv)
     trace: list[Firing] | None = [] if args.trace_rewrites else None

@@ -27,13 +27,14 @@ STEPS_PER_EPOCH = 10  # the schedule's epoch length: nets with warmup take its f
 
 
 def train_in_lockstep(net: Net, config: TrainConfig, batch: int, image: int | None, steps: int,
-                      what: str) -> None:
-    """`steps` train steps on random data, IREE beside JAX; asserts each step's loss and parameter update
-    agree (`what` names the net in messages)."""
+                      what: str, target: str = "cpu") -> None:
+    """`steps` train steps on random data, IREE (on `target`) beside JAX; asserts each step's loss and parameter
+    update agree (`what` names the net in messages)."""
     runners = {}
     for backend in ("iree", "jax"):
-        step = lower_train_step(net, config, batch=batch, image=image, passes=pipeline_for_backend("default", backend))
-        runners[backend] = IreeBackend(step, None, "cpu") if backend == "iree" else JaxBackend(step, None)
+        step = lower_train_step(net, config, batch=batch, image=image,
+                                passes=pipeline_for_backend("default", backend, target))
+        runners[backend] = IreeBackend(step, None, target) if backend == "iree" else JaxBackend(step, None)
     iree, jax = runners["iree"], runners["jax"]
     params = [v.name for v in step.primitive.inputs if v.role == "param"]
     jax.load(init_params(step.primitive, config.seed))

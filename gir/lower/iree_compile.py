@@ -1,4 +1,4 @@
-"""Compiling StableHLO text with IREE for cpu, rocm or cuda, cached by a hash of text, target and flags.
+"""Compiling StableHLO text with IREE for cpu, rocm, cuda or vulkan, cached by a hash of text, target and flags.
 
 A failure is reported as a `CompileError` naming the op, its layer path and the user's source line."""
 from __future__ import annotations
@@ -16,9 +16,12 @@ from gir.lower.compile_cache import CompileCache
 
 T = TypeVar("T")
 
-TARGETS = ("cpu", "rocm", "cuda")
-DEFAULT_CHIPS = {"rocm": "gfx1100", "cuda": "sm_80", "cpu": "host"}
-DRIVERS = {"cpu": "local-task", "rocm": "hip", "cuda": "cuda"}
+TARGETS = ("cpu", "rocm", "cuda", "vulkan")
+DEFAULT_CHIPS = {"rocm": "gfx1100", "cuda": "sm_80", "cpu": "host", "vulkan": "vp_android_baseline_2022"}
+"""vulkan's default is a Vulkan profile, not a GPU: the baseline (no 64-bit or 16-bit types, small workgroups) that
+every Vulkan 1.1 device meets, Mesa's CPU device lavapipe included; name a GPU (`rdna3`, `ampere`, `rx7900xtx`) for its
+tuned code."""
+DRIVERS = {"cpu": "local-task", "rocm": "hip", "cuda": "cuda", "vulkan": "vulkan"}
 
 
 class CompileError(Exception):
@@ -39,7 +42,7 @@ batched-matvec shapes) and none. Losing im2col costs most: every KxK convolution
 
 
 def target_flags(target: str, chip: str | None = None) -> list[str]:
-    """iree-compile flags selecting the device: llvm-cpu on the host, HIP (gfx1100) or CUDA (sm_80)."""
+    """iree-compile flags selecting the device: llvm-cpu on the host, HIP (gfx1100), CUDA (sm_80) or Vulkan (SPIR-V)."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     chip = chip or DEFAULT_CHIPS[target]
@@ -48,6 +51,8 @@ def target_flags(target: str, chip: str | None = None) -> list[str]:
                 f"--iree-llvmcpu-target-cpu={chip}"]
     if target == "rocm":
         return ["--iree-hal-target-device=hip", f"--iree-rocm-target={chip}"]
+    if target == "vulkan":
+        return ["--iree-hal-target-device=vulkan", f"--iree-vulkan-target={chip}"]
     return ["--iree-hal-target-device=cuda", f"--iree-cuda-target={chip}"]
 
 
@@ -57,7 +62,7 @@ def cache_dir() -> Path:
 
 
 CHIP_TROUBLE = ("Unknown CPU", "does not provide any executable targets", "missing GPU target",
-                "not a recognized processor", "unsupported target")
+                "not a recognized processor", "unsupported target", "Unknown Vulkan target")
 """Diagnostics that mean the target chip name was not understood."""
 
 

@@ -49,10 +49,16 @@ def retain_host_heap() -> bool:
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
+HOST_STAGING = ireert.MemoryType.HOST_LOCAL | ireert.MemoryType.DEVICE_VISIBLE
+"""Memory both sides reach: GPU drivers stage host reads and writes through it."""
+
+
 class IreeSession:
-    """One device and one loaded module: `call(fn, *args)` returns device-resident outputs."""
+    """One device and one loaded module: `call(fn, *args)` returns device-resident outputs; `to_device` and `to_host`
+    move arrays in and out on any device."""
 
     def __init__(self, vmfb: bytes, target: str = "cpu"):
+        self.target = target
         self.config = device_config(target)
         if target == "cpu":
             retain_host_heap()
@@ -76,8 +82,40 @@ class IreeSession:
         return self._funcs[name]
 
     def to_device(self, a: np.ndarray) -> ireert.DeviceArray:
-        """A device copy of `a`; scalars stay rank 0 (np.ascontiguousarray would make them rank 1)."""
-        return ireert.asdevicearray(self.device, np.asarray(a, order="C"))
+        """A device copy of `a`; scalars stay rank 0 (np.ascontiguousarray would make them rank 1). On a GPU the
+        bytes go through a host-visible staging buffer and a device copy into device-local memory, which a discrete
+        GPU's host cannot write directly."""
+        a = np.asarray(a, order="C")
+        if self.target == "cpu":
+            return ireert.asdevicearray(self.device, a)
+        staging = self.device.allocator.allocate_host_staging_buffer_copy(device=self.device, initial_contents=a)
+        buffer = self.device.allocator.allocate_buffer(
+            memory_type=ireert.MemoryType.DEVICE_LOCAL, allowed_usage=ireert.BufferUsage.DEFAULT,
+            allocation_size=max(a.nbytes, 1))
+        self._copy(staging, buffer)
+        view = ireert.HalBufferView(buffer, a.shape, ireert.array_interop.map_dtype_to_element_type(a.dtype))
+        return ireert.DeviceArray(self.device, view, override_dtype=a.dtype)
+
+    def to_host(self, x: ireert.DeviceArray) -> np.ndarray:
+        """A host copy of `x`. The CPU's memory is mapped and copied. On a GPU the device copies into a host-visible
+        staging buffer first: IREE's own `DeviceArray.to_host` imports the NumPy array's memory instead, which
+        Vulkan refuses unless it is page-aligned (minImportedHostPointerAlignment)."""
+        if self.target == "cpu":
+            return np.array(x.to_host())   # a copy: host views may alias buffers IREE reuses
+        view = x._buffer_view
+        staging = self.device.allocator.allocate_buffer(
+            memory_type=HOST_STAGING,
+            allowed_usage=ireert.BufferUsage.TRANSFER_TARGET | ireert.BufferUsage.MAPPING_SCOPED,
+            allocation_size=max(view.byte_length, 1))
+        self._copy(view.get_buffer(), staging)
+        return np.array(staging.map().asarray(tuple(view.shape), x.dtype))
+
+    def _copy(self, source: ireert.HalBuffer, target: ireert.HalBuffer) -> None:
+        """A device-queue copy of `source` into `target`, waited for."""
+        sem = self.device.create_semaphore(0)
+        self.device.queue_copy(source, target, wait_semaphores=ireert.HalFence.create_at(sem, 0),
+                               signal_semaphores=ireert.HalFence.create_at(sem, 1))
+        ireert.HalFence.create_at(sem, 1).wait()
 
     def transient_storage(self, name: str) -> ireert.HalBuffer | None:
         """The buffer function `name` takes for its intermediates (gir.lower.stablehlo's
@@ -105,4 +143,4 @@ class IreeSession:
         return list(_extract_vm_sequence_to_python(Invocation(self.device), results, fn._ret_descs))
 
     def call_numpy(self, name: str, *args: Any) -> list[np.ndarray]:
-        return [np.array(o.to_host()) for o in self.call(name, *args)]  # copies: host views may alias reused buffers
+        return [self.to_host(o) for o in self.call(name, *args)]

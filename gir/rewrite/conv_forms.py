@@ -24,6 +24,7 @@ Measured on MobileNetV2 (docs/performance.md).
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -186,8 +187,10 @@ def _phase_windows(e: Emitter, x: Value, sp: tuple[int, int], strides: tuple[int
     return window
 
 
-def _weight_grad_taps(e: Emitter, m: Match) -> Value | None:
-    """out[c, 0, i, j] = sum over n, h, w of xpad[n, c, i*d + h*s, j*d + w*s] * ct[n, c, h, w]."""
+def _weight_grad_taps(e: Emitter, m: Match, as_dots: bool = False) -> Value | None:
+    """out[c, 0, i, j] = sum over n, h, w of xpad[n, c, i*d + h*s, j*d + w*s] * ct[n, c, h, w]: per tap a multiply
+    and a reduction, or with `as_dots` one dot_general batched over the channels (the form IREE's GPU codegen takes;
+    it computes the batch-grouped convolution wrongly on Vulkan and crashes on the multiply-reduce of wide ones)."""
     x, ct, out = m["x"], m["ct"], m.node.outputs[0]
     a: od.ConvolutionAttrs = m.node.attrs
     axes, pads = _weight_grad_axes(a), _static_pads(a)
@@ -203,7 +206,11 @@ def _weight_grad_taps(e: Emitter, m: Match) -> Value | None:
     # the gradient conv's window stride is the forward dilation, its rhs dilation the forward stride;
     # a strided one reads the forward's phase split
     window = _tap_windows(e, x, sp, a.rhs_dilation, a.window_strides, a.lhs_dilation, pads, ct_hw)
-    taps = [e.reshape(e.reduce(e.mul(window(i, j), ct), "sum", others), (c, 1)) for i in range(kh) for j in range(kw)]
+    def tap(win: Value) -> Value:
+        if as_dots:
+            return e.op("dot_general", win, ct, attrs=od.DotGeneralAttrs((c_ax,), (c_ax,), others, others))
+        return e.reduce(e.mul(win, ct), "sum", others)
+    taps = [e.reshape(tap(window(i, j)), (c, 1)) for i in range(kh) for j in range(kw)]
     return e.reshape(_concat(e, taps, 1), out.type.shape)
 
 
@@ -367,6 +374,14 @@ DENSE_RULES = (
          "convolution without groups (KxK, strided, or a gradient) -> gathered windows, one dot_general"),
 )
 
+DEPTHWISE_WEIGHT_GRAD_DOTS = register_pass(Pass(
+    "depthwise_weight_grad_dots", "rewrite depthwise weight gradients (batch-grouped convolutions) as one "
+                                  "dot_general per kernel tap, batched over the channels (IREE's GPU targets)",
+    "primitive", (Rule("depthwise_weight_grad_as_dots",
+                       Op("convolution", (Var("x"), Var("ct")), attrs=_is_depthwise_weight_grad),
+                       functools.partial(_weight_grad_taps, as_dots=True),
+                       "convolution with batch_group_count = C (a depthwise weight gradient) -> per-tap dot_general "
+                       "batched over C"),)))
 CONV_FORMS = register_pass(Pass("conv_forms", "rewrite depthwise convolutions as per-tap multiply-adds, which IREE "
                                               "and XLA run faster than grouped convolutions", "primitive", RULES))
 POINTWISE_MATMUL = register_pass(Pass(

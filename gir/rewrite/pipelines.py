@@ -15,6 +15,13 @@ PIPELINES["default_jax"] = tuple(p for p in PIPELINES["default"] if p not in ("l
 """What `default` means on the JAX backend: XLA:CPU runs the batched-matmul form of 1x1 convs
 1.6x slower than convolutions (docs/performance.md), has its own fast KxK convolutions (the
 matmul forms and barriers of dense_matmul are for IREE), and the layout is measured on IREE only."""
+PIPELINES["default_gpu"] = ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", "depthwise_weight_grad_dots", "cse",
+                            "simplify", "dce")
+"""What `default` means on IREE's GPU targets (rocm, cuda, vulkan): the activation layout and the CPU's convolution
+forms were chosen by CPU measurements and GPU codegen tiles convolutions itself; but a depthwise weight gradient
+becomes per-tap dot_generals. IREE 3.13's Vulkan code computes its batch-grouped convolution wrongly (MobileNetV2's
+depthwise weight gradients on lavapipe, tests/lower/test_vulkan.py) and its SPIR-V pipeline crashes on the CPU's
+multiply-reduce form at 960 channels."""
 PIPELINES["none"] = ()
 CLEANUP_AFTER_BF16 = ("simplify", "cse", "dce")
 
@@ -33,6 +40,9 @@ def passes_for(spec: str = "default", bf16: bool = False, bf16_conv: bool = Fals
     return names + (policy,) + (CLEANUP_AFTER_BF16 if names else ())
 
 
-def pipeline_for_backend(spec: str, backend: str) -> str:
-    """The pipeline a backend runs for `spec`: `default` on the JAX backend is `default_jax`."""
-    return "default_jax" if spec == "default" and backend == "jax" else spec
+def pipeline_for_backend(spec: str, backend: str, target: str = "cpu") -> str:
+    """The pipeline a backend runs for `spec`: `default` is `default_jax` on the JAX backend and `default_gpu` on
+    IREE's GPU targets."""
+    if spec != "default" or (backend == "iree" and target == "cpu"):
+        return spec
+    return "default_jax" if backend == "jax" else "default_gpu"

@@ -72,8 +72,8 @@ class IreeBackend:
         out = dict(zip(self.train.outputs, self.session.call("train_step", *args)))
         self.state = {k: out[k] for k in self.carried}
         norm = out.get("grad_norm")
-        return StepResult(float(np.asarray(out["loss"].to_host())),
-                          None if norm is None else float(np.asarray(norm.to_host())))
+        return StepResult(float(self.session.to_host(out["loss"])),
+                          None if norm is None else float(self.session.to_host(norm)))
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         if self.eval is None:
@@ -81,10 +81,10 @@ class IreeBackend:
         args = [self.state[v.name] if v.name in self.state else self.session.to_device(images.astype(self.float))
                 for v in self.eval.inputs]
         out = dict(zip(self.eval.outputs, self.session.call("eval", *args)))
-        return np.array(out["logits"].to_host())  # a copy: the host view may alias a buffer IREE reuses
+        return self.session.to_host(out["logits"])
 
     def values(self) -> dict[str, np.ndarray]:
-        return {k: np.array(v.to_host()) for k, v in self.state.items()}
+        return {k: self.session.to_host(v) for k, v in self.state.items()}
 
 
 class JaxBackend:

@@ -107,11 +107,11 @@ def _check_memory(net: Net, config: TrainConfig, channels: int, image: int, batc
                          f"{total / gib:.1f} GiB; lower --image or --batch")
 
 
-def compile_modules(net: Net, config: TrainConfig, passes: str, backend: str = "iree") -> tuple[LoweredModule,
-                                                                                                  LoweredModule]:
+def compile_modules(net: Net, config: TrainConfig, passes: str, backend: str = "iree",
+                    target: str = "cpu") -> tuple[LoweredModule, LoweredModule]:
     """The train step and the eval function at the config's batch and image size, rewritten by
-    `passes` as the backend runs them (`default` is `default_jax` on JAX)."""
-    passes = pipeline_for_backend(passes, backend)
+    `passes` as the backend and target run them (`default` is `default_jax` on JAX, `default_gpu` on a GPU)."""
+    passes = pipeline_for_backend(passes, backend, target)
     binding = net.binding(batch=config.batch_size, image=config.image_size)
     train = lower_train_step(net, config, batch=config.batch_size, image=config.image_size, passes=passes)
     names = passes_for(passes, bf16=config.bf16, bf16_conv=config.bf16_conv)
@@ -184,7 +184,7 @@ class Trainer:
         if options.backend == "iree":
             device_config(options.target)   # fail before compiling when the device is missing
         t0 = time.perf_counter()
-        train, evaluate = compile_modules(net, config, options.passes, options.backend)
+        train, evaluate = compile_modules(net, config, options.passes, options.backend, options.target)
         self.train_graph = train.primitive
         if options.backend == "iree":
             self.backend: IreeBackend | JaxBackend = IreeBackend(train, evaluate, options.target, options.chip,
