@@ -374,14 +374,6 @@ DENSE_RULES = (
          "convolution without groups (KxK, strided, or a gradient) -> gathered windows, one dot_general"),
 )
 
-DEPTHWISE_WEIGHT_GRAD_DOTS = register_pass(Pass(
-    "depthwise_weight_grad_dots", "rewrite depthwise weight gradients (batch-grouped convolutions) as one "
-                                  "dot_general per kernel tap, batched over the channels (IREE's GPU targets)",
-    "primitive", (Rule("depthwise_weight_grad_as_dots",
-                       Op("convolution", (Var("x"), Var("ct")), attrs=_is_depthwise_weight_grad),
-                       functools.partial(_weight_grad_taps, as_dots=True),
-                       "convolution with batch_group_count = C (a depthwise weight gradient) -> per-tap dot_general "
-                       "batched over C"),)))
 CONV_FORMS = register_pass(Pass("conv_forms", "rewrite depthwise convolutions as per-tap multiply-adds, which IREE "
                                               "and XLA run faster than grouped convolutions", "primitive", RULES))
 POINTWISE_MATMUL = register_pass(Pass(
@@ -392,3 +384,11 @@ DENSE_MATMUL = register_pass(Pass(
     "dense_matmul", "rewrite the remaining convolutions without groups (KxK or strided, forward and gradients) as "
                     "one matmul over gathered windows, which IREE runs faster (XLA:CPU has its own)", "primitive",
     DENSE_RULES))
+DEPTHWISE_WEIGHT_GRAD_DOTS = register_pass(Pass(
+    "depthwise_weight_grad_dots", "rewrite depthwise weight gradients (batch-grouped convolutions) as one "
+                                  "dot_general per kernel tap, batched over the channels (IREE's GPU targets)",
+    "primitive", (Rule("depthwise_weight_grad_as_dots",
+                       Op("convolution", (Var("x"), Var("ct")), attrs=_is_depthwise_weight_grad),
+                       functools.partial(_weight_grad_taps, as_dots=True),
+                       "convolution with batch_group_count = C (a depthwise weight gradient) -> per-tap dot_general "
+                       "batched over C"),)))

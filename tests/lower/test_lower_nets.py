@@ -1,5 +1,5 @@
 """Every net in nets/ lowers; its forward and eval modules compile with IREE llvm-cpu, run, and agree
-with the JAX backend; MobileNetV2's forward cross-compiles for rocm gfx1100 and cuda sm_80."""
+with the JAX backend; MobileNetV2's forward cross-compiles for rocm gfx1100 and cuda sm_80 with the GPU pipeline."""
 import glob
 import os
 
@@ -12,6 +12,7 @@ from gir.lower.jax_backend import evaluate
 from gir.lower.pipeline import lower_net
 from gir.netfile import load_net_file
 from gir.nn.params import init_params
+from gir.rewrite import pipeline_for_backend
 
 NETS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "..", "nets", "*.py")))
 # ViT's input size is fixed. Train-mode BN over very few values (batch 2 at a 1x1 map) is
@@ -69,6 +70,6 @@ def test_net_forward_and_eval_run_on_iree_and_match_jax(path):
 @pytest.mark.parametrize("target, chip", [("rocm", "gfx1100"), ("cuda", "sm_80")])
 def test_mobilenet_v2_forward_cross_compiles_for_gpus(target, chip):
     net, _ = load_net_file("nets/mobilenet_v2.py")
-    mod = lower_net(net, batch=8, image=64)["forward"]
+    mod = lower_net(net, batch=8, image=64, passes=pipeline_for_backend("default", "iree", target))["forward"]
     vmfb = compile_text(mod.text, target, chip, use_cache=False)
     assert len(vmfb) > 100_000 and vmfb[:2] == b"PK"  # a .vmfb is a zip-aligned flatbuffer archive

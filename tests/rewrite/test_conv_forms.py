@@ -42,6 +42,18 @@ def test_depthwise_weight_grad_as_taps(stride, dilation, padding, k, preserves):
     preserves(g, out, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("stride,dilation,padding", [(1, 1, "same"), (2, 1, "same"), (1, 2, "valid")])
+def test_depthwise_weight_grad_as_batched_dots_for_gpus(stride, dilation, padding, preserves):
+    g = _dw_weight_grad(stride, dilation, padding)
+    ctx = Context(trace=[], check=True)
+    out = run_pass(g, "depthwise_weight_grad_dots", ctx)
+    assert [f.rule for f in ctx.trace] == ["depthwise_weight_grad_as_dots"]
+    assert not [n for n in out.nodes if n.op == "convolution"]
+    dots = [n for n in out.nodes if n.op == "dot_general"]
+    assert len(dots) == 9 and all(n.attrs.lhs_batch == (1,) and n.outputs[0].type.shape == (4,) for n in dots)
+    preserves(g, out, rtol=1e-5, atol=1e-5)
+
+
 def test_strided_weight_grad_shares_the_forward_phases(preserves):
     """A strided depthwise conv and its weight gradient read their taps from one padded copy of x
     split into phases: after CSE one pad and one transpose serve both."""

@@ -115,7 +115,7 @@ def test_pipelines_resolve_and_unknown_names_are_clear():
                                            if p not in ("layout_cnhw_small", "pointwise_matmul", "dense_matmul"))
     assert resolve("cse, dce") == ("cse", "dce")
     assert resolve("none") == ()
-    with pytest.raises(RewriteError, match=r"unknown pass 'cs'; passes: .*cse.*; pipelines: default, default_jax, none"):
+    with pytest.raises(RewriteError, match=r"unknown pass 'cs'; passes: .*cse.*; pipelines: default, default_jax, default_gpu, none"):
         resolve("cs,dce")
     assert passes_for("none", bf16_conv=True) == ("bf16_conv",)
     assert passes_for("cse", bf16=True) == ("cse", "bf16", "simplify", "cse", "dce")
@@ -159,9 +159,12 @@ def test_pass_needs_rules_or_a_transform():
         Pass("odd", "x", "middle", transform=lambda g, c: g)
 
 
-def test_default_pipeline_per_backend():
-    """`default` on the JAX backend leaves 1x1 convs as convolutions; explicit lists are kept."""
+@pytest.mark.parametrize("backend,target,want", [("iree", "cpu", "default"), ("jax", "cpu", "default_jax"),
+                                                 ("iree", "vulkan", "default_gpu"), ("iree", "cuda", "default_gpu"),
+                                                 ("iree", "rocm", "default_gpu"), ("jax", "vulkan", "default_jax")])
+def test_default_means_each_backends_and_targets_pipeline(backend, target, want):
+    """`default` is the CPU-tuned pipeline on IREE's CPU, `default_jax` on JAX, `default_gpu` on IREE's GPU targets;
+    anything else is kept as asked."""
     from gir.rewrite import pipeline_for_backend
-    assert pipeline_for_backend("default", "iree") == "default"
-    assert pipeline_for_backend("default", "jax") == "default_jax"
-    assert pipeline_for_backend("cse,pointwise_matmul", "jax") == "cse,pointwise_matmul"
+    assert pipeline_for_backend("default", backend, target) == want
+    assert pipeline_for_backend("cse,pointwise_matmul", backend, target) == "cse,pointwise_matmul"
