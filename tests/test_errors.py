@@ -467,7 +467,7 @@ ERROR_ROWS = [
         ["invalid training option: --label-smoothing must be in [0, 1), got 1.5"]),
     row("flag-momentum-1", [*TRAIN, "--momentum", "1"], ["invalid training option: --momentum must be in [0, 1)"]),
     row("flag-passes-nope", ["lower", DIGITS, "-o", "{tmp}/o", "--no-compile", "--passes", "nope"],
-        ["--passes: unknown pass 'nope'", "passes: ", "pipelines: default, default_jax, none"]),
+        ["--passes: unknown pass 'nope'", "passes: ", "pipelines: default, default_jax, default_gpu, none"]),
     row("flag-devices-without-jax", [*TRAIN, "--devices", "2", "--out", "{tmp}/run"],
         ["--devices 2 needs --backend jax"]),
     row("lower-into-another-nets-folder", ["lower", DIGITS, "-o", "{tmp}/o", "--no-compile"],

@@ -102,7 +102,7 @@ class IreeSession:
         Vulkan refuses unless it is page-aligned (minImportedHostPointerAlignment)."""
         if self.target == "cpu":
             return np.array(x.to_host())   # a copy: host views may alias buffers IREE reuses
-        view = x._buffer_view
+        view = x._buffer_view   # DeviceArray keeps its view private (iree-base-runtime is pinned)
         staging = self.device.allocator.allocate_buffer(
             memory_type=HOST_STAGING,
             allowed_usage=ireert.BufferUsage.TRANSFER_TARGET | ireert.BufferUsage.MAPPING_SCOPED,
