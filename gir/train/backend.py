@@ -35,38 +35,50 @@ def carried_names(graph: Graph) -> list[str]:
     return [v.name for v in graph.inputs if v.role in CARRIED_ROLES]
 
 
-def iree_module_text(train: LoweredModule, evaluate: LoweredModule | None, target: str) -> str:
-    """The IREE backend's module: the train step and, if given, the eval function. On the CPU the
+def iree_module_text(train: LoweredModule | None, evaluate: LoweredModule | None, target: str) -> str:
+    """The IREE backend's module: the train step and the eval function, each if given. On the CPU the
     caller keeps the transient storage: IREE's CPU device would malloc and zero-fill it on every
     step (550 MB at b8@224; 1.13x, docs/performance.md)."""
-    functions = {"train_step": train.primitive, **({"eval": evaluate.primitive} if evaluate is not None else {})}
-    return print_module(functions, f"{train.primitive.name}_module", transient_storage=target == "cpu")
+    functions = {name: m.primitive for name, m in (("train_step", train), ("eval", evaluate)) if m is not None}
+    return print_module(functions, f"{next(iter(functions.values())).name}_module", transient_storage=target == "cpu")
 
 
-def float_type(train: Graph) -> np.dtype:
-    """The NumPy type a train step's images and learning rate are fed in: float32, or float64 for an f64 net."""
-    return train.input("images").type.dtype.numpy
+def data_input(graph: Graph) -> str:
+    """The name of the input a batch is fed to: `tokens` for a sequence net, else `images`."""
+    return "tokens" if any(v.name == "tokens" for v in graph.inputs) else "images"
+
+
+def float_type(graph: Graph) -> np.dtype:
+    """The NumPy type of a graph's learning rate and float inputs: float32, or float64 for an f64 net."""
+    return next(v.type.dtype.numpy for v in graph.inputs if v.role in CARRIED_ROLES and v.type.dtype.is_float)
+
+
+def _fed(graph: Graph, x: np.ndarray, float_dtype: np.dtype) -> np.ndarray:
+    """A batch as its input takes it: images in the net's float type, token ids as they are (int32)."""
+    return x.astype(float_dtype, copy=False) if data_input(graph) == "images" else x
 
 
 class IreeBackend:
-    """The train step and the eval function in one IREE module on one device."""
+    """The train step and the eval function in one IREE module on one device (either may be left out: sampling
+    from a checkpoint needs only the eval function)."""
 
-    def __init__(self, train: LoweredModule, evaluate: LoweredModule | None, target: str = "cpu",
+    def __init__(self, train: LoweredModule | None, evaluate: LoweredModule | None, target: str = "cpu",
                  chip: str | None = None, flags: tuple[str, ...] = ()):
-        self.train = train.primitive
+        self.train = train.primitive if train is not None else None
         self.eval = evaluate.primitive if evaluate is not None else None
         self.session = load_compiled(iree_module_text(train, evaluate, target), target, chip, list(flags),
                                      lambda vmfb: IreeSession(vmfb, target))
-        self.carried = carried_names(self.train)
-        self.float = float_type(self.train)
+        main = self.train if self.train is not None else self.eval
+        self.carried = carried_names(main)
+        self.float = float_type(main)
         self.state: dict[str, Any] = {}
 
     def load(self, values: Mapping[str, np.ndarray]) -> None:
         self.state = {k: self.session.to_device(values[k]) for k in self.carried}
 
-    def step(self, images: np.ndarray, labels: np.ndarray, lr: float, step: int) -> StepResult:
-        feed = {"images": images.astype(self.float, copy=False), "labels": labels, "lr": self.float.type(lr),
-                "step": np.int32(step)}
+    def step(self, inputs: np.ndarray, labels: np.ndarray, lr: float, step: int) -> StepResult:
+        feed = {data_input(self.train): _fed(self.train, inputs, self.float), "labels": labels,
+                "lr": self.float.type(lr), "step": np.int32(step)}
         args = [self.state[v.name] if v.name in self.state else self.session.to_device(feed[v.name])
                 for v in self.train.inputs]
         out = dict(zip(self.train.outputs, self.session.call("train_step", *args)))
@@ -75,11 +87,11 @@ class IreeBackend:
         return StepResult(float(self.session.to_host(out["loss"])),
                           None if norm is None else float(self.session.to_host(norm)))
 
-    def logits(self, images: np.ndarray) -> np.ndarray:
+    def logits(self, inputs: np.ndarray) -> np.ndarray:
         if self.eval is None:
             raise BackendError("this backend was built without an eval function")
-        args = [self.state[v.name] if v.name in self.state else self.session.to_device(images.astype(self.float))
-                for v in self.eval.inputs]
+        x = self.session.to_device(_fed(self.eval, inputs, self.float))
+        args = [self.state[v.name] if v.name in self.state else x for v in self.eval.inputs]
         out = dict(zip(self.eval.outputs, self.session.call("eval", *args)))
         return self.session.to_host(out["logits"])
 
@@ -105,7 +117,8 @@ class JaxBackend:
         if devices > len(available):
             raise BackendError(f"--devices {devices}: JAX sees {len(available)} {available[0].platform} device(s); "
                                f"on a CPU, set XLA_FLAGS=--xla_force_host_platform_device_count={devices}")
-        batch = int(self.train.input("images").type.shape[0])
+        self.data = data_input(self.train)
+        batch = int(self.train.input(self.data).type.shape[0])
         if batch % devices:
             raise BackendError(f"batch {batch} does not split over {devices} devices; use a multiple of {devices}")
         mesh = Mesh(np.array(available[:devices]), ("batch",))
@@ -113,7 +126,7 @@ class JaxBackend:
         self.split = NamedSharding(mesh, PartitionSpec("batch"))
 
         def shardings(g: Graph) -> dict[str, Any]:
-            return {v.name: self.split if v.name in ("images", "labels") else self.replicated for v in g.inputs}
+            return {v.name: self.split if v.name in (self.data, "labels") else self.replicated for v in g.inputs}
 
         self.float = float_type(self.train)
         self._step = jax.jit(as_jax_function(self.train), in_shardings=(shardings(self.train),))
@@ -130,9 +143,9 @@ class JaxBackend:
         with self._x64():
             self.state = {k: self.jax.device_put(np.asarray(values[k]), self.replicated) for k in self.carried}
 
-    def step(self, images: np.ndarray, labels: np.ndarray, lr: float, step: int) -> StepResult:
+    def step(self, inputs: np.ndarray, labels: np.ndarray, lr: float, step: int) -> StepResult:
         with self._x64():
-            feed = {**self.state, "images": self.jax.device_put(images.astype(self.float, copy=False), self.split),
+            feed = {**self.state, self.data: self.jax.device_put(_fed(self.train, inputs, self.float), self.split),
                     "labels": self.jax.device_put(labels, self.split), "lr": self.float.type(lr),
                     "step": np.int32(step)}
             out = self._step(feed)
@@ -140,12 +153,12 @@ class JaxBackend:
         norm = out.get("grad_norm")
         return StepResult(float(out["loss"]), None if norm is None else float(norm))
 
-    def logits(self, images: np.ndarray) -> np.ndarray:
+    def logits(self, inputs: np.ndarray) -> np.ndarray:
         if self._eval is None:
             raise BackendError("this backend was built without an eval function")
         with self._x64():
             feed = {**{v.name: self.state[v.name] for v in self.eval.inputs if v.name in self.state},
-                    "images": self.jax.device_put(images.astype(self.float, copy=False), self.split)}
+                    self.data: self.jax.device_put(_fed(self.eval, inputs, self.float), self.split)}
             return np.asarray(self._eval(feed)["logits"])
 
     def values(self) -> dict[str, np.ndarray]:
