@@ -1,6 +1,7 @@
 """The `gir` command: `gir show` (layer table), `gir lower` (StableHLO, IREE modules, graph dumps),
 `gir check` (the backward pass's invariants and numerics), `gir passes` (the rewrite passes),
-`gir train` (training on IREE or JAX, with checkpoints and resume), `gir bench` (train-step timing)."""
+`gir train` (training on IREE or JAX, with checkpoints and resume), `gir sample` (text from a sequence net's run),
+`gir bench` (train-step timing)."""
 from __future__ import annotations
 
 import argparse
@@ -34,11 +35,12 @@ from gir.train.config import OPTIMIZERS, TrainConfig
 from gir.train.data import SOURCES, DataError
 from gir.train.loop import BACKENDS, Interrupted, NonFiniteLoss, RunOptions, TrainError, checkpoint_arrays, train
 from gir.train.runlog import TRACE, TraceError, read_trace
+from gir.train.sample import SampleError, sample_run
 from gir.train.step import build_train_step, lower_train_step
 
 USER_ERRORS = (NetFileError, ShapeError, BindingError, ParamsError, CompileError, LoweringError, AdjointError,
                RewriteError, DataError, CheckpointError, TraceError, BackendError, DeviceUnavailable, NonFiniteLoss,
-               TrainError)
+               TrainError, SampleError)
 
 
 class CliError(Exception):
@@ -307,7 +309,7 @@ RECIPE_FLAGS = {  # flag dest -> TrainConfig field
     "momentum": "momentum", "weight_decay": "weight_decay", "cosine": "cosine", "warmup_epochs": "warmup_epochs",
     "label_smoothing": "label_smoothing", "augment": "augment", "clip_norm": "clip_norm", "bf16": "bf16",
     "bf16_conv": "bf16_conv", "seed": "seed", "eval_every": "eval_every", "checkpoint_every": "checkpoint_every",
-    "image": "image_size",
+    "image": "image_size", "seq": "seq_len",
 }
 FIELD_FLAGS = {field: "--" + dest.replace("_", "-") for dest, field in RECIPE_FLAGS.items()}
 
@@ -440,6 +442,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- gir sample -----------------------------------------------------------------------------
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    _, meta = load_checkpoint(args.run)
+    net_file = args.net or meta.get("net_file")
+    if not net_file:
+        raise CliError(f"{args.run}: the checkpoint does not name its net file; give it with --net FILE")
+    if not os.path.exists(net_file):
+        raise CliError(f"{args.run} was trained from {net_file}, which is not there now; give the net file "
+                       f"with --net FILE")
+    net, _ = load_net_file(net_file)
+    text = sample_run(net, args.run, args.prompt, args.tokens, args.temperature, args.seed, args.target, args.chip)
+    print(args.prompt + text)
+    return 0
+
+
 # ---- gir check ------------------------------------------------------------------------------
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -486,6 +504,7 @@ def make_parser() -> argparse.ArgumentParser:
         s.add_argument("net", help="net file (Python defining `net`, e.g. nets/mobilenet_v2.py)")
         s.add_argument("--batch", type=_positive_int("--batch"), help="bind N (batch size)")
         s.add_argument("--image", type=_positive_int("--image"), help="bind H and W (image size)")
+        s.add_argument("--seq", type=_positive_int("--seq"), help="bind T (sequence length of a sequence net)")
         s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         s.set_defaults(command_parser=s)
         return s
@@ -543,6 +562,19 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-opt", action="store_true", help="no rewrite passes")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_bench)
+
+    help = "generate text from a sequence net's run: its checkpoint's weights and vocabulary, on IREE"
+    s = sub.add_parser("sample", help=help, description=help)
+    s.add_argument("run", metavar="RUN_DIR", help="the run folder (`gir train --out`) holding checkpoint.npz")
+    s.add_argument("--prompt", default="", help="text to continue (default: start after a newline)")
+    s.add_argument("--tokens", type=_positive_int("--tokens"), default=200, help="tokens to generate (default 200)")
+    s.add_argument("--temperature", type=_number("--temperature", float, "a number >= 0", 0), default=0.8,
+                   help="divide the logits by this before sampling; 0 takes the most likely token (default 0.8)")
+    s.add_argument("--seed", type=_int("--seed"), default=0, help="sampling seed: the same seed, the same text")
+    s.add_argument("--net", metavar="FILE", help="the net file (default: the one the run was trained from)")
+    s.add_argument("--target", choices=TARGETS, default="cpu", help="IREE target (default cpu)")
+    s.add_argument("--chip", help="GPU chip or CPU model for IREE")
+    s.set_defaults(func=cmd_sample, command_parser=s)
 
     s = sub.add_parser("passes", help="list the rewrite passes, their rules and the pipelines",
                        description="list the rewrite passes, their rules and the pipelines")

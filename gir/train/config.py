@@ -41,6 +41,7 @@ class TrainConfig:
     bf16: bool = False
     bf16_conv: bool = False
     image_size: int = attrs.field(default=224, validator=[v.instance_of(int), _positive])
+    seq_len: int = attrs.field(default=64, validator=[v.instance_of(int), _positive])   # T, for sequence nets
     eval_every: int = attrs.field(default=1, validator=[v.instance_of(int), _positive])
     checkpoint_every: int = attrs.field(default=1, validator=[v.instance_of(int), _positive])
     beta1: float = attrs.field(default=0.9, validator=_fraction)

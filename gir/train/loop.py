@@ -35,6 +35,7 @@ from gir.train.pipeline import BatchMaker, Loader, default_workers
 from gir.train.runlog import Trace, plot_curves, read_trace, write_metrics
 from gir.train.schedule import learning_rate
 from gir.train.step import lower_train_step
+from gir.train.text import TextData, TokenBatchMaker, is_text_source, load_text
 
 BACKENDS = ("iree", "jax")
 
@@ -84,36 +85,41 @@ def _input_geometry(net: Net, config: TrainConfig) -> tuple[int, int]:
     return int(shape[1]), h
 
 
-def activation_bytes(net: Net, batch: int, image: int) -> int:
-    """Bytes of every value the forward pass computes at this batch and image size: what the backward pass keeps
-    alive, a lower bound on a train step's memory (known before anything is compiled or allocated)."""
+def activation_bytes(net: Net, batch: int, image: int | None, seq: int | None = None) -> int:
+    """Bytes of every value the forward pass computes at this batch and image size (or sequence length): what
+    the backward pass keeps alive, a lower bound on a train step's memory (known before anything is compiled or
+    allocated)."""
     graph = net.build(mode="train")
-    binding = net.binding(batch=batch, image=image)
+    binding = net.binding(batch=batch, image=image, seq=seq)
     return sum(int(bind_dim(math.prod(v.type.shape), binding)) * v.type.dtype.numpy.itemsize
                for node in graph.nodes for v in node.outputs)
 
 
-def _check_memory(net: Net, config: TrainConfig, channels: int, image: int, batches_in_flight: int) -> None:
-    """Refuse a run whose activations and batches in flight cannot fit in this machine's memory, naming the flags."""
+def _check_memory(net: Net, config: TrainConfig, channels: int, image: int | None, batches_in_flight: int) -> None:
+    """Refuse a run whose activations and batches in flight cannot fit in this machine's memory, naming the flags
+    (for a sequence net, `image` is None and a batch is int32 tokens and labels)."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     b = config.batch_size
-    batches = batches_in_flight * b * channels * image * image * (1 + net.dtype.numpy.itemsize)  # uint8, then fed
-    need = activation_bytes(net, b, image) + batches
+    per_example = 8 * config.seq_len if image is None else channels * image * image * (1 + net.dtype.numpy.itemsize)
+    batches = batches_in_flight * b * per_example   # images: uint8, then as fed
+    need = activation_bytes(net, b, image, config.seq_len if image is None else None) + batches
     if need > total:
         gib = 2.0 ** 30
-        raise TrainError(f"--image {image} with --batch {b}: a train step of {net.name} needs at least "
+        size = f"--seq {config.seq_len}" if image is None else f"--image {image}"
+        raise TrainError(f"{size} with --batch {b}: a train step of {net.name} needs at least "
                          f"{need / gib:,.1f} GiB ({(need - batches) / gib:,.1f} GiB of activations, "
                          f"{batches / gib:,.1f} GiB of batches in flight), more than this machine's "
-                         f"{total / gib:.1f} GiB; lower --image or --batch")
+                         f"{total / gib:.1f} GiB; lower {size.split()[0]} or --batch")
 
 
 def compile_modules(net: Net, config: TrainConfig, passes: str, backend: str = "iree",
                     target: str = "cpu") -> tuple[LoweredModule, LoweredModule]:
-    """The train step and the eval function at the config's batch and image size, rewritten by
+    """The train step and the eval function at the config's batch and image size (or sequence length), rewritten by
     `passes` as the backend and target run them (`default` is `default_jax` on JAX, `default_gpu` on a GPU)."""
     passes = pipeline_for_backend(passes, backend, target)
-    binding = net.binding(batch=config.batch_size, image=config.image_size)
-    train = lower_train_step(net, config, batch=config.batch_size, image=config.image_size, passes=passes)
+    binding = net.binding(batch=config.batch_size, image=config.image_size, seq=config.seq_len)
+    train = lower_train_step(net, config, batch=config.batch_size, image=config.image_size, passes=passes,
+                             seq=config.seq_len)
     names = passes_for(passes, bf16=config.bf16, bf16_conv=config.bf16_conv)
     evaluate = lower_graph(net.build(mode="eval"), binding, "eval", net.constraints, passes=names)
     return train, evaluate
@@ -167,19 +173,30 @@ class Trainer:
                  log: Callable[[str], None] = print):
         self.net, self.config, self.options, self.log = net, config, options, log
         self.net_file = net_file
-        channels, self.image = _input_geometry(net, config)
-        self.data: Dataset = load_dataset(options.data, self.image, channels, net.num_classes)
+        self.sequence = net.input_name == "tokens"
+        if self.sequence:
+            channels, self.image = 0, None
+            self.data: Dataset | TextData = _open_text(net, config, options.data)
+            self.augment = None
+            self.batches: BatchMaker | TokenBatchMaker = TokenBatchMaker(self.data, config.batch_size, config.seed)
+            self.workers = options.workers or 0   # slicing windows out of memory: a thread keeps up
+        else:
+            if is_text_source(options.data):
+                raise TrainError(f"--data {options.data} is text; {net.name} reads images")
+            channels, self.image = _input_geometry(net, config)
+            self.data = load_dataset(options.data, self.image, channels, net.num_classes)
+            self.augment = (attrs.evolve(default_augment(self.image), flip=self.data.mirror_safe)
+                            if config.augment else None)
+            self.batches = BatchMaker(self.data, config.batch_size, config.seed, self.augment)
+            self.workers = default_workers(self.data, self.augment) if options.workers is None else options.workers
         for line in recipe_warnings(config, net.num_classes, self.data.classes, options.data):
             warn(line)
-        self.steps_per_epoch = len(self.data.train.labels) // config.batch_size
+        self.steps_per_epoch = len(self.data.train) // config.batch_size
         if self.steps_per_epoch < 1:
-            raise TrainError(f"batch {config.batch_size} is larger than the {len(self.data.train.labels)} "
-                             f"training images of {options.data}")
+            raise TrainError(f"batch {config.batch_size} is larger than the {len(self.data.train)} training "
+                             f"{'windows' if self.sequence else 'images'} of {options.data}")
         self.total_steps = self.steps_per_epoch * config.epochs
-        self.augment = (attrs.evolve(default_augment(self.image), flip=self.data.mirror_safe)
-                        if config.augment else None)
-        self.batches = BatchMaker(self.data, config.batch_size, config.seed, self.augment)
-        self.workers = default_workers(self.data, self.augment) if options.workers is None else options.workers
+        self.unit, self.per_item = ("tokens", config.seq_len) if self.sequence else ("images", 1)
         _check_memory(net, config, channels, self.image, Loader.batches_in_flight(self.workers))
         if options.backend == "iree":
             device_config(options.target)   # fail before compiling when the device is missing
@@ -218,16 +235,26 @@ class Trainer:
                 "data": self.options.data, "data_order": "permutation(default_rng([seed, epoch]))",
                 "augment_rng": "default_rng([seed, 1, step])", "seed": self.config.seed,
                 "config": self.config.to_dict()}
+        if self.sequence:   # what `gir sample` needs to turn ids back into text
+            meta.update(vocab=list(self.data.vocab), unit=self.data.unit, context=self.config.seq_len,
+                        data_order="windows at default_rng([seed, 2, step]).integers(0, n - T, batch)")
         return save_checkpoint(self.options.out, self.backend.values(), meta)
 
     # ---- batches ----------------------------------------------------------------------------
 
     def evaluate(self, loader: Loader) -> dict[str, float]:
-        """Top-1, top-5 and loss on the validation split, in batches of the compiled size."""
-        logits = [self.backend.logits(self.data.normalize(images))[:len(labels)] for images, labels, _ in loader.val()]
-        z = np.concatenate(logits)
-        labels = self.data.val.labels.astype(np.int64)
-        return {"top1": top_k(z, labels, 1), "top5": top_k(z, labels, 5), "val_loss": cross_entropy(z, labels)}
+        """Top-1, top-5 and loss on the validation split, in batches of the compiled size; for a sequence net per
+        token (the next one), with the loss also in bits per token."""
+        z, labels = [], []
+        for inputs, y, _ in loader.val():
+            z.append(self.backend.logits(self.data.normalize(inputs))[:len(y)])
+            labels.append(y)
+        logits, truth = np.concatenate(z), np.concatenate(labels).astype(np.int64)
+        logits, truth = logits.reshape(-1, logits.shape[-1]), truth.reshape(-1)
+        out = {"top1": top_k(logits, truth, 1), "top5": top_k(logits, truth, 5), "val_loss": cross_entropy(logits, truth)}
+        if self.sequence:
+            out["bits_per_token"] = out["val_loss"] / math.log(2)
+        return out
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -237,6 +264,8 @@ class Trainer:
         last = {"loss": math.nan}
         evals: list[dict[str, Any]] = []
         bar = _progress(self.total_steps, self.step, self.options.progress)
+        rate = f"{self.unit[:3]}_s"
+        made_per_s = lambda seconds_per_batch: loader.images_per_s(seconds_per_batch) * self.per_item
         seen, ran, waited, made = 0, 0, 0.0, 0.0  # waited: after the first batch, which also starts the workers
         t_run = t_first = time.perf_counter()
         with _StopFlag() as stop, Loader(self.batches, self.workers) as loader:
@@ -252,30 +281,29 @@ class Trainer:
                 if not math.isfinite(res.loss):
                     raise NonFiniteLoss(self._non_finite(step, res.loss))
                 self.step, self.elapsed = step, self.elapsed + dt
-                seen, ran, made = seen + len(labels), ran + 1, made + make_s
+                seen, ran, made = seen + labels.size, ran + 1, made + make_s
                 if ran == 1:
                     t_first = time.perf_counter()
                 else:
                     waited += wait
                 epoch = (step - 1) // spe + 1
                 rec = {"step": step, "epoch": epoch, "loss": res.loss, "lr": lr, "time": round(self.elapsed, 4),
-                       "data_wait": round(wait, 5), "input_images_per_s": round(loader.images_per_s(make_s), 1)}
+                       "data_wait": round(wait, 5), f"input_{self.unit}_per_s": round(made_per_s(make_s), 1)}
                 if res.grad_norm is not None:
                     rec["grad_norm"] = res.grad_norm
                 trace.write(rec)
                 last = rec
                 bar.update(1)
                 run_s = time.perf_counter() - t_run
-                bar.set_postfix(loss=f"{res.loss:.4f}", lr=f"{lr:.2e}", img_s=f"{seen / run_s:.0f}",
-                                input_img_s=f"{loader.images_per_s(made / ran):.0f}",
+                bar.set_postfix(loss=f"{res.loss:.4f}", lr=f"{lr:.2e}", **{rate: f"{seen / run_s:.0f}"},
+                                **{f"input_{rate}": f"{made_per_s(made / ran):.0f}"},
                                 data_wait=f"{100 * _share(waited, t_first):.0f}%", refresh=False)
                 end_of_epoch = step % spe == 0
                 if end_of_epoch and (epoch % cfg.eval_every == 0 or step == self.total_steps):
                     ev = {"eval": True, "epoch": epoch, "step": step, **self.evaluate(loader)}
                     trace.write(ev)
                     evals.append(ev)
-                    line = (f"epoch {epoch}: val top-1 {100 * ev['top1']:.2f}%  top-5 {100 * ev['top5']:.2f}%  "
-                            f"val loss {ev['val_loss']:.4f}")
+                    line = f"epoch {epoch}: {_eval_line(ev, self.data)}"
                     (bar.write if self.options.progress else self.log)(line)
                 if end_of_epoch and (epoch % cfg.checkpoint_every == 0 or step == self.total_steps):
                     self.checkpoint()
@@ -286,8 +314,8 @@ class Trainer:
                                       f"{path}; continue with --resume {self.options.out}")
         bar.close()
         run_s = time.perf_counter() - t_run
-        return {"last": last, "evals": evals, "images_per_s": seen / run_s if run_s > 0 else 0.0,
-                "input_images_per_s": loader.images_per_s(made / ran) if ran else 0.0,
+        return {"last": last, "evals": evals, f"{self.unit}_per_s": seen / run_s if run_s > 0 else 0.0,
+                f"input_{self.unit}_per_s": made_per_s(made / ran) if ran else 0.0,
                 "data_wait_share": _share(waited, t_first)}
 
     def _non_finite(self, step: int, loss: float) -> str:
@@ -296,6 +324,31 @@ class Trainer:
                 if ckpt.exists() else "no checkpoint was written before it")
         return (f"loss is {loss} at step {step} (epoch {(step - 1) // self.steps_per_epoch + 1}); stopped; {kept}. "
                 f"Try a lower --lr or --clip-norm")
+
+
+def _open_text(net: Net, config: TrainConfig, spec: str) -> TextData:
+    """A sequence net's text: the built-in corpus or a text/bytes file, in windows of the config's length."""
+    if not is_text_source(spec):
+        raise TrainError(f"--data {spec}: {net.name} reads text (its input is token ids); use shakespeare, "
+                         f"text:FILE or bytes:FILE")
+    return load_text(spec, config.seq_len, net.num_classes)
+
+
+def _data_line(trainer: Trainer) -> str:
+    """What the run reads, for its first line."""
+    data = trainer.data
+    if trainer.sequence:
+        return (f"{len(data.train.tokens):,} train / {len(data.val.tokens):,} val {data.unit}s, vocabulary "
+                f"{data.classes}, windows of {trainer.config.seq_len}")
+    return (f"{len(data.train)} train / {len(data.val)} val images, {data.classes} classes, "
+            f"{trainer.image}x{trainer.image}")
+
+
+def _eval_line(ev: dict[str, Any], data: Dataset | TextData) -> str:
+    if isinstance(data, TextData):
+        return (f"val {ev['bits_per_token']:.3f} bits/{data.unit}  next-{data.unit} top-1 {100 * ev['top1']:.2f}%  "
+                f"val loss {ev['val_loss']:.4f}")
+    return f"val top-1 {100 * ev['top1']:.2f}%  top-5 {100 * ev['top5']:.2f}%  val loss {ev['val_loss']:.4f}"
 
 
 def _share(waited: float, since: float) -> float:
@@ -332,9 +385,8 @@ def train(net: Net, config: TrainConfig, options: RunOptions, resume: bool = Fal
         if created and not any(out.iterdir()):
             out.rmdir()   # nothing was written: leave no empty folder behind
         raise
-    data = trainer.data
-    log(f"gir train {net.name}: {options.data} ({len(data.train.labels)} train / {len(data.val.labels)} val images, "
-        f"{data.classes} classes, {trainer.image}x{trainer.image}), batch {config.batch_size}, "
+    data, unit = trainer.data, trainer.unit
+    log(f"gir train {net.name}: {options.data} ({_data_line(trainer)}), batch {config.batch_size}, "
         f"{trainer.steps_per_epoch} steps/epoch x {config.epochs} epochs on {options.backend}"
         f"{'' if options.backend == 'jax' else ' ' + options.target}"
         f"{f' x{options.devices} devices' if options.devices > 1 else ''}; modules ready in {trainer.compile_s:.1f} s")
@@ -347,7 +399,7 @@ def train(net: Net, config: TrainConfig, options: RunOptions, resume: bool = Fal
         header = {"net": net.name, "net_file": net_file, "data": options.data, "backend": options.backend,
                   "target": options.target, "devices": options.devices, "passes": options.passes,
                   "image_size": trainer.image, "steps_per_epoch": trainer.steps_per_epoch,
-                  "train_images": len(data.train.labels), "val_images": len(data.val.labels),
+                  f"train_{unit}": len(data.train) * trainer.per_item, f"val_{unit}": len(data.val) * trainer.per_item,
                   "classes": data.classes, "config": config.to_dict()}
         trace = Trace(out, header)
     try:
@@ -360,9 +412,10 @@ def train(net: Net, config: TrainConfig, options: RunOptions, resume: bool = Fal
                "epochs": config.epochs, "final_loss": _finite_or_none(result["last"]["loss"]),
                "val_top1": evals[-1]["top1"] if evals else None, "val_top5": evals[-1]["top5"] if evals else None,
                "best_val_top1": max((r["top1"] for r in evals), default=None),
+               **({"val_bits_per_token": evals[-1]["bits_per_token"] if evals else None} if trainer.sequence else {}),
                "train_time_s": round(trainer.elapsed, 2), "compile_time_s": round(trainer.compile_s, 2),
-               "images_per_s": round(result["images_per_s"], 1),
-               "input_images_per_s": round(result["input_images_per_s"], 1),
+               f"{unit}_per_s": round(result[f"{unit}_per_s"], 1),
+               f"input_{unit}_per_s": round(result[f"input_{unit}_per_s"], 1),
                "data_wait_share": round(result["data_wait_share"], 4), "workers": trainer.workers}
     write_metrics(out, metrics)
     plot_curves(out, records, f"{net.name} on {options.data}")

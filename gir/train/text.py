@@ -63,6 +63,10 @@ class TextData:
     def decode(self, ids: np.ndarray) -> str:
         return decode(ids, self.vocab, self.unit)
 
+    def normalize(self, ids: np.ndarray) -> np.ndarray:
+        """Token ids go to the net as they are (the counterpart of Dataset.normalize for images)."""
+        return ids
+
 
 def encode(text: str, vocab: tuple[str, ...], unit: str, source: str) -> np.ndarray:
     index = {t: i for i, t in enumerate(vocab)}
