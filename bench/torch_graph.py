@@ -317,7 +317,7 @@ class TorchGraphBackend:
         if missing:
             raise NotImplementedError(f"net {net.name!r}: no PyTorch rule for op{'s' if len(missing) > 1 else ''} "
                                       f"{', '.join(missing)}; add one to TORCH_RULES in bench/torch_graph.py")
-        self.graph, self.config = g, config
+        self.graph, self.config, self.data = g, config, net.input_name
         self.running_stats = {node: (f"{path}.running_mean", f"{path}.running_var") for node, path in running.items()}
         self.tensors: dict[str, torch.Tensor] = {}
         self.optimizer: torch.optim.Optimizer | None = None
@@ -333,7 +333,7 @@ class TorchGraphBackend:
     def loss(self, images: torch.Tensor, labels: torch.Tensor, step: int = 1) -> torch.Tensor:
         """The graph's `loss`, node by node; `step` keys the random layers' masks."""
         env = {v.id: self.tensors[v.name] for v in self.graph.inputs if v.name in self.tensors}
-        env[self.graph.input("images").id], env[self.graph.input("labels").id] = images, labels
+        env[self.graph.input(self.data).id], env[self.graph.input("labels").id] = images, labels
         if any(v.name == STEP for v in self.graph.inputs):
             env[self.graph.input(STEP).id] = torch.tensor(step, dtype=torch.int32)
         return run_nodes(self.nodes, env, self._extra)[self.graph.outputs["loss"].id]
