@@ -51,7 +51,7 @@ torch_rule = rule_registrar(TORCH_RULES, "PyTorch")
 # ---- elementwise ops, and the primitives layer graphs use -----------------------------------
 
 _UNARY = {"negate": torch.neg, "exp": torch.exp, "log": torch.log, "tanh": torch.tanh, "logistic": torch.sigmoid,
-          "sqrt": torch.sqrt, "rsqrt": torch.rsqrt, "abs": torch.abs,
+          "sqrt": torch.sqrt, "rsqrt": torch.rsqrt, "abs": torch.abs, "sine": torch.sin, "cosine": torch.cos,
           "relu": F.relu, "relu6": F.relu6, "swish": F.silu, "hard_swish": F.hardswish, "hard_sigmoid": F.hardsigmoid,
           "gelu": functools.partial(F.gelu, approximate="tanh")}
 _BINARY = {"add": torch.add, "subtract": torch.sub, "multiply": torch.mul, "divide": torch.div,
@@ -162,6 +162,18 @@ def _concatenate(a: od.ConcatAttrs, *xs):
     return torch.cat(xs, a.dim)
 
 
+@torch_rule("take")
+def _take(a, table, ids):
+    """An embedding lookup (F.embedding), ids clamped into the table as StableHLO's gather does."""
+    return F.embedding(ids.long().clamp(0, table.shape[0] - 1), table)
+
+
+@torch_rule("scatter_add")
+def _scatter_add(a, operand, ids, updates):
+    """index_add of the update rows at their ids (gir's graphs use it only in adjoints, which autograd replaces)."""
+    return operand.index_add(0, ids.reshape(-1).long(), updates.reshape(-1, operand.shape[1]))
+
+
 @torch_rule("reduce")
 def _reduce(a: od.ReduceAttrs, x):
     return {"sum": torch.sum, "max": torch.amax, "min": torch.amin}[a.kind](x, a.dims)
@@ -254,15 +266,18 @@ def _softmax(a: od.AxisAttrs, x):
 
 @torch_rule("softmax_cross_entropy")
 def _softmax_cross_entropy(a: od.XentAttrs, logits, labels):
-    return F.cross_entropy(logits, labels.long(), label_smoothing=a.label_smoothing)
+    """F.cross_entropy over every position: logits [..., K] flattened to rows, labels [...] to a vector."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).long(),
+                           label_smoothing=a.label_smoothing)
 
 
 @torch_rule("attention")
 def _attention(a: od.AttentionAttrs, q, k, v):
-    """Heads split as [N, h, T, D/h], F.scaled_dot_product_attention (scale 1/sqrt(D/h)), merged back."""
+    """Heads split as [N, h, T, D/h], F.scaled_dot_product_attention (scale 1/sqrt(D/h), is_causal as the op), merged
+    back."""
     n, t, d = q.shape
     q, k, v = (z.view(n, t, a.heads, d // a.heads).transpose(1, 2) for z in (q, k, v))
-    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, d)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=a.causal).transpose(1, 2).reshape(n, t, d)
 
 
 # ---- the optimizers ----------------------------------------------------------------------------
@@ -302,7 +317,7 @@ class TorchGraphBackend:
         if missing:
             raise NotImplementedError(f"net {net.name!r}: no PyTorch rule for op{'s' if len(missing) > 1 else ''} "
                                       f"{', '.join(missing)}; add one to TORCH_RULES in bench/torch_graph.py")
-        self.graph, self.config = g, config
+        self.graph, self.config, self.data = g, config, net.input_name
         self.running_stats = {node: (f"{path}.running_mean", f"{path}.running_var") for node, path in running.items()}
         self.tensors: dict[str, torch.Tensor] = {}
         self.optimizer: torch.optim.Optimizer | None = None
@@ -318,7 +333,7 @@ class TorchGraphBackend:
     def loss(self, images: torch.Tensor, labels: torch.Tensor, step: int = 1) -> torch.Tensor:
         """The graph's `loss`, node by node; `step` keys the random layers' masks."""
         env = {v.id: self.tensors[v.name] for v in self.graph.inputs if v.name in self.tensors}
-        env[self.graph.input("images").id], env[self.graph.input("labels").id] = images, labels
+        env[self.graph.input(self.data).id], env[self.graph.input("labels").id] = images, labels
         if any(v.name == STEP for v in self.graph.inputs):
             env[self.graph.input(STEP).id] = torch.tensor(step, dtype=torch.int32)
         return run_nodes(self.nodes, env, self._extra)[self.graph.outputs["loss"].id]

@@ -63,7 +63,7 @@ def _whole_net_f64(net: Net, batch: int, image: int | None, label_smoothing: flo
     feeds = init_params(with_grads, seed)
     classes = int(with_grads.outputs["logits"].type.shape[-1])
     for v in with_grads.inputs:
-        if v.name == "labels":
+        if v.name in ("labels", "tokens"):   # token ids drawn like labels: a language model's vocabulary is its classes
             feeds[v.name] = rng.integers(0, classes, v.type.shape).astype(np.int32)
         elif v.name == STEP:
             feeds[v.name] = np.int32(1)

@@ -124,6 +124,18 @@ def _abs(e: Emitter, node: Node, ct: Value, x: Value):
     return (e.select(e.compare(x, zero, "GT"), ct, e.select(e.compare(x, zero, "LT"), e.neg(ct), zero)),)
 
 
+@adjoint("sine")
+@_none_if_no_ct
+def _sine(e: Emitter, node: Node, ct: Value, x: Value):
+    return (e.mul(ct, e.op("cosine", x)),)
+
+
+@adjoint("cosine")
+@_none_if_no_ct
+def _cosine(e: Emitter, node: Node, ct: Value, x: Value):
+    return (e.neg(e.mul(ct, e.op("sine", x))),)
+
+
 @adjoint("select")
 @_none_if_no_ct
 def _select(e: Emitter, node: Node, ct: Value, p: Value, a: Value, b: Value):
@@ -234,6 +246,20 @@ def _concatenate(e: Emitter, node: Node, ct: Value, *xs: Value):
 def _free(rank: int, *used: tuple[int, ...]) -> list[int]:
     taken = set(itertools.chain(*used))
     return [d for d in range(rank) if d not in taken]
+
+
+@adjoint("take")
+@_none_if_no_ct
+def _take(e: Emitter, node: Node, ct: Value, table: Value, ids: Value):
+    """The cotangent rows summed into the rows they were taken from (a scatter-add); integer ids get none."""
+    return e.op("scatter_add", e.zeros(table), ids, ct), None
+
+
+@adjoint("scatter_add")
+@_none_if_no_ct
+def _scatter_add(e: Emitter, node: Node, ct: Value, operand: Value, ids: Value, updates: Value):
+    """The operand's cotangent passes through; each update gets the cotangent row it was added to."""
+    return ct, None, e.op("take", ct, ids)
 
 
 @adjoint("dot_general")

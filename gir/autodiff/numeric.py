@@ -34,6 +34,8 @@ _LINEAR: dict[str, tuple[tuple[int, ...], ...]] = {
     **{op: ((0,), (1,)) for op in ("multiply", "dot_general", "convolution", "conv2d", "depthwise_conv2d",
                                    "dense")},
     "select": ((1, 2),),
+    "take": ((0,),),
+    "scatter_add": ((0, 2),),
 }
 
 

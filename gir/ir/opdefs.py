@@ -107,7 +107,9 @@ class XentAttrs:
 
 @attrs.frozen
 class AttentionAttrs:
+    """`causal`: position i attends to positions <= i only (a language model's mask, built in the lowering)."""
     heads: int = attrs.field(validator=attrs.validators.gt(0))
+    causal: bool = False
 
 
 @attrs.frozen
@@ -221,7 +223,7 @@ class ConcatAttrs:
 
 # ---- the registry ------------------------------------------------------------------------
 
-ELEMENTWISE_UNARY = ("negate", "exp", "log", "tanh", "logistic", "sqrt", "rsqrt", "abs")
+ELEMENTWISE_UNARY = ("negate", "exp", "log", "tanh", "logistic", "sqrt", "rsqrt", "abs", "sine", "cosine")
 ELEMENTWISE_BINARY = ("add", "subtract", "multiply", "divide", "maximum", "minimum")
 ELEMENTWISE_BITWISE = ("xor", "or", "shift_left", "shift_right_logical")
 """Integer bit operations (i32 operands read as 32 raw bits): what a counter-based random generator is made of."""
@@ -253,6 +255,10 @@ register_op("dot_general", DotGeneralAttrs, 2, "primitive", "batched contraction
 register_op("convolution", ConvolutionAttrs, 2, "primitive", "general convolution")
 register_op("reduce", ReduceAttrs, 1, "primitive", "reduce over dims with sum, max or min")
 register_op("reduce_window", ReduceWindowAttrs, 1, "primitive", "windowed reduction (pooling)")
+register_op("take", None, 2, "primitive", "take(table[V, D], ids[...] i32) -> [..., D]: rows of a table "
+            "(stablehlo.gather; an id outside [0, V) is clamped into it)")
+register_op("scatter_add", None, 3, "primitive", "scatter_add(operand[V, D], ids[...] i32, updates[..., D]): "
+            "operand with each update row added at row ids[...] (stablehlo.scatter; an id outside [0, V) is dropped)")
 
 register_op("conv2d", ConvAttrs, 2, "layer", "2-D convolution x[N,C,H,W] * w[O,C,kh,kw]")
 register_op("depthwise_conv2d", ConvAttrs, 2, "layer", "per-channel convolution x[N,C,H,W] * w[C,1,kh,kw] (no channel multiplier)")
@@ -268,9 +274,10 @@ register_op("avg_pool", PoolAttrs, 1, "layer", "average pooling over H, W (paddi
 register_op("global_avg_pool", None, 1, "layer", "mean over H, W: [N,C,H,W] -> [N,C]")
 register_op("softmax", AxisAttrs, 1, "layer", "softmax along one axis")
 register_op("softmax_cross_entropy", XentAttrs, 2, "layer",
-            "mean label-smoothed cross-entropy of logits[N,K] against int labels[N]")
+            "mean label-smoothed cross-entropy of logits[..., K] against int labels[...] (per example [N] or "
+            "per token [N, T])")
 register_op("random_bits", RandomAttrs, 2, "layer",
             "32 random bits per element (i32), threefry2x32 keyed by two i32 scalars; element i of the flattened "
             "shape is word 0 of the block with counter (i, salt)")
 register_op("attention", AttentionAttrs, 3, "layer",
-            "multi-head scaled dot-product attention of q, k, v [N,T,D]")
+            "multi-head scaled dot-product attention of q, k, v [N,T,D], causal or not")

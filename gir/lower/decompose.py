@@ -189,15 +189,28 @@ def _softmax(e: Emitter, a: od.AxisAttrs, x: Value) -> Value:
 
 @decomposes("softmax_cross_entropy")
 def _xent(e: Emitter, a: od.XentAttrs, logits: Value, labels: Value) -> Value:
-    """Max-shifted log-softmax; one-hot by iota/compare; smoothing folded into the targets."""
-    n, k = logits.type.shape
-    logp = _log_softmax(e, logits, 1)
-    classes = e.op("iota", attrs=od.IotaAttrs(1, labels.type.with_shape((n, k))))
-    hot = e.compare(classes, e.bcast(labels, (n, k), (0,)), "EQ")
-    off = a.label_smoothing / k
+    """Max-shifted log-softmax; one-hot by iota/compare; smoothing folded into the targets; the mean over
+    every example (or token) position."""
+    shape = logits.type.shape
+    last = len(shape) - 1
+    lead = tuple(range(last))
+    logp = _log_softmax(e, logits, last)
+    classes = e.op("iota", attrs=od.IotaAttrs(last, labels.type.with_shape(shape)))
+    hot = e.compare(classes, e.bcast(labels, shape, lead), "EQ")
+    off = a.label_smoothing / shape[last]
     target = e.select(hot, e.const(1.0 - a.label_smoothing + off, logp), e.const(off, logp))
-    total = e.reduce(e.op("multiply", target, logp), "sum", (0, 1))
-    return e.mul_scalar(total, -reciprocal(n))
+    total = e.reduce(e.op("multiply", target, logp), "sum", tuple(range(len(shape))))
+    return e.mul_scalar(total, -reciprocal(math.prod(shape[:last])))
+
+
+def _causal_mask(e: Emitter, scores: Value) -> Value:
+    """Scores [N,h,T,T] with key positions after the query's set to -inf: one [T,T] iota comparison,
+    broadcast into the select (no mask input, nothing per batch)."""
+    t = scores.type.shape[-1]
+    grid = TensorType((t, t), DType.i32)
+    query, key = (e.op("iota", attrs=od.IotaAttrs(d, grid)) for d in (0, 1))
+    allowed = e.bcast(e.compare(key, query, "LE"), scores.type.shape, (2, 3))
+    return e.select(allowed, scores, e.const(-math.inf, scores))
 
 
 @decomposes("attention")
@@ -210,7 +223,8 @@ def _attention(e: Emitter, a: od.AttentionAttrs, q: Value, k: Value, v: Value) -
 
     qh, kh, vh = heads(q), heads(k), heads(v)
     scores = e.op("dot_general", qh, kh, attrs=od.DotGeneralAttrs((0, 1), (0, 1), (3,), (3,)))  # [N,h,T,T]
-    p = _softmax_along(e, e.mul_scalar(scores, 1.0 / math.sqrt(dh)), 3)
+    scores = e.mul_scalar(scores, 1.0 / math.sqrt(dh))
+    p = _softmax_along(e, _causal_mask(e, scores) if a.causal else scores, 3)
     out = e.op("dot_general", p, vh, attrs=od.DotGeneralAttrs((0, 1), (0, 1), (3,), (2,)))  # [N,h,T,dh]
     return e.reshape(e.transpose(out, (0, 2, 1, 3)), (n, t, d))
 

@@ -54,7 +54,7 @@ def _ints(ds) -> tuple[int, ...]:
 # ---- primitives ----------------------------------------------------------------------------
 
 _UNARY = {"negate": lax.neg, "exp": lax.exp, "log": lax.log, "tanh": lax.tanh, "logistic": lax.logistic,
-          "sqrt": lax.sqrt, "rsqrt": lax.rsqrt, "abs": lax.abs}
+          "sqrt": lax.sqrt, "rsqrt": lax.rsqrt, "abs": lax.abs, "sine": lax.sin, "cosine": lax.cos}
 _BINARY = {"add": lax.add, "subtract": lax.sub, "multiply": lax.mul, "divide": lax.div, "maximum": lax.max,
            "minimum": lax.min, "xor": lax.bitwise_xor, "or": lax.bitwise_or, "shift_left": lax.shift_left,
            "shift_right_logical": lax.shift_right_logical}
@@ -222,6 +222,24 @@ def _reduce_window(a: od.ReduceWindowAttrs, x):
     return lax.reduce_window(x, init, fn, a.window, a.strides, [(_int(lo), _int(hi)) for lo, hi in a.padding])
 
 
+@jax_rule("take")
+def _take(a, table, ids):
+    """StableHLO gather of rows: table[V, D] at ids[...] gives [..., D]; an id outside [0, V) is clamped into it."""
+    r = ids.ndim
+    dnums = lax.GatherDimensionNumbers(offset_dims=(r,), collapsed_slice_dims=(0,), start_index_map=(0,))
+    return lax.gather(table, ids[..., None], dnums, (1, table.shape[1]), mode=lax.GatherScatterMode.CLIP)
+
+
+@jax_rule("scatter_add")
+def _scatter_add(a, operand, ids, updates):
+    """StableHLO scatter with add: operand[V, D] plus each row of updates[..., D] at row ids[...] (repeats
+    accumulate); an id outside [0, V) is dropped."""
+    r = ids.ndim
+    dnums = lax.ScatterDimensionNumbers(update_window_dims=(r,), inserted_window_dims=(0,),
+                                        scatter_dims_to_operand_dims=(0,))
+    return lax.scatter_add(operand, ids[..., None], updates, dnums, mode=lax.GatherScatterMode.FILL_OR_DROP)
+
+
 # ---- layer ops -----------------------------------------------------------------------------
 
 def _conv2d_impl(a: od.ConvAttrs, x, w, groups: int):
@@ -377,9 +395,9 @@ def _softmax(a: od.AxisAttrs, x):
 
 @jax_rule("softmax_cross_entropy")
 def _softmax_cross_entropy(a: od.XentAttrs, logits, labels):
-    """Scalar mean over N of -sum_k target_k * log_softmax(logits)_k, target = (1-ls)*onehot(labels, K) + ls/K."""
+    """Scalar mean over every position of labels ([N], or [N, T] per token) of -sum_k target_k * log_softmax(logits)_k along the last axis, target = (1-ls)*onehot(labels, K) + ls/K."""  # noqa: E501
     k = logits.shape[-1]
-    onehot = (labels[:, None] == lax.broadcasted_iota(labels.dtype, (1, k), 1)).astype(logits.dtype)
+    onehot = (labels[..., None] == lax.broadcasted_iota(labels.dtype, (k,), 0)).astype(logits.dtype)
     ls = a.label_smoothing
     target = onehot * jnp.asarray(1.0 - ls, logits.dtype) + jnp.asarray(ls / k, logits.dtype)
     return -jnp.mean(jnp.sum(target * _log_softmax(logits, -1), axis=-1))
@@ -387,12 +405,14 @@ def _softmax_cross_entropy(a: od.XentAttrs, logits, labels):
 
 @jax_rule("attention")
 def _attention(a: od.AttentionAttrs, q, k, v):
-    """q, k, v [N,T,D] split into heads [N,T,h,D/h]; per head softmax over keys of q.k^T/sqrt(D/h), times v; heads merged back to [N,T,D]."""  # noqa: E501
+    """q, k, v [N,T,D] split into heads [N,T,h,D/h]; per head softmax over keys of q.k^T/sqrt(D/h) (with `causal`, keys after the query's position are -inf: weight 0), times v; heads merged back to [N,T,D]."""  # noqa: E501
     n, t, d = q.shape
     h = a.heads
     dh = d // h
     qh, kh, vh = (z.reshape(n, t, h, dh) for z in (q, k, v))
     scores = jnp.einsum("nqhd,nkhd->nhqk", qh, kh, precision=PRECISION) / jnp.asarray(math.sqrt(dh), q.dtype)
+    if a.causal:
+        scores = jnp.where(jnp.tril(jnp.ones((t, t), bool)), scores, jnp.asarray(-jnp.inf, scores.dtype))
     w = _softmax(od.AxisAttrs(-1), scores)
     out = jnp.einsum("nhqk,nkhd->nqhd", w, vh, precision=PRECISION)
     return out.reshape(n, t, d)

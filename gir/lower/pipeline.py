@@ -56,10 +56,10 @@ def lower_graph(graph: Graph, binding: Mapping[sympy.Symbol, int], fname: str,
 
 
 def lower_net(net: Net, batch: int | None = None, image: int | None = None, passes: str | Iterable[str] = "default",
-              trace: list[Firing] | None = None) -> dict[str, LoweredModule]:
+              trace: list[Firing] | None = None, seq: int | None = None) -> dict[str, LoweredModule]:
     """The `forward` (train-mode BN, also returning batch statistics) and `eval` (running BN
-    statistics) modules of a net at a concrete batch and image size."""
-    binding = net.binding(batch=batch, image=image)
+    statistics) modules of a net at a concrete batch and image size (or sequence length `seq`)."""
+    binding = net.binding(batch=batch, image=image, seq=seq)
     passes = tuple(passes) if not isinstance(passes, str) else passes
     return {mode_name: lower_graph(net.build(mode=mode), binding, mode_name, net.constraints, passes=passes,
                                    trace=trace)

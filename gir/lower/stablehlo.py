@@ -124,7 +124,7 @@ _NAMES = {"exp": "exponential", "log": "log", "tanh": "tanh", "logistic": "logis
           "multiply": "multiply", "divide": "divide", "maximum": "maximum", "minimum": "minimum",
           "select": "select", "clamp": "clamp", "convert": "convert", "reshape": "reshape",
           "concatenate": "concatenate", "xor": "xor", "or": "or", "shift_left": "shift_left",
-          "shift_right_logical": "shift_right_logical"}
+          "shift_right_logical": "shift_right_logical", "sine": "sine", "cosine": "cosine"}
 
 
 @prints(*od.ELEMENTWISE_UNARY, *od.ELEMENTWISE_BINARY, *od.ELEMENTWISE_BITWISE, "select", "clamp", "convert",
@@ -230,6 +230,31 @@ def _reduce_window(p: _Printer, node: Node, a: od.ReduceWindowAttrs) -> None:
     p.generic(node, "reduce_window", f"window_dimensions = {_ints(a.window)}, window_strides = {_ints(a.strides)}, "
               f"padding = {_pads(a.padding)}", p.region(a.kind, dtype, node.loc),
               extra_in=[(init, TensorType((), dtype))])
+
+
+def _lst(xs: Sequence[int]) -> str:
+    return "[" + ", ".join(map(str, xs)) + "]"
+
+
+@prints("take")
+def _take(p: _Printer, node: Node, a: None) -> None:
+    """Row gather: each id (a batch position) selects a [1, D] slice of the table, its row dim collapsed."""
+    table, ids = node.inputs
+    r = ids.type.rank
+    p.generic(node, "gather", f"dimension_numbers = #stablehlo.gather<offset_dims = {_lst([r])}, "
+              f"collapsed_slice_dims = [0], start_index_map = [0], index_vector_dim = {r}>, "
+              f"slice_sizes = {_ints((1, table.type.shape[1]))}, indices_are_sorted = false")
+
+
+@prints("scatter_add")
+def _scatter_add(p: _Printer, node: Node, a: None) -> None:
+    """Row scatter with an add region: repeated ids accumulate."""
+    operand, ids, _ = node.inputs
+    r = ids.type.rank
+    p.generic(node, "scatter", f"scatter_dimension_numbers = #stablehlo.scatter<update_window_dims = {_lst([r])}, "
+              f"inserted_window_dims = [0], scatter_dims_to_operand_dims = [0], index_vector_dim = {r}>, "
+              f"indices_are_sorted = false, unique_indices = false",
+              p.region("sum", operand.type.dtype, node.loc))
 
 
 TRANSIENT_STORAGE = "%transients: !hal.buffer {iree.abi.transients}"

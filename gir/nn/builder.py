@@ -190,6 +190,20 @@ class Builder:
     def dot_general(self, x: Value, y: Value, lhs_batch=(), rhs_batch=(), lhs_contract=(), rhs_contract=()) -> Value:
         return self._one("dot_general", x, y, attrs=od.DotGeneralAttrs(lhs_batch, rhs_batch, lhs_contract, rhs_contract))
 
+    def iota(self, shape: Sequence[Dim], dim: int, dtype: DType = DType.i32) -> Value:
+        """0, 1, 2, ... along `dim` of `shape`."""
+        return self._one("iota", attrs=od.IotaAttrs(dim, TensorType(shape, dtype)))
+
+    def compare(self, x: Value, y: Value, direction: str) -> Value:
+        return self._one("compare", x, y, attrs=od.CompareAttrs(direction))
+
+    def select(self, pred: Value, on_true: Value, on_false: Value) -> Value:
+        return self._one("select", pred, on_true, on_false)
+
+    def take(self, table: Value, ids: Value) -> Value:
+        """Rows of table [V, D] at integer ids [...]: [..., D]."""
+        return self._one("take", table, ids)
+
     # layer ops ------------------------------------------------------------------------------
 
     def conv2d(self, x: Value, w: Value, stride=1, padding="same", dilation=1) -> Value:
@@ -230,8 +244,8 @@ class Builder:
     def softmax(self, x: Value, axis: int = -1) -> Value:
         return self._one("softmax", x, attrs=od.AxisAttrs(axis))
 
-    def attention(self, q: Value, k: Value, v: Value, heads: int) -> Value:
-        return self._one("attention", q, k, v, attrs=od.AttentionAttrs(heads))
+    def attention(self, q: Value, k: Value, v: Value, heads: int, causal: bool = False) -> Value:
+        return self._one("attention", q, k, v, attrs=od.AttentionAttrs(heads, causal))
 
     def softmax_cross_entropy(self, logits: Value, labels: Value, label_smoothing: float = 0.0) -> Value:
         return self._one("softmax_cross_entropy", logits, labels, attrs=od.XentAttrs(label_smoothing))

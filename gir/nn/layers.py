@@ -2,12 +2,16 @@
 constructor by `@layer`. Parameters are named by layer path: `stage3.block1.dw.conv.weight`."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 from gir.ir import opdefs as od
+from gir.ir.dtypes import DType
 from gir.ir.graph import Init, Value
+from gir.ir.types import format_dim
 from gir.nn.builder import Builder
 from gir.nn.init import resolve_init
+from gir.shapes.dims import max_value
 from gir.shapes.errors import ShapeError
 from gir.nn.layer import Layer, layer
 
@@ -439,28 +443,93 @@ def _slice_last(b: Builder, x: Value, start: int, stop: int) -> Value:
     return b.slice(x, (0,) * (len(shape) - 1) + (start,), tuple(shape[:-1]) + (stop,))
 
 
-def _encoder_block(b: Builder, x: Value, dim: int, heads: int, mlp: int, eps: float) -> Value:
+def _encoder_block(b: Builder, x: Value, dim: int, heads: int, mlp: int, eps: float, causal: bool,
+                   drop: float) -> Value:
     y = layer_norm(dim, eps)(b, x, name="ln1")
     qkv = dense(dim, 3 * dim)(b, y, name="qkv")
     with b.scope("attn"):
         q, k, v = (_slice_last(b, qkv, i * dim, (i + 1) * dim) for i in range(3))
-        y = b.attention(q, k, v, heads)
+        y = b.attention(q, k, v, heads, causal)
     y = dense(dim, dim)(b, y, name="proj")
-    x = b.add(x, y)
+    x = b.add(x, dropout(drop)(b, y, name="drop1") if drop else y)
     y = layer_norm(dim, eps)(b, x, name="ln2")
     y = dense(dim, mlp, act="gelu")(b, y, name="fc1")
     y = dense(mlp, dim)(b, y, name="fc2")
-    return b.add(x, y)
+    return b.add(x, dropout(drop)(b, y, name="drop2") if drop else y)
 
 
 @layer("encoder")
 def transformer_encoder(b: Builder, x: Value, dim: int, heads: int, mlp: int, depth: int = 1,
-                        eps: float = 1e-6) -> Value:
-    """`depth` pre-norm blocks: x + attention(LN(x)), then x + MLP(LN(x)) with GELU."""
+                        eps: float = 1e-6, causal: bool = False, dropout: float = 0.0) -> Value:
+    """`depth` pre-norm blocks: x + attention(LN(x)), then x + MLP(LN(x)) with GELU. `causal`: each position
+    attends to itself and earlier ones only (a GPT block); `dropout`: on each residual branch before the add."""
+    _need_rank(b, x, 3, "transformer_encoder", "[N, T, D]")
     for i in range(depth):
         with b.scope(f"block{i + 1}"):
-            x = _encoder_block(b, x, dim, heads, mlp, eps)
+            x = _encoder_block(b, x, dim, heads, mlp, eps, causal, dropout)
     return x
+
+
+# ---- sequence models -----------------------------------------------------------------------
+
+@layer("embed")
+def token_embedding(b: Builder, x: Value, vocab: int, dim: int) -> Value:
+    """Token ids [N, T] (i32) -> vectors [N, T, dim]: rows of a learned [vocab, dim] table (normal, std 0.02)."""
+    if x.type.dtype != DType.i32:
+        raise ShapeError(f"token_embedding needs integer token ids (i32), got {x.type.dtype}; declare the net's "
+                         f"input with input_dtype=\"i32\"", (("input", x.type),), "token_embedding", b.loc())
+    table = b.param("weight", (vocab, dim), Init("normal", scale=0.02, fan_in=vocab, fan_out=dim))
+    return b.take(table, x)
+
+
+def _sinusoids(b: Builder, t, dim: int) -> Value:
+    """[t, dim]: sin(p / 10000^(2k/dim)) at column 2k, cos at 2k+1 (Vaswani et al. 2017), from iotas."""
+    if dim % 2:
+        raise ShapeError(f"sinusoidal position_embedding needs an even dim, got {dim}", (), "position_embedding",
+                         b.loc())
+    shape = (t, dim // 2, 2)   # position, frequency index k, sin or cos
+    pos, k = (b.convert(b.iota(shape, d), b.dtype) for d in (0, 1))
+    rate = b.unary("exp", b.multiply(k, b.constant(-2.0 * math.log(10000.0) / dim, shape)))
+    angle = b.multiply(pos, rate)
+    odd = b.compare(b.iota(shape, 2), b.constant(0, shape, DType.i32), "NE")
+    table = b.select(odd, b.unary("cosine", angle), b.unary("sine", angle))
+    return b.reshape(table, (t, dim))
+
+
+def _fits_positions(b: Builder, x: Value, t, max_len: int) -> None:
+    """T <= max_len for every T the net allows, or a ShapeError naming the constraint to declare."""
+    top = max_value(t, b.constraints)
+    if top is not None and top <= max_len:
+        return
+    if isinstance(t, int):
+        fix = f"the sequence has {t} positions"
+    else:
+        bound = "no upper bound" if top is None else f"values up to {top}"
+        syms = ", ".join(sorted(map(str, t.free_symbols)))
+        fix = (f"{format_dim(t)} has {bound} (constraints now: {b.constraints.describe()}); declare "
+               f"constraints=Constraints().at_most({syms}, {max_len})")
+    raise ShapeError(f"position_embedding(max_len={max_len}) needs at most {max_len} positions, but {fix}",
+                     (("input", x.type),), "position_embedding", b.loc())
+
+
+@layer("pos")
+def position_embedding(b: Builder, x: Value, max_len: int, dim: int, kind: str = "learned") -> Value:
+    """x [N, T, dim] plus a vector per position: the first T rows of a learned [max_len, dim] table (normal, std
+    0.02), or fixed sinusoids ("sinusoidal", no parameters). T must be at most max_len."""
+    if kind not in ("learned", "sinusoidal"):
+        raise ValueError(f"{b.loc()}: position_embedding kind must be 'learned' or 'sinusoidal', got {kind!r}")
+    _need_rank(b, x, 3, "position_embedding", "[N, T, D]")
+    n, t, d = x.type.shape
+    if d != dim:
+        raise ShapeError(f"position_embedding(dim={dim}) got vectors of size {format_dim(d)}", (("input", x.type),),
+                         "position_embedding", b.loc())
+    _fits_positions(b, x, t, max_len)
+    if kind == "sinusoidal":
+        pos = _sinusoids(b, t, dim)
+    else:
+        table = b.param("weight", (max_len, dim), Init("normal", scale=0.02, fan_in=max_len, fan_out=dim))
+        pos = b.slice(table, (0, 0), (t, dim))
+    return b.add(x, b.broadcast_in_dim(pos, x.type.shape, (1, 2)))
 
 
 @layer("cls")

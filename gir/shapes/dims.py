@@ -18,7 +18,8 @@ def sym(name: str) -> sympy.Symbol:
     return sympy.Symbol(name, integer=True, positive=True)
 
 
-N, H, W = sym("N"), sym("H"), sym("W")
+N, H, W, T = sym("N"), sym("H"), sym("W"), sym("T")
+"""Batch, image height and width, and sequence length (tokens per example)."""
 
 
 def _split_round(e: sympy.Expr) -> tuple[int, sympy.Expr | None, str]:
@@ -254,6 +255,15 @@ def min_value(e: Dim, c: Constraints = Constraints()) -> int:
     if isinstance(e, int):
         return e
     return _values(e, {s: c.smallest(s) for s in e.free_symbols})
+
+
+def max_value(e: Dim, c: Constraints = Constraints()) -> int | None:
+    """The largest value of a dim (dims are non-decreasing in their symbols): its value at each symbol's upper
+    bound, or None when a symbol has none."""
+    if isinstance(e, int):
+        return e
+    highs = {s: c.range(s)[1] for s in e.free_symbols}
+    return None if None in highs.values() else _values(e, highs)
 
 
 def smallest_fitting(e: Dim, need: int, c: Constraints, limit: int = 1 << 16) -> dict | None:

@@ -426,12 +426,35 @@ def _softmax(ctx: ShapeCtx, a: od.AxisAttrs, x: TensorType) -> TensorType:
 
 @shape_rule("softmax_cross_entropy", inputs=("logits", "labels"))
 def _xent(ctx: ShapeCtx, a: od.XentAttrs, logits: TensorType, labels: TensorType) -> TensorType:
-    ctx.rank(logits, 2, "logits [N, classes]")
-    ctx.rank(labels, 1, "labels [N]")
+    ctx.rank(logits, (2, 3), "logits [N, classes] or [N, T, classes]")
+    ctx.rank(labels, logits.rank - 1, f"labels [{', '.join(('N', 'T')[:logits.rank - 1])}]")
     if labels.dtype != DType.i32:
         raise ctx.fail(f"labels must be i32, got {labels.dtype}")
-    ctx.eq(logits.shape[0], labels.shape[0], "batch of logits vs labels")
+    for i, what in zip(range(labels.rank), ("batch", "sequence length")):
+        ctx.eq(logits.shape[i], labels.shape[i], f"{what} of logits vs labels")
     return TensorType((), logits.dtype)
+
+
+def _ids(ctx: ShapeCtx, ids: TensorType) -> None:
+    if ids.dtype != DType.i32:
+        raise ctx.fail(f"ids must be i32, got {ids.dtype}")
+
+
+@shape_rule("take", inputs=("table", "ids"))
+def _take(ctx: ShapeCtx, a: Any, table: TensorType, ids: TensorType) -> TensorType:
+    ctx.rank(table, 2, "table [V, D]")
+    _ids(ctx, ids)
+    return TensorType((*ids.shape, table.shape[1]), table.dtype)
+
+
+@shape_rule("scatter_add", inputs=("operand", "ids", "updates"))
+def _scatter_add(ctx: ShapeCtx, a: Any, operand: TensorType, ids: TensorType, updates: TensorType) -> TensorType:
+    ctx.rank(operand, 2, "operand [V, D]")
+    _ids(ctx, ids)
+    ctx.same_dtype(operand, updates)
+    ctx.same_shape(updates, TensorType((*ids.shape, operand.shape[1]), updates.dtype),
+                   "updates vs ids' shape plus the operand's row")
+    return operand
 
 
 @shape_rule("random_bits", inputs=("key0", "key1"))

@@ -1,8 +1,8 @@
 """The train step as one graph: forward (train-mode BN), label-smoothed cross-entropy, the backward
 pass from registered adjoints, optional global-norm clipping and the optimizer update.
 
-Inputs: parameters, optimizer state (`<slot>:<param>`, zeros at first), `images`, `labels`, `lr`
-(f32) and `step` (i32, 1 for the first step). Outputs: `loss`, `logits`, `bn_mean:<path>` and
+Inputs: parameters, optimizer state (`<slot>:<param>`, zeros at first), `images` (or i32 `tokens`),
+`labels` ([N], or [N, T] for per-token logits), `lr` (f32) and `step` (i32, 1 for the first step). Outputs: `loss`, `logits`, `bn_mean:<path>` and
 `bn_var:<path>` per BN layer (biased batch variance), `grad_norm` when clipping, and for every
 parameter and state input an output of the same name holding its next value. BN running statistics
 are state too: the step updates them, r = (1 - momentum) r + momentum s, with the unbiased batch
@@ -84,9 +84,9 @@ def _update_running_stats(g: Graph, net: Net) -> None:
 
 def lower_train_step(net: Net, config: TrainConfig, batch: int | None = None, image: int | None = None,
                      check: bool = True, passes: str | Iterable[str] = "default",
-                     trace: list[Firing] | None = None) -> LoweredModule:
-    """The `train_step` module at a concrete batch and image size, with `passes` plus the config's
-    bf16 policy."""
+                     trace: list[Firing] | None = None, seq: int | None = None) -> LoweredModule:
+    """The `train_step` module at a concrete batch and image size (or sequence length `seq`, T; the net's
+    default size when None), with `passes` plus the config's bf16 policy."""
     names = passes_for(passes, bf16=config.bf16, bf16_conv=config.bf16_conv)
-    return lower_graph(build_train_step(net, config).graph, net.binding(batch=batch, image=image), "train_step",
-                       net.constraints, check=check, passes=names, trace=trace)
+    return lower_graph(build_train_step(net, config).graph, net.binding(batch=batch, image=image, seq=seq),
+                       "train_step", net.constraints, check=check, passes=names, trace=trace)

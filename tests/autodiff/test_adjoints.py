@@ -68,7 +68,11 @@ CASES = [  # (id, op, attrs, input types)
     ("global_avg_pool", "global_avg_pool", None, [X4]),
     ("softmax", "softmax", od.AxisAttrs(-1), [T(3, 5)]),
     ("softmax_cross_entropy", "softmax_cross_entropy", od.XentAttrs(0.1), [T(4, 5), T(4, dtype=I32)]),
+    ("softmax_cross_entropy-per-token", "softmax_cross_entropy", od.XentAttrs(0.1), [T(2, 3, 5), T(2, 3, dtype=I32)]),
     ("attention", "attention", od.AttentionAttrs(2), [T(2, 3, 4), T(2, 3, 4), T(2, 3, 4)]),
+    ("attention-causal", "attention", od.AttentionAttrs(2, causal=True), [T(2, 5, 4), T(2, 5, 4), T(2, 5, 4)]),
+    ("take", "take", None, [T(3, 4), T(2, 5, dtype=I32)]),   # ids in {0, 1}: repeated rows accumulate
+    ("scatter_add", "scatter_add", None, [T(3, 4), T(2, 5, dtype=I32), T(2, 5, 4)]),
 ]
 
 

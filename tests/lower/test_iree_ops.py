@@ -75,6 +75,21 @@ def np_attention(q, k, v, h):
     return np.einsum("nhqk,nhkd->nhqd", np_softmax(s, -1), sp(v)).transpose(0, 2, 1, 3).reshape(n, t, d)
 
 
+def np_causal_attention(q, k, v, h):
+    """Each query position i attends to key positions <= i only."""
+    n, t, d = q.shape
+    sp = lambda a: a.reshape(n, t, h, d // h).transpose(0, 2, 1, 3)  # noqa: E731
+    s = np.einsum("nhqd,nhkd->nhqk", sp(q), sp(k)) / math.sqrt(d // h)
+    s = np.where(np.tril(np.ones((t, t), bool)), s, -np.inf)
+    return np.einsum("nhqk,nhkd->nhqd", np_softmax(s, -1), sp(v)).transpose(0, 2, 1, 3).reshape(n, t, d)
+
+
+def np_scatter_add(table, ids, updates):
+    out = table.copy()
+    np.add.at(out, ids.ravel(), updates.reshape(-1, table.shape[1]))
+    return out
+
+
 def np_pool(x, k, s, pads, kind):
     lo = ((0, 0), (0, 0)) + tuple(pads)
     fill = -np.inf if kind == "max" else 0.0
@@ -109,7 +124,7 @@ CASES = {
     **{op: (((((3, 4), F, op in ("log", "sqrt", "rsqrt"))),), lambda e, x, op=op: e.op(op, x), ref, 1e-5)
        for op, ref in {"negate": np.negative, "exp": np.exp, "log": np.log, "tanh": np.tanh,
                        "logistic": lambda x: 1 / (1 + np.exp(-x)), "sqrt": np.sqrt,
-                       "rsqrt": lambda x: 1 / np.sqrt(x), "abs": np.abs}.items()},
+                       "rsqrt": lambda x: 1 / np.sqrt(x), "abs": np.abs, "sine": np.sin, "cosine": np.cos}.items()},
     "compare": (((3, 4), (3, 4)), lambda e, x, y: e.compare(x, y, "GT"), np.greater, 0),
     "xor": ((((3, 4), I32), ((3, 4), I32)), lambda e, x, y: e.op("xor", bits(e, x), bits(e, y, 7)),
             lambda x, y: np_bits(x) ^ np_bits(y, 7), 0),
@@ -186,6 +201,15 @@ CASES = {
                     lambda k0, k1: np_threefry_bits(k0, k1, 12, 5).reshape(3, 4), 0),
     "attention": (((2, 4, 6),) * 3, lambda e, q, k, v: e.op("attention", q, k, v, attrs=od.AttentionAttrs(2)),
                   lambda q, k, v: np_attention(q, k, v, 2), 1e-5),
+    "attention_causal": (((2, 5, 6),) * 3, lambda e, q, k, v: e.op(
+        "attention", q, k, v, attrs=od.AttentionAttrs(2, causal=True)), lambda q, k, v: np_causal_attention(q, k, v, 2),
+        1e-5),
+    "softmax_cross_entropy_per_token": (((2, 3, 5), ((2, 3), I32)), lambda e, x, y: e.op(
+        "softmax_cross_entropy", x, y, attrs=od.XentAttrs(0.1)),
+        lambda x, y: -np.mean(np.sum((0.9 * np.eye(5)[y] + 0.02) * np.log(np_softmax(x, 2)), 2)), 1e-5),
+    "take": (((5, 3), ((2, 4), I32)), lambda e, t, i: e.op("take", t, i), lambda t, i: t[i], 0),
+    "scatter_add": (((5, 3), ((2, 4), I32), (2, 4, 3)), lambda e, t, i, u: e.op("scatter_add", t, i, u),
+                    np_scatter_add, 1e-6),
 }
 
 

@@ -345,10 +345,45 @@ def test_attention(heads):
     np.testing.assert_allclose(got, want, **ACC)
 
 
+def test_softmax_cross_entropy_per_token_is_the_mean_over_every_token():
+    logits = rand(2, 3, 5, seed=35, scale=3.0)
+    labels = np.array([[0, 4, 2], [2, 1, 3]], np.int32)
+    got = run("softmax_cross_entropy", od.XentAttrs(0.1), logits, labels)
+    flat = run("softmax_cross_entropy", od.XentAttrs(0.1), logits.reshape(6, 5), labels.reshape(6))
+    np.testing.assert_allclose(got, flat, **EW)
+
+
+def test_causal_attention_weights_only_earlier_positions():
+    n, t, d, heads = 2, 5, 8, 2
+    q, k, v = rand(n, t, d, seed=36), rand(n, t, d, seed=37), rand(n, t, d, seed=38)
+    got = run("attention", od.AttentionAttrs(heads, causal=True), q, k, v)
+    dh = d // heads
+    want = np.zeros((n, t, d))
+    for b in range(n):
+        for h in range(heads):
+            cols = slice(h * dh, (h + 1) * dh)
+            for i in range(t):   # query i over keys 0..i
+                qi, kh, vh = (z.astype(np.float64) for z in (q[b, i, cols], k[b, :i + 1, cols], v[b, :i + 1, cols]))
+                want[b, i, cols] = ref_softmax(kh @ qi / np.sqrt(dh), -1) @ vh
+    np.testing.assert_allclose(got, want, **ACC)
+
+
+def test_take_and_scatter_add_clamp_and_drop_out_of_range_ids_as_stablehlo_does():
+    table = rand(4, 3, seed=39)
+    ids = np.array([[0, 3, 3], [-1, 7, 1]], np.int32)
+    np.testing.assert_array_equal(run("take", None, table, ids), table[np.clip(ids, 0, 3)])
+    updates = rand(2, 3, 3, seed=40)
+    want = table.astype(np.float64).copy()
+    for i, u in zip(ids.ravel(), updates.reshape(-1, 3)):
+        if 0 <= i < 4:
+            want[i] += u   # repeats accumulate, out-of-range rows are dropped
+    np.testing.assert_allclose(run("scatter_add", None, table, ids, updates), want, **EW)
+
+
 # ---- primitives ---------------------------------------------------------------------------------------
 
 UNARY_REFS = {"negate": np.negative, "exp": np.exp, "log": np.log, "tanh": np.tanh,
-              "sqrt": np.sqrt, "rsqrt": lambda x: 1 / np.sqrt(x), "abs": np.abs}
+              "sqrt": np.sqrt, "rsqrt": lambda x: 1 / np.sqrt(x), "abs": np.abs, "sine": np.sin, "cosine": np.cos}
 BINARY_REFS = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply, "divide": np.divide,
                "maximum": np.maximum, "minimum": np.minimum}
 

@@ -11,6 +11,7 @@ from gir.lower.iree_runtime import IreeSession
 from gir.lower.jax_backend import evaluate
 from gir.lower.pipeline import lower_net
 from gir.netfile import load_net_file
+from gir.nn import T
 from gir.nn.params import init_params
 from gir.rewrite import pipeline_for_backend
 
@@ -30,6 +31,8 @@ def _args(module, seed=0, state=None):
     for v in module.primitive.inputs:
         if v.role in ("param", "state"):
             out.append(params[v.name])
+        elif v.name == "tokens":   # ids into the vocabulary, which a language model predicts as its classes
+            out.append(rng.integers(0, module.graph.outputs["logits"].type.shape[-1], v.type.shape).astype(np.int32))
         elif v.type.dtype.is_float:
             out.append(rng.standard_normal(tuple(v.type.shape)).astype(np.float32))
         else:   # the step number that keys dropout and drop path
@@ -61,7 +64,7 @@ def test_net_forward_and_eval_run_on_iree_and_match_jax(path):
             assert g.shape == w.shape and np.isfinite(g).all(), (fname, k)
             scale = max(1.0, float(np.abs(w).max()))
             np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-4 * scale, err_msg=f"{name} {fname} {k}")
-        assert got[0].shape == (batch, 10)
+        assert got[0].shape == ((batch, net.sizes[T], net.num_classes) if T in net.symbols else (batch, 10))
         if fname == "forward":
             running = {f"{k.split(':', 1)[1]}.running_{k.split(':', 1)[0][3:]}": np.asarray(w)
                        for k, w in want.items() if k.startswith(("bn_mean:", "bn_var:"))}

@@ -10,7 +10,7 @@ import pytest
 import sympy
 
 from gir.cli import main
-from gir.nn import H, N, W, Net
+from gir.nn import H, N, T, W, Net
 from gir.train import TrainConfig
 
 NETS_DIR = Path(__file__).resolve().parents[2] / "nets"
@@ -32,7 +32,10 @@ PARAM_COUNTS = {
     "efficientnet_v2_s": 20_190_298,
     "convnext_tiny": 27_827_818,
     "mobilenet_v4_conv_s": 2_505_834,
+    "char_gpt": 212_545,   # tinyGPT-nano's 212K: untied head with bias, at V = 65 (tinyshakespeare's characters)
 }
+TOKEN_NETS = {"char_gpt": 65}
+"""Nets over token ids [N, T], with their vocabulary: per-token logits [N, T, V]; the rest classify into 10."""
 
 
 @functools.cache
@@ -58,7 +61,7 @@ def test_exposes_net_and_config(name):
     ns = load(name)
     assert isinstance(ns.get("net"), Net)
     assert isinstance(ns.get("config"), TrainConfig)
-    assert ns["net"].num_classes == 10
+    assert ns["net"].num_classes == TOKEN_NETS.get(name, 10)
 
 
 @pytest.mark.parametrize("name", NET_FILES)
@@ -70,6 +73,9 @@ def test_module_docstring(name):
 @pytest.mark.parametrize("name", NET_FILES)
 def test_fixed_input_size_matches_config(name):
     ns = load(name)
+    if name in TOKEN_NETS:
+        assert ns["net"].input_type.shape == (N, T) and ns["net"].input_name == "tokens" and not ns["net"].image_sized
+        return
     h, w = ns["net"].input_type.shape[2:]
     assert ns["net"].image_sized == (not isinstance(h, int))
     if isinstance(h, int):
@@ -80,7 +86,7 @@ def test_fixed_input_size_matches_config(name):
 @pytest.mark.parametrize("name", NET_FILES)
 def test_builds_with_symbolic_batch(name, mode):
     g = built(name, mode)
-    assert g.outputs["logits"].type.shape == (N, 10)
+    assert g.outputs["logits"].type.shape == ((N, T, TOKEN_NETS[name]) if name in TOKEN_NETS else (N, 10))
 
 
 @pytest.mark.parametrize("name", sorted(PARAM_COUNTS))
@@ -116,7 +122,7 @@ def test_builds_with_loss(name):
     ns = load(name)
     g = ns["net"].build("train", loss=True, label_smoothing=ns["config"].label_smoothing)
     assert g.outputs["loss"].type.shape == ()
-    assert g.input("labels").type.shape == (N,)
+    assert g.input("labels").type.shape == ((N, T) if name in TOKEN_NETS else (N,))
 
 
 def test_mobilenet_v2_has_52_batch_norms():

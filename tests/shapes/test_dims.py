@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from gir.ir.types import format_dim, normalize_dim
 from gir.shapes import Constraints, H, N, Undecidable, W, ceildiv, dims_equal, floordiv, min_value, sym
+from gir.shapes.dims import T, max_value
 
 
 def _cdiv(x: int, k: int) -> int:
@@ -266,3 +267,11 @@ def test_sym_makes_positive_integer_symbols():
     t = sym("T")
     assert t.is_integer and t.is_positive
     assert sym("H") == H
+
+
+def test_max_value_is_the_value_at_every_upper_bound_or_none():
+    c = Constraints().at_most(T, 64).at_least(N, 2)
+    assert max_value(5) == 5
+    assert max_value(T, c) == 64 and max_value(2 * T + 1, c) == 129
+    assert max_value(N * T, c) is None   # N has no upper bound
+    assert max_value(T) is None

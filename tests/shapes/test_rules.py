@@ -289,9 +289,28 @@ def test_softmax_cross_entropy_is_a_scalar():
 def test_softmax_cross_entropy_errors():
     assert "labels must be i32, got f32" in err("softmax_cross_entropy", od.XentAttrs(), T(N, 10), T(N))
     assert "batch of logits vs labels" in err("softmax_cross_entropy", od.XentAttrs(), T(8, 10), T(4, dtype=i32))
-    assert "logits [N, classes] must have rank 2" in err(
-        "softmax_cross_entropy", od.XentAttrs(), T(N, 10, 1), T(N, dtype=i32))
+    assert "logits [N, classes] or [N, T, classes] must have rank 2 or 3" in err(
+        "softmax_cross_entropy", od.XentAttrs(), T(N, 10, 1, 1), T(N, 10, 1, dtype=i32))
     assert "labels [N] must have rank 1" in err("softmax_cross_entropy", od.XentAttrs(), T(N, 10), T(N, 1, dtype=i32))
+    assert "labels [N, T] must have rank 2" in err("softmax_cross_entropy", od.XentAttrs(), T(N, 7, 10), T(N, dtype=i32))
+    assert "sequence length of logits vs labels: 7 != 6" in err(
+        "softmax_cross_entropy", od.XentAttrs(), T(N, 7, 10), T(N, 6, dtype=i32))
+
+
+def test_softmax_cross_entropy_per_token_is_a_scalar():
+    seq = sym("T")
+    assert one("softmax_cross_entropy", od.XentAttrs(0.1), T(N, seq, 65), T(N, seq, dtype=i32)) == T()
+
+
+def test_take_and_scatter_add():
+    seq = sym("T")
+    assert one("take", None, T(65, 16), T(N, seq, dtype=i32)) == T(N, seq, 16)
+    assert one("scatter_add", None, T(65, 16), T(N, seq, dtype=i32), T(N, seq, 16)) == T(65, 16)
+    assert "ids must be i32, got f32" in err("take", None, T(65, 16), T(N, seq))
+    assert "table [V, D] must have rank 2" in err("take", None, T(65), T(N, dtype=i32))
+    assert "updates vs ids' shape plus the operand's row, dim 2: 8 != 16" in err(
+        "scatter_add", None, T(65, 16), T(N, seq, dtype=i32), T(N, seq, 8))
+    assert "ids must be i32" in err("scatter_add", None, T(65, 16), T(N, seq), T(N, seq, 16))
 
 
 def test_attention():

@@ -7,6 +7,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from lockstep import train_in_lockstep
 
 from gir.lower.iree_compile import compile_text
 from gir.lower.iree_runtime import IreeSession
@@ -131,3 +132,16 @@ def test_a_single_value_per_channel_still_lowers():
     net, cfg = load_net_file(str(NETS / "mobilenet_v2.py"))
     mod = lower_train_step(net, cfg, batch=1, image=32, passes="none", check=True)
     assert "inf" not in mod.text and "nan" not in mod.text.lower()
+
+
+def test_char_gpt_train_step_at_n2_t16_trains_on_iree_in_lockstep_with_jax():
+    """The token net's step with T bound by `seq`: i32 tokens and per-token labels [N, T], lowered with the default
+    pipeline, compiled for the CPU, three steps beside the JAX backend (tests/lockstep.py)."""
+    net, config = load_net_file(str(NETS / "char_gpt.py"))
+    config = config.replace(batch_size=2)
+    step = lower_train_step(net, config, batch=2, seq=16)
+    types = {v.name: v.type.short() for v in step.primitive.inputs}
+    assert types["tokens"] == types["labels"] == "[2,16] i32"
+    assert step.primitive.outputs["logits"].type.short() == "[2,16,65]"
+    assert '"stablehlo.gather"' in step.text and '"stablehlo.scatter"' in step.text
+    train_in_lockstep(net, config, 2, None, 3, "char_gpt", seq=16)
