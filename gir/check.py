@@ -39,17 +39,18 @@ WHOLE_NET_TOL = 1e-10
 
 
 def check_whole_net_f64(net: Net, batch: int = 2, image: int | None = None, label_smoothing: float = 0.1,
-                        seed: int = 0) -> Finding:
+                        seed: int = 0, seq: int | None = None) -> Finding:
     """The whole train step's gradient (loss w.r.t. every parameter), built by gir and run on the JAX backend in
     float64, against jax.grad of the same forward pass: in float64 no input lands on the other side of a ReLU6
     kink, so the two must agree to rounding (WHOLE_NET_TOL)."""
     with jax.enable_x64(True):   # for this check only: the process keeps JAX's float32 default
-        return _whole_net_f64(net, batch, image, label_smoothing, seed)
+        return _whole_net_f64(net, batch, image, label_smoothing, seed, seq)
 
 
-def _whole_net_f64(net: Net, batch: int, image: int | None, label_smoothing: float, seed: int) -> Finding:
+def _whole_net_f64(net: Net, batch: int, image: int | None, label_smoothing: float, seed: int,
+                   seq: int | None) -> Finding:
     f64 = net.with_dtype("f64")
-    binding = f64.binding(batch=batch, image=image)
+    binding = f64.binding(batch=batch, image=image, seq=seq)
     check_binding(binding, f64.constraints)
 
     def build():
@@ -87,13 +88,14 @@ def _whole_net_f64(net: Net, batch: int, image: int | None, label_smoothing: flo
 
 
 def check_net(net: Net, batch: int = 2, image: int | None = None, numeric: bool = True,
-              label_smoothing: float = 0.1, progress: Callable[[str], None] = lambda s: None) -> list[Finding]:
+              label_smoothing: float = 0.1, progress: Callable[[str], None] = lambda s: None,
+              seq: int | None = None) -> list[Finding]:
     """Every invariant of the net's backward pass (loss w.r.t. parameters) as findings."""
     graph = net.build(mode="train", loss=True, label_smoothing=label_smoothing)
     forward = list(graph.nodes)
     back = grad(graph, constraints=net.constraints)
     findings = structural(back)
-    binding = net.binding(batch=batch, image=image)
+    binding = net.binding(batch=batch, image=image, seq=seq)
     check_binding(binding, net.constraints)
     static = specialize(graph, binding, net.constraints)
     findings.append(op_count(decompose(static)))

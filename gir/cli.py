@@ -33,7 +33,8 @@ from gir.train.backend import BackendError
 from gir.train.checkpoint import CheckpointError, check_compatible, load_checkpoint
 from gir.train.config import OPTIMIZERS, TrainConfig
 from gir.train.data import SOURCES, DataError
-from gir.train.loop import BACKENDS, Interrupted, NonFiniteLoss, RunOptions, TrainError, checkpoint_arrays, train
+from gir.train.loop import (BACKENDS, Interrupted, NonFiniteLoss, RunOptions, TrainError, checkpoint_arrays,
+                            default_data, train)
 from gir.train.runlog import TRACE, TraceError, read_trace
 from gir.train.sample import SampleError, sample_run
 from gir.train.step import build_train_step, lower_train_step
@@ -98,7 +99,7 @@ def build_graph(net: Net, path: str, mode: str = "train"):
 
 
 def _binding(net: Net, args: argparse.Namespace) -> dict:
-    b = net.binding(batch=args.batch, image=args.image)
+    b = net.binding(batch=args.batch, image=args.image, seq=args.seq)
     check_binding(b, net.constraints)
     return b
 
@@ -132,7 +133,7 @@ def _table(rows: list[dict], cols: Sequence[tuple[str, str]]) -> str:
 def cmd_show(args: argparse.Namespace) -> int:
     net, _ = load_net_file(args.net)
     graph = build_graph(net, args.net, mode="eval" if args.eval else "train")
-    bound = args.image is not None or args.batch is not None
+    bound = any(getattr(args, k) is not None for k in ("batch", "image", "seq"))
     binding = _binding(net, args)
     info = summarize(graph, binding if bound else None)
     info["file"] = args.net
@@ -245,8 +246,8 @@ def cmd_lower(args: argparse.Namespace) -> int:
     passes = passes_for(spec, bf16=args.bf16, bf16_conv=args.bf16_conv)
     config = config.replace(bf16=args.bf16 or config.bf16, bf16_conv=args.bf16_conv or config.bf16_conv)
     trace: list[Firing] | None = [] if args.trace_rewrites else None
-    modules = lower_net(net, batch=args.batch, image=args.image, passes=passes, trace=trace)
-    modules["train_step"] = lower_train_step(net, config, batch=args.batch, image=args.image,
+    modules = lower_net(net, batch=args.batch, image=args.image, passes=passes, trace=trace, seq=args.seq)
+    modules["train_step"] = lower_train_step(net, config, batch=args.batch, image=args.image, seq=args.seq,
                                              passes=spec, trace=trace)
     if trace is not None:
         _print_trace(trace)
@@ -357,7 +358,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 0
     else:
         config = recipe(config, args)
-        data, out = args.data or "digits", args.out or _default_out(net)
+        data, out = args.data or default_data(net), args.out or _default_out(net)
         if os.path.exists(out) and not os.path.isdir(out):
             raise CliError(f"--out {out} is a file, not a folder")
         if os.path.exists(os.path.join(out, "checkpoint.npz")):
@@ -373,12 +374,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     except Interrupted as e:
         print(f"gir: {e}", file=sys.stderr)
         return 130
-    top1 = metrics["val_top1"]
-    print(f"done: {metrics['steps']} steps, final loss {metrics['final_loss']:.4f}"
-          + (f", val top-1 {100 * top1:.2f}%, top-5 {100 * metrics['val_top5']:.2f}%" if top1 is not None else "")
-          + f", {metrics['images_per_s']:.0f} images/s; wrote {out}/ (trace.jsonl, metrics.json, curves.png, "
-            f"checkpoint.npz)")
+    print(f"done: {metrics['steps']} steps, final loss {metrics['final_loss']:.4f}{_val_summary(metrics)}; "
+          f"wrote {out}/ (trace.jsonl, metrics.json, curves.png, checkpoint.npz)")
     return 0
+
+
+def _val_summary(metrics: dict) -> str:
+    """The last evaluation and the speed, for the run's final line."""
+    unit = "tokens" if "tokens_per_s" in metrics else "images"
+    top1 = metrics["val_top1"]
+    bits = next(((k.rpartition("_")[2], v) for k, v in metrics.items() if k.startswith("val_bits_per_")), None)
+    if top1 is None:
+        ev = ""
+    elif bits is not None:
+        ev = f", val {bits[1]:.3f} bits/{bits[0]}, next-{bits[0]} top-1 {100 * top1:.2f}%"
+    else:
+        ev = f", val top-1 {100 * top1:.2f}%, top-5 {100 * metrics['val_top5']:.2f}%"
+    return f"{ev}, {metrics[f'{unit}_per_s']:.0f} {unit}/s"
 
 
 def _add_train_flags(s: argparse.ArgumentParser) -> None:
@@ -425,20 +437,21 @@ def _add_train_flags(s: argparse.ArgumentParser) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     net, config = load_net_file(args.net)
-    batch, image = args.batch or config.batch_size, args.image or config.image_size
-    check_binding(net.binding(batch=batch, image=image), net.constraints)
+    batch, image, seq = args.batch or config.batch_size, args.image or config.image_size, args.seq or config.seq_len
+    check_binding(net.binding(batch=batch, image=image, seq=seq), net.constraints)
     r = bench_train_step(net, config, batch, image, backend=args.backend, target=args.target, chip=args.chip,
                          steps=args.steps, warmup=args.warmup, flags=tuple(args.iree_flag),
-                         passes=_pass_spec(args))
+                         passes=_pass_spec(args), seq=seq)
     if args.json:
         print(json.dumps(r.to_dict()))
         return 0
     where = f"iree {r.target}" if r.backend == "iree" else "jax"
-    print(f"gir bench {r.net}: train step at batch {r.batch}, {r.image}x{r.image} on {where} ({r.ops:,} ops, "
+    size, rate = ((f"T={r.seq}", f"{r.tokens_per_s:.0f} tokens/s") if r.seq is not None
+                  else (f"{r.image}x{r.image}", f"{r.images_per_s:.0f} images/s"))
+    print(f"gir bench {r.net}: train step at batch {r.batch}, {size} on {where} ({r.ops:,} ops, "
           f"front end {r.front_end_s:.2f} s, compile {r.compile_s:.1f} s)")
     print(f"{r.steps} steps after {r.warmup} warm-up: median {r.median_ms:.1f} ms (min {r.min_ms:.1f}, max "
-          f"{r.max_ms:.1f}); {r.images_per_s:.0f} images/s; {r.gflop_per_step:.2f} GFLOP per step, "
-          f"{r.gflops:.1f} GFLOP/s")
+          f"{r.max_ms:.1f}); {rate}; {r.gflop_per_step:.2f} GFLOP per step, {r.gflops:.1f} GFLOP/s")
     return 0
 
 
@@ -464,11 +477,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     net, config = load_net_file(args.net)
     progress = (lambda s: print(f"  checking {s}", file=sys.stderr)) if args.verbose else (lambda s: None)
     t0 = time.perf_counter()
-    findings = check_net(net, batch=args.batch or 2, image=args.image, numeric=not args.no_numeric,
+    findings = check_net(net, batch=args.batch or 2, image=args.image, seq=args.seq, numeric=not args.no_numeric,
                          label_smoothing=config.label_smoothing, progress=progress)
     if args.f64:
         progress("the whole train step in float64 against jax.grad")
-        findings.append(check_whole_net_f64(net, batch=args.batch or 2, image=args.image,
+        findings.append(check_whole_net_f64(net, batch=args.batch or 2, image=args.image, seq=args.seq,
                                             label_smoothing=config.label_smoothing, seed=config.seed))
     width = max(len(f.name) for f in findings)
     print(f"gir check {args.net}: backward pass of net {net.name!r} (loss w.r.t. every parameter)")

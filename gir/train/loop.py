@@ -326,6 +326,11 @@ class Trainer:
                 f"Try a lower --lr or --clip-norm")
 
 
+def default_data(net: Net) -> str:
+    """The built-in data a net trains on without --data: the shakespeare corpus for a sequence net, else digits."""
+    return "shakespeare" if net.input_name == "tokens" else "digits"
+
+
 def _open_text(net: Net, config: TrainConfig, spec: str) -> TextData:
     """A sequence net's text: the built-in corpus or a text/bytes file, in windows of the config's length."""
     if not is_text_source(spec):
@@ -412,7 +417,7 @@ def train(net: Net, config: TrainConfig, options: RunOptions, resume: bool = Fal
                "epochs": config.epochs, "final_loss": _finite_or_none(result["last"]["loss"]),
                "val_top1": evals[-1]["top1"] if evals else None, "val_top5": evals[-1]["top5"] if evals else None,
                "best_val_top1": max((r["top1"] for r in evals), default=None),
-               **({"val_bits_per_token": evals[-1]["bits_per_token"] if evals else None} if trainer.sequence else {}),
+               **({f"val_bits_per_{data.unit}": evals[-1]["bits_per_token"] if evals else None} if trainer.sequence else {}),
                "train_time_s": round(trainer.elapsed, 2), "compile_time_s": round(trainer.compile_s, 2),
                f"{unit}_per_s": round(result[f"{unit}_per_s"], 1),
                f"input_{unit}_per_s": round(result[f"input_{unit}_per_s"], 1),

@@ -73,7 +73,7 @@ def write_metrics(run_dir: Path, metrics: Mapping[str, Any]) -> None:
 
 
 def plot_curves(run_dir: Path, records: list[dict[str, Any]], title: str) -> Path:
-    """Training loss per step and validation top-1/top-5 per epoch, side by side."""
+    """Training loss per step and, per epoch, validation top-1/top-5 (or bits per token for text), side by side."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -84,10 +84,16 @@ def plot_curves(run_dir: Path, records: list[dict[str, Any]], title: str) -> Pat
     a.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.8, label="train loss")
     if evals:
         a.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="val loss")
+    text = any("bits_per_token" in r for r in evals)
+    if text:
+        b.plot([r["epoch"] for r in evals], [r["bits_per_token"] for r in evals], "o-", label="val bits per token")
+        b.set(xlabel="epoch", ylabel="bits per token", title="validation")
+    elif evals:
         b.plot([r["epoch"] for r in evals], [100 * r["top1"] for r in evals], "o-", label="val top-1")
         b.plot([r["epoch"] for r in evals], [100 * r["top5"] for r in evals], "s--", label="val top-5")
+    if not text:
+        b.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100), title="validation")
     a.set(xlabel="step", ylabel="loss", title=title)
-    b.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100), title="validation")
     for ax in (a, b):
         ax.grid(alpha=0.3)
         ax.legend()
