@@ -30,12 +30,12 @@ from gir.train.augment import default_augment
 from gir.train.backend import BackendError, IreeBackend, JaxBackend
 from gir.train.checkpoint import check_compatible, checkpoint_path, load_checkpoint, save_checkpoint
 from gir.train.config import TrainConfig, recipe_warnings
-from gir.train.data import Dataset, load_dataset
+from gir.train.data import Dataset, Split, load_dataset
 from gir.train.pipeline import BatchMaker, Loader, default_workers
 from gir.train.runlog import Trace, plot_curves, read_trace, write_metrics
 from gir.train.schedule import learning_rate
 from gir.train.step import lower_train_step
-from gir.train.text import TextData, TokenBatchMaker, is_text_source, load_text
+from gir.train.text import TextData, TokenBatchMaker, TokenSplit, is_text_source, load_text
 
 BACKENDS = ("iree", "jax")
 
@@ -189,7 +189,9 @@ class Trainer:
                             if config.augment else None)
             self.batches = BatchMaker(self.data, config.batch_size, config.seed, self.augment)
             self.workers = default_workers(self.data, self.augment) if options.workers is None else options.workers
-        for line in recipe_warnings(config, net.num_classes, self.data.classes, options.data):
+        spare_rows_expected = self.sequence   # a vocabulary smaller than the net's embedding is normal for text
+        for line in recipe_warnings(config, None if spare_rows_expected else net.num_classes, self.data.classes,
+                                    options.data):
             warn(line)
         self.steps_per_epoch = len(self.data.train) // config.batch_size
         if self.steps_per_epoch < 1:
@@ -339,11 +341,16 @@ def _open_text(net: Net, config: TrainConfig, spec: str) -> TextData:
     return load_text(spec, config.seq_len, net.num_classes)
 
 
+def _count(split: Split | TokenSplit) -> int:
+    """A split's images, or its tokens."""
+    return len(split.tokens) if isinstance(split, TokenSplit) else len(split)
+
+
 def _data_line(trainer: Trainer) -> str:
     """What the run reads, for its first line."""
     data = trainer.data
     if trainer.sequence:
-        return (f"{len(data.train.tokens):,} train / {len(data.val.tokens):,} val {data.unit}s, vocabulary "
+        return (f"{_count(data.train):,} train / {_count(data.val):,} val {data.unit}s, vocabulary "
                 f"{data.classes}, windows of {trainer.config.seq_len}")
     return (f"{len(data.train)} train / {len(data.val)} val images, {data.classes} classes, "
             f"{trainer.image}x{trainer.image}")
@@ -404,7 +411,7 @@ def train(net: Net, config: TrainConfig, options: RunOptions, resume: bool = Fal
         header = {"net": net.name, "net_file": net_file, "data": options.data, "backend": options.backend,
                   "target": options.target, "devices": options.devices, "passes": options.passes,
                   "image_size": trainer.image, "steps_per_epoch": trainer.steps_per_epoch,
-                  f"train_{unit}": len(data.train) * trainer.per_item, f"val_{unit}": len(data.val) * trainer.per_item,
+                  f"train_{unit}": _count(data.train), f"val_{unit}": _count(data.val),
                   "classes": data.classes, "config": config.to_dict()}
         trace = Trace(out, header)
     try:

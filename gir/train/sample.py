@@ -64,4 +64,5 @@ def sample_run(net: Net, run_dir: str | Path, prompt: str, tokens: int, temperat
     backend = IreeBackend(None, evaluate, target, chip)
     backend.load(arrays)
     start = encode(prompt, vocab, unit, where) if prompt else np.array([vocab.index("\n") if "\n" in vocab else 0])
-    return decode(generate(backend.logits, start, tokens, context, temperature, seed), vocab, unit)
+    in_vocabulary = lambda x: backend.logits(x)[..., :len(vocab)]   # the net's spare rows are no token of this text
+    return decode(generate(in_vocabulary, start, tokens, context, temperature, seed), vocab, unit)

@@ -171,6 +171,7 @@ def test_iree_and_jax_backends_agree(tmp_path):
     (["--devices", "2"], "--devices 2 needs --backend jax"),
     (["--data", "mnist:/nonexistent"], "/nonexistent"),
     (["--data", "bogus:x"], "bogus"),
+    (["--data", "shakespeare"], "--data shakespeare is text; digits_cnn reads images"),
     (["--backend", "jax", "--devices", "64"], "--devices 64: JAX sees"),
     (["--image", "20000", "--batch", "512"], "--image 20000 with --batch 512: a train step of digits_cnn needs at "
                                              "least"),
@@ -209,3 +210,36 @@ def test_batch_and_image_flags_size_the_compiled_step(tmp_path):
     header = read_trace(out / "trace.jsonl")[0]
     assert header["image_size"] == 12 and header["steps_per_epoch"] == 1442 // 16
     assert header["config"]["batch_size"] == 16 and max(losses(out)) == 1442 // 16
+
+
+GPT = str(ROOT / "nets" / "char_gpt.py")
+
+
+def test_text_run_stopped_by_sigint_resumes_exactly(tmp_path):
+    """char_gpt on a small text at batch 4, T 16 (36 steps an epoch): stopped by SIGINT in epoch 1, resumed, it
+    logs the losses of the uninterrupted run; the checkpoint keeps the vocabulary, evaluation reports bits/char."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"line {i}: to be, or not to be, that is the question.\n" for i in range(50)))
+    args = ["--data", f"text:{corpus}", "--batch", "4", "--seq", "16", "--epochs", "2", "-q"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main(["train", GPT, "--out", str(full), *args]) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "gir", "train", GPT, "--out", str(cut), *args], cwd=ROOT,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for_step(cut, 10, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert main(["train", GPT, "--resume", str(cut), "-q"]) == 0
+    assert losses(cut) == losses(full) and len(losses(full)) == 2 * 36
+    arrays, meta = load_checkpoint(full)
+    assert "".join(meta["vocab"]) == "".join(sorted(set(corpus.read_text()))) and meta["context"] == 16
+    metrics = json.loads((full / "metrics.json").read_text())
+    assert 0 < metrics["val_bits_per_char"] < np.log2(len(meta["vocab"])) and metrics["tokens_per_s"] > 0
+    header = read_trace(full / "trace.jsonl")[0]
+    assert header["train_tokens"] == int(len(corpus.read_text()) * 0.9) and header["val_tokens"] > 0
+
+
+def test_a_sequence_net_refuses_image_data(tmp_path, capsys):
+    assert main(["train", GPT, "--data", "digits", "--out", str(tmp_path / "r"), "-q"]) == 1
+    assert "--data digits: char_gpt reads text (its input is token ids); use shakespeare, text:FILE or bytes:FILE" \
+        in capsys.readouterr().err
