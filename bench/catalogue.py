@@ -104,13 +104,6 @@ def extra_image(net: Net) -> int:
 
 # ---- one net at one shape ----------------------------------------------------------------------
 
-def batch_data(mod, num_classes: int, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random images and labels for the step, drawn as gir.bench draws them."""
-    rng = np.random.default_rng(seed)
-    shape = tuple(int(d) for d in mod.primitive.input("images").type.shape)
-    return rng.standard_normal(shape).astype(np.float32), rng.integers(0, num_classes, batch).astype(np.int32)
-
-
 def set_up(s: System, init: dict[str, np.ndarray], data: tuple[np.ndarray, np.ndarray], lr: float) -> None:
     """Builds (timed), loads the common initial values and runs the warm-up steps; a failure is kept."""
     try:
@@ -145,42 +138,54 @@ def interleave(live: list[System], rounds: int, data: tuple[np.ndarray, np.ndarr
             time.sleep(PAUSE_S)
 
 
-def measure_case(net: Net, config: TrainConfig, batch: int, image: int, steps: int, budget: float) -> dict:
+def sizes(net: Net, size: int) -> dict[str, int | None]:
+    """`size` as the image size of an image net or the sequence length of a sequence net."""
+    tokens = net.input_name == "tokens"
+    return {"image": None if tokens else size, "seq": size if tokens else None}
+
+
+def case_label(case: dict) -> str:
+    return label(case["batch"], case["image"]) if case.get("seq") is None else f"b{case['batch']} @ T={case['seq']}"
+
+
+def measure_case(net: Net, config: TrainConfig, batch: int, size: int, steps: int, budget: float) -> dict:
     """One net at one shape: gir's front end, the three systems set up, checked and stepped in rounds."""
     import jax
     from torch_graph import TorchGraphBackend
 
-    from gir.bench import step_flops
+    from gir.bench import random_batch, step_flops
     from gir.nn.params import init_params
     from gir.rewrite import pipeline_for_backend
     from gir.train.backend import IreeBackend, JaxBackend
     from gir.train.step import lower_train_step
 
-    cfg = config.replace(batch_size=batch, image_size=image)
-    case = {"net": net.name, "batch": batch, "image": image, "optimizer": cfg.optimizer, "lr": cfg.learning_rate}
-    log(f"{net.name} {label(batch, image)}: gir front end")
+    shape = sizes(net, size)
+    cfg = config.replace(batch_size=batch, **({"seq_len": size} if shape["seq"] else {"image_size": size}))
+    case = {"net": net.name, "batch": batch, **shape, "optimizer": cfg.optimizer, "lr": cfg.learning_rate}
+    where = f"{net.name} {case_label(case)}"
+    log(f"{where}: gir front end")
     t0 = time.perf_counter()
-    mod = lower_train_step(net, cfg, batch=batch, image=image, passes=pipeline_for_backend("default", "iree"))
+    mod = lower_train_step(net, cfg, batch=batch, **shape, passes=pipeline_for_backend("default", "iree"))
     case["front_s"] = time.perf_counter() - t0
     case["flops"] = step_flops(mod.primitive)
 
     def jax_runner() -> JaxBackend:
-        return JaxBackend(lower_train_step(net, cfg, batch=batch, image=image,
+        return JaxBackend(lower_train_step(net, cfg, batch=batch, **shape,
                                            passes=pipeline_for_backend("default", "jax")), None)
 
     systems = [System(IREE, lambda: IreeBackend(mod, None, "cpu")), System(JAX, jax_runner),
-               System(TORCH, lambda: TorchGraphBackend(net, cfg, batch, image))]
+               System(TORCH, lambda: TorchGraphBackend(net, cfg, batch, **shape))]
     init = init_params(mod.primitive, cfg.seed)
-    data = batch_data(mod, net.num_classes, batch, cfg.seed)
+    data = random_batch(mod.primitive, net.num_classes, np.random.default_rng(cfg.seed))
     for s in systems:
-        log(f"{net.name} {label(batch, image)}: set up {s.name}")
+        log(f"{where}: set up {s.name}")
         set_up(s, init, data, cfg.learning_rate)
         log(f"  {s.name}: " + (f"FAILED: {s.error}" if s.error else f"set-up {s.setup_s:.1f} s, warm-up steps "
                                f"{', '.join(f'{x:.2f}' for x in s.warm_s)} s, losses "
                                f"{', '.join(f'{x:.5f}' for x in s.losses)}"))
     live = [s for s in systems if s.error is None]
     case["rounds"] = rounds_for(live, steps, budget)
-    log(f"{net.name} {label(batch, image)}: {case['rounds']} rounds")
+    log(f"{where}: {case['rounds']} rounds")
     interleave(live, case["rounds"], data, cfg.learning_rate)
     case["systems"] = [s.record() for s in systems]
     for s in systems:
@@ -190,20 +195,22 @@ def measure_case(net: Net, config: TrainConfig, batch: int, image: int, steps: i
     return case
 
 
-def run_case(net: Net, config: TrainConfig, batch: int, image: int, steps: int, budget: float) -> dict:
+def run_case(net: Net, config: TrainConfig, batch: int, size: int, steps: int, budget: float) -> dict:
     """measure_case, or the error that stopped gir's front end."""
     try:
-        return measure_case(net, config, batch, image, steps, budget)
+        return measure_case(net, config, batch, size, steps, budget)
     except Exception as e:  # noqa: BLE001
         traceback.print_exc(file=sys.stderr)
-        return {"net": net.name, "batch": batch, "image": image, "error": first_line(e)}
+        return {"net": net.name, "batch": batch, **sizes(net, size), "error": first_line(e)}
 
 
 def measure_net(net: Net, config: TrainConfig, steps: int, budget: float) -> list[dict]:
-    """The net at its config's batch and image size and, when that step is big, at the extra shape."""
-    cases = [run_case(net, config, config.batch_size, config.image_size, steps, budget)]
+    """The net at its config's batch and image size (or sequence length) and, when that step is big, at the extra
+    shape (image nets)."""
+    own = config.seq_len if net.input_name == "tokens" else config.image_size
+    cases = [run_case(net, config, config.batch_size, own, steps, budget)]
     extra = (EXTRA_BATCH, extra_image(net))
-    if cases[0].get("flops", 0) > BIG_GFLOP * 1e9 and extra != (config.batch_size, config.image_size):
+    if net.input_name == "images" and cases[0].get("flops", 0) > BIG_GFLOP * 1e9 and extra != (config.batch_size, own):
         cases.append(run_case(net, config, *extra, steps, budget))
     return cases
 
@@ -284,7 +291,7 @@ def agree_cell(case: dict) -> str:
 
 def summary_row(case: dict, peak: float) -> str:
     """Medians, the faster peer over gir -> IREE, GFLOP/s and share of the peak, front end and compile."""
-    head = f"| {case['net']} | {label(case['batch'], case['image'])} |"
+    head = f"| {case['net']} | {case_label(case)} |"
     if "error" in case:
         return f"{head} failed: {case['error']} |" + " |" * 9
     med, flops = medians(case), case["flops"]
@@ -303,7 +310,7 @@ def detail_row(case: dict) -> str:
         return " / ".join("-" if s["error"] else fn(s) for s in case["systems"])
 
     jax_warm = {s["name"]: s["warm_s"] for s in case["systems"]}[JAX]
-    return (f"| {case['net']} | {label(case['batch'], case['image'])} | {case['optimizer']} {case['lr']:g} | "
+    return (f"| {case['net']} | {case_label(case)} | {case['optimizer']} {case['lr']:g} | "
             f"{case['rounds']} | " + each(lambda s: f"{ms(min(s['times']))}-{ms(max(s['times']))}")
             + " | " + each(lambda s: f"{s['setup_s']:.1f}") + " | "
             + (f"{jax_warm[0]:.1f}" if jax_warm else "-") + " | "
@@ -317,7 +324,7 @@ def table(header: list[str], rows: list[str]) -> list[str]:
 def intro(run: dict) -> str:
     """What was run, how, on what: the section's first paragraph."""
     peaks, steps = run["peaks"], run["steps"]
-    capped = [f"{c['net']} {label(c['batch'], c['image'])}: {c['rounds']}" for c in run["cases"]
+    capped = [f"{c['net']} {case_label(c)}: {c['rounds']}" for c in run["cases"]
               if c.get("rounds", steps) < steps]
     return (
         f"{run['machine']}; gir at {run['commit']}; {run['versions']}; run time {run['wall_s'] / 60:.1f} min. "
@@ -358,7 +365,7 @@ def render(run: dict) -> str:
                           "set-up s: IREE (iree-compile) / JAX (lowering) / PyTorch", "JAX first step s (jit)",
                           "first-step loss: IREE / JAX / PyTorch", "second-step loss: IREE / JAX / PyTorch"],
                          [detail_row(c) for c in ok])
-    failures = [f"{c['net']} {label(c['batch'], c['image'])} {s['name']}: {s['error']}"
+    failures = [f"{c['net']} {case_label(c)} {s['name']}: {s['error']}"
                 for c in ok for s in c["systems"] if s["error"]]
     return "\n".join(text + (["", "Failures: " + "; ".join(failures) + "."] if failures else []))
 

@@ -304,12 +304,12 @@ def run_nodes(nodes, env: dict[int, torch.Tensor], extra: Callable[[Node], tuple
 
 
 class TorchGraphBackend:
-    """The net's train step in PyTorch eager at one batch and image size; parameters are leaf tensors
+    """The net's train step in PyTorch eager at one batch and image size (or sequence length); parameters are leaf tensors
     (requires_grad), BN running statistics plain tensors updated in place."""
 
-    def __init__(self, net: Net, config: TrainConfig, batch: int, image: int):
+    def __init__(self, net: Net, config: TrainConfig, batch: int, image: int | None, seq: int | None = None):
         g = specialize(net.build(mode="train", loss=True, label_smoothing=config.label_smoothing),
-                       net.binding(batch=batch, image=image), net.constraints)
+                       net.binding(batch=batch, image=image, seq=seq), net.constraints)
         running = {g.outputs[k].producer: k.split(":", 1)[1] for k in g.outputs if k.startswith("bn_mean:")}
         g.outputs = {"loss": g.outputs["loss"]}  # run only what the loss needs
         self.nodes = g.live_nodes()
