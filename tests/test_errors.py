@@ -458,6 +458,18 @@ def _nothing_done_before_the_net_check(tmp, r):
 
 
 DATA = [*TRAIN, "--epochs", "1", "--out", "{tmp}/run", "--data"]
+GPT_DATA = ["train", "nets/char_gpt.py", "-q", "--epochs", "1", "--out", "{tmp}/run", "--data"]
+
+
+def _record_only(tmp: Path, net_file: str) -> None:
+    """A checkpoint whose record names digits_cnn and `net_file`, with no arrays: what `gir sample` reads first."""
+    (tmp / "run").mkdir()
+    save_checkpoint(tmp / "run", {}, {"net": "digits_cnn", "net_file": net_file, "step": 1, "elapsed": 0.0,
+                                      "steps_per_epoch": 1, "data": "digits", "seed": 0, "config": {}})
+
+
+def image_run_record(tmp, request):
+    _record_only(tmp, DIGITS)
 
 ERROR_ROWS = [
     # flag values checked against the recipe (exit 1: the value parses but is not a valid recipe)
@@ -599,6 +611,26 @@ ERROR_ROWS = [
     row("train-too-big-for-memory", [*TRAIN, "--image", "20000", "--batch", "512", "--out", "{tmp}/run"],
         ["--image 20000 with --batch 512: a train step of digits_cnn needs at least ",
          "GiB of activations", "more than this machine's", "lower --image or --batch"]),
+
+    # text (sequence nets)
+    row("text-not-utf8", [*GPT_DATA, "text:{tmp}/latin.txt"],
+        ["{tmp}/latin.txt is not UTF-8 text (byte 3); read it as bytes with bytes:{tmp}/latin.txt"],
+        setup=lambda tmp, request: write(tmp, "latin.txt", b"caf\xe9 au lait " * 40)),
+    row("text-shorter-than-a-window", [*GPT_DATA, "text:{tmp}/short.txt"],
+        ["{tmp}/short.txt: its train split (", "chars) is shorter than one window of 65; use a longer file or a "
+         "shorter sequence"], setup=lambda tmp, request: write(tmp, "short.txt", "to be or not to be\n")),
+    row("text-vocabulary-larger-than-the-net", [*GPT_DATA, "bytes:{tmp}/noise.bin"],
+        ["{tmp}/noise.bin has 256 distinct bytes but the net embeds 65 tokens; use a net with a vocabulary of at "
+         "least 256"], setup=lambda tmp, request: write(tmp, "noise.bin", bytes(range(256)) * 8)),
+    row("text-data-for-an-image-net", [*DATA, "shakespeare"], ["--data shakespeare is text; digits_cnn reads images"]),
+    row("image-data-for-a-text-net", [*GPT_DATA, "digits"],
+        ["--data digits: char_gpt reads text (its input is token ids); use shakespeare, text:FILE or bytes:FILE"]),
+    row("sample-an-image-run", ["sample", "{tmp}/run"],
+        ["{tmp}/run/checkpoint.npz holds no vocabulary: it is not the run of a sequence net on text"],
+        setup=image_run_record),
+    row("sample-net-file-gone", ["sample", "{tmp}/run"],
+        ["{tmp}/run was trained from {tmp}/gone.py, which is not there now; give the net file with --net FILE"],
+        setup=lambda tmp, request: _record_only(tmp, "{tmp}/gone.py".format(tmp=tmp))),
 
     # output folders
     row("out-under-a-file", [*TRAIN, "--epochs", "1", "--out", "{tmp}/afile/run"],
