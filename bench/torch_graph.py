@@ -9,7 +9,8 @@ what a PyTorch user's module would: batch norm is `F.batch_norm(training=True)` 
 statistics in place (nn.BatchNorm2d), attention is `F.scaled_dot_product_attention`, the loss is
 `F.cross_entropy(label_smoothing=...)`. Dropout and drop path draw their masks with gir's own counter-based
 generator (threefry2x32, gir/lower/decompose.py, run op by op here), so PyTorch drops the same units as IREE and
-JAX and the three losses stay comparable. Where gir's 'same' padding is asymmetric (XLA SAME with
+JAX and the three losses stay comparable; run op by op that costs far more than a PyTorch user's dropout, so
+`native_random` switches to masks from torch's own generator for timing. Where gir's 'same' padding is asymmetric (XLA SAME with
 stride 2), the input is padded with `F.pad` first. The optimizer is torch.optim's for the config
 (SGD with momentum, Adam, AdamW, RMSprop), with gir's math (gir/train/optim.py): weight decay on
 every parameter, RMSprop without momentum, global-norm clipping by `clip_grad_norm_`.
@@ -295,10 +296,11 @@ OPTIMIZERS: dict[str, Callable[[list[torch.Tensor], TrainConfig], torch.optim.Op
 
 # ---- the graph as a PyTorch train step ---------------------------------------------------------
 
-def run_nodes(nodes, env: dict[int, torch.Tensor], extra: Callable[[Node], tuple] = lambda node: ()) -> dict:
-    """`env` (value id -> tensor) with every node's outputs added, node by node through TORCH_RULES."""
+def run_nodes(nodes, env: dict[int, torch.Tensor], extra: Callable[[Node], tuple] = lambda node: (),
+              rules: Mapping[str, Callable] = TORCH_RULES) -> dict:
+    """`env` (value id -> tensor) with every node's outputs added, node by node through `rules`."""
     for node in nodes:
-        out = TORCH_RULES[node.op](node.attrs, *(env[v.id] for v in node.inputs), *extra(node))
+        out = rules[node.op](node.attrs, *(env[v.id] for v in node.inputs), *extra(node))
         env.update(zip((v.id for v in node.outputs), out if isinstance(out, tuple) else (out,)))
     return env
 
@@ -321,6 +323,13 @@ class TorchGraphBackend:
         self.running_stats = {node: (f"{path}.running_mean", f"{path}.running_var") for node, path in running.items()}
         self.tensors: dict[str, torch.Tensor] = {}
         self.optimizer: torch.optim.Optimizer | None = None
+        self.native_random = False   # True: masks from torch's generator, at the cost of nn.Dropout's (not gir's bits)
+        self._generator = torch.Generator().manual_seed(config.seed)
+        self._native_rules = {**TORCH_RULES, "random_bits": self._torch_bits}
+
+    def _torch_bits(self, a: od.RandomAttrs, key, step):
+        """32 random bits per element from torch's generator: the cost of a PyTorch user's dropout mask."""
+        return torch.randint(-2**31, 2**31, tuple(a.shape), dtype=torch.int32, generator=self._generator)
 
     def load(self, values: Mapping[str, np.ndarray]) -> None:
         """Parameters and state from `values` by name (extra names, e.g. gir's optimizer slots, are
@@ -336,7 +345,8 @@ class TorchGraphBackend:
         env[self.graph.input(self.data).id], env[self.graph.input("labels").id] = images, labels
         if any(v.name == STEP for v in self.graph.inputs):
             env[self.graph.input(STEP).id] = torch.tensor(step, dtype=torch.int32)
-        return run_nodes(self.nodes, env, self._extra)[self.graph.outputs["loss"].id]
+        rules = self._native_rules if self.native_random else TORCH_RULES
+        return run_nodes(self.nodes, env, self._extra, rules)[self.graph.outputs["loss"].id]
 
     def _extra(self, node: Node) -> tuple[torch.Tensor, ...]:
         """A train-mode batch norm's running statistics, the buffers F.batch_norm updates."""
