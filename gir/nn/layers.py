@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from gir.ir import opdefs as od
 from gir.ir.dtypes import DType
 from gir.ir.graph import Init, Value
-from gir.ir.types import format_dim
+from gir.ir.types import Dim, format_dim
 from gir.nn.builder import Builder
 from gir.nn.init import resolve_init
 from gir.shapes.dims import max_value
@@ -482,7 +482,7 @@ def token_embedding(b: Builder, x: Value, vocab: int, dim: int) -> Value:
     return b.take(table, x)
 
 
-def _sinusoids(b: Builder, t, dim: int) -> Value:
+def _sinusoids(b: Builder, t: Dim, dim: int) -> Value:
     """[t, dim]: sin(p / 10000^(2k/dim)) at column 2k, cos at 2k+1 (Vaswani et al. 2017), from iotas."""
     if dim % 2:
         raise ShapeError(f"sinusoidal position_embedding needs an even dim, got {dim}", (), "position_embedding",
@@ -496,7 +496,7 @@ def _sinusoids(b: Builder, t, dim: int) -> Value:
     return b.reshape(table, (t, dim))
 
 
-def _fits_positions(b: Builder, x: Value, t, max_len: int) -> None:
+def _fits_positions(b: Builder, x: Value, t: Dim, max_len: int) -> None:
     """T <= max_len for every T the net allows, or a ShapeError naming the constraint to declare."""
     top = max_value(t, b.constraints)
     if top is not None and top <= max_len:
@@ -519,7 +519,7 @@ def position_embedding(b: Builder, x: Value, max_len: int, dim: int, kind: str =
     if kind not in ("learned", "sinusoidal"):
         raise ValueError(f"{b.loc()}: position_embedding kind must be 'learned' or 'sinusoidal', got {kind!r}")
     _need_rank(b, x, 3, "position_embedding", "[N, T, D]")
-    n, t, d = x.type.shape
+    _, t, d = x.type.shape
     if d != dim:
         raise ShapeError(f"position_embedding(dim={dim}) got vectors of size {format_dim(d)}", (("input", x.type),),
                          "position_embedding", b.loc())

@@ -12,7 +12,7 @@ max, min; reduce_window sum and max; dot_general (random batch and contracting d
 bias_add; conv2d and depthwise_conv2d (random kernel, stride, 'same'/'valid'/explicit padding,
 dilation), the primitive convolution (strides, padding, rhs dilation, feature groups); max_pool,
 avg_pool, global_avg_pool; batch_norm in train mode (its mean and var outputs are values too) and in
-eval mode; layer_norm, softmax, attention, softmax_cross_entropy with i32 labels.
+eval mode; layer_norm, softmax, attention (causal or not), softmax_cross_entropy with i32 labels.
 
 Two ways to differentiate, both through `gir.autodiff`:
   * `vjp(graph, {output: cotangent input}, wrt)` for 1-3 outputs, with random cotangents;
@@ -369,7 +369,7 @@ class _Gen:
         heads = self.choice([h for h in (1, 2, 3) if d % h == 0])
         k = self.pick(shape=static_shape(x))
         v = self.pick(shape=static_shape(x))
-        self.push(self.b.attention(x, k, v, heads), x, k, v)
+        self.push(self.b.attention(x, k, v, heads, self.flip()), x, k, v)
 
     def xent(self):
         x = self.pick(rank=2)

@@ -13,7 +13,7 @@ over a pool of f32, i32 and i1 values:
     groups), convert to bf16 and back;
   * layer ops: the activations, conv2d and depthwise_conv2d (kernel, stride, 'same'/'valid'/explicit
     padding, dilation), dense, bias_add, batch_norm in train and eval mode, layer_norm, max_pool,
-    avg_pool, global_avg_pool, softmax, attention, softmax_cross_entropy with i32 labels;
+    avg_pool, global_avg_pool, softmax, attention (causal or not), softmax_cross_entropy with i32 labels;
   * integers and booleans: i32 add, subtract, multiply, maximum, minimum, dot_general, iota, constants,
     reduce sum/max/min of i32 and i1, compare (-> i1), select on i1, convert i32 -> f32, f32 -> i32,
     i1 -> f32, and the shape ops on i32 and i1 values; outputs of every dtype.
@@ -300,7 +300,7 @@ class _Gen:
         q = self.pick(rank=3)
         d = static_shape(q)[-1]
         k, v = self.pick(shape=static_shape(q)), self.pick(shape=static_shape(q))
-        self.push(self.b.attention(q, k, v, self.choice([h for h in (1, 2, 3) if d % h == 0])))
+        self.push(self.b.attention(q, k, v, self.choice([h for h in (1, 2, 3) if d % h == 0]), self.flip()))
 
     def xent(self):
         x = self.pick(rank=2)
