@@ -183,6 +183,8 @@ def measure_case(net: Net, config: TrainConfig, batch: int, size: int, steps: in
         log(f"  {s.name}: " + (f"FAILED: {s.error}" if s.error else f"set-up {s.setup_s:.1f} s, warm-up steps "
                                f"{', '.join(f'{x:.2f}' for x in s.warm_s)} s, losses "
                                f"{', '.join(f'{x:.5f}' for x in s.losses)}"))
+    if systems[2].runner is not None:
+        systems[2].runner.native_random = True   # timed with torch's own dropout masks, as a PyTorch user's net
     live = [s for s in systems if s.error is None]
     case["rounds"] = rounds_for(live, steps, budget)
     log(f"{where}: {case['rounds']} rounds")
@@ -335,7 +337,9 @@ def intro(run: dict) -> str:
         "gir -> IREE (`IreeBackend`, `default` pipeline: `gir bench`), gir -> JAX (`JaxBackend`, `default_jax`) "
         "and PyTorch eager (bench/torch_graph.py: the net's layer graph op by op in torch.nn.functional, batch "
         "norm by F.batch_norm in training mode with running statistics as nn.BatchNorm2d, F.pad first where gir's "
-        "'same' padding is asymmetric; torch.optim's optimizer for the config; "
+        "'same' padding is asymmetric; dropout and drop-path masks from gir's threefry generator op by op in the "
+        "warm-up steps, so the first-step losses compare, and from torch's own generator in the timed rounds, "
+        "as nn.Dropout draws them; torch.optim's optimizer for the config; "
         f"torch.set_num_threads({os.cpu_count()})). After {WARMUP} warm-up steps, rounds of one step per system "
         f"(order rotating, {PAUSE_S * 1e3:.0f} ms pause between steps): {steps} rounds"
         + (f", fewer (at least {MIN_ROUNDS}) where they would take over {run['budget']:g} s" if steps > MIN_ROUNDS

@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from gir.lower.iree_compile import compile_text
-from gir.lower.iree_runtime import IreeSession
-from gir.lower.jax_backend import compile_jax
-from gir.lower.pipeline import LoweredModule
-from gir.lower.stablehlo import print_module
+from gir.bench import random_batch
 from gir.nn.net import Net
 from gir.nn.params import init_params
 from gir.rewrite import pipeline_for_backend
-from gir.train.backend import IreeBackend, JaxBackend, StepResult, carried_names
+from gir.train.backend import IreeBackend, JaxBackend
 from gir.train.config import TrainConfig
 from gir.train.schedule import learning_rate
 from gir.train.step import lower_train_step
@@ -31,47 +27,6 @@ UPDATE_RTOL = 1e-1    # |update_iree - update_jax| / |update_jax| over all param
 STEPS_PER_EPOCH = 10  # the schedule's epoch length: nets with warmup take its first, growing steps
 
 
-class TokenStep:
-    """A token net's train step on IREE's CPU or jitted JAX, fed by input name: gir.train.backend's backends feed
-    float `images` only (issue 24 leaves teaching them `tokens` to the loop's side)."""
-
-    def __init__(self, step: LoweredModule, backend: str):
-        self.graph = step.primitive
-        self.carried = carried_names(self.graph)
-        if backend == "iree":
-            session = IreeSession(compile_text(print_module({"train_step": self.graph}, "lockstep"), "cpu"))
-            self.run = lambda feed: dict(zip(self.graph.outputs, session.call_numpy(
-                "train_step", *(feed[v.name] for v in self.graph.inputs))))
-        else:
-            self.run = compile_jax(self.graph)
-        self.state: dict[str, np.ndarray] = {}
-
-    def load(self, values) -> None:
-        self.state = {k: np.asarray(values[k]) for k in self.carried}
-
-    def step(self, tokens: np.ndarray, labels: np.ndarray, lr: float, step: int) -> StepResult:
-        out = self.run({**self.state, "tokens": tokens, "labels": labels, "lr": np.float32(lr), "step": np.int32(step)})
-        self.state = {k: np.asarray(out[k]) for k in self.carried}
-        return StepResult(float(out["loss"]), None)
-
-    def values(self) -> dict[str, np.ndarray]:
-        return dict(self.state)
-
-
-def _runner(net: Net, step: LoweredModule, backend: str, target: str):
-    if net.input_name == "tokens":
-        return TokenStep(step, backend)
-    return IreeBackend(step, None, target) if backend == "iree" else JaxBackend(step, None)
-
-
-def _batch(net: Net, shape: tuple[int, ...], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Random data and labels: token ids and next-token labels over the vocabulary, or images and class labels."""
-    if net.input_name == "tokens":
-        return (rng.integers(0, net.num_classes, shape).astype(np.int32),
-                rng.integers(0, net.num_classes, shape).astype(np.int32))
-    return rng.standard_normal(shape).astype(np.float32), rng.integers(0, net.num_classes, shape[0]).astype(np.int32)
-
-
 def train_in_lockstep(net: Net, config: TrainConfig, batch: int, image: int | None, steps: int,
                       what: str, target: str = "cpu", seq: int | None = None) -> None:
     """`steps` train steps on random data, IREE (on `target`) beside JAX; asserts each step's loss and parameter
@@ -80,16 +35,15 @@ def train_in_lockstep(net: Net, config: TrainConfig, batch: int, image: int | No
     for backend in ("iree", "jax"):
         step = lower_train_step(net, config, batch=batch, image=image, seq=seq,
                                 passes=pipeline_for_backend("default", backend, target))
-        runners[backend] = _runner(net, step, backend, target)
+        runners[backend] = IreeBackend(step, None, target) if backend == "iree" else JaxBackend(step, None)
     iree, jax = runners["iree"], runners["jax"]
     params = [v.name for v in step.primitive.inputs if v.role == "param"]
     jax.load(init_params(step.primitive, config.seed))
-    shape = tuple(int(d) for d in step.primitive.input(net.input_name).type.shape)
     rng = np.random.default_rng(0)
     for t in range(1, steps + 1):
         start = jax.values()
         iree.load(start)
-        data, labels = _batch(net, shape, rng)
+        data, labels = random_batch(step.primitive, net.num_classes, rng)
         lr = learning_rate(config, t, STEPS_PER_EPOCH)
         got, want = iree.step(data, labels, lr, t).loss, jax.step(data, labels, lr, t).loss
         assert np.isfinite(got) and abs(got - want) <= LOSS_RTOL * abs(want), f"{what} step {t}: loss {got} vs {want}"
