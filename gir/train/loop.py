@@ -26,11 +26,12 @@ from gir.nn.net import Net
 from gir.nn.params import init_params
 from gir.rewrite import passes_for, pipeline_for_backend
 from gir.shapes.specialize import bind_dim
-from gir.train.augment import default_augment
-from gir.train.backend import BackendError, IreeBackend, JaxBackend
+from gir.train.augment import Part, default_augment
+from gir.train.backend import BackendError, IreeBackend, JaxBackend, PeerLost
 from gir.train.checkpoint import check_compatible, checkpoint_path, load_checkpoint, save_checkpoint
 from gir.train.config import TrainConfig, recipe_warnings
 from gir.train.data import Dataset, load_dataset
+from gir.train.distributed import Cluster, start
 from gir.train.pipeline import BatchMaker, Loader, default_workers
 from gir.train.runlog import Trace, plot_curves, read_trace, write_metrics
 from gir.train.schedule import learning_rate
@@ -70,6 +71,7 @@ class RunOptions:
     iree_flags: tuple[str, ...] = ()
     progress: bool = True
     workers: int | None = None  # data worker processes; None: default_workers
+    cluster: Cluster | None = None  # one of several processes (--backend jax only); None: a one-process run
 
 
 def _input_geometry(net: Net, config: TrainConfig) -> tuple[int, int]:
@@ -164,8 +166,8 @@ class Trainer:
     """One run: dataset, compiled modules, backend, and the loop state (step, elapsed time)."""
 
     def __init__(self, net: Net, config: TrainConfig, options: RunOptions, net_file: str = "",
-                 log: Callable[[str], None] = print):
-        self.net, self.config, self.options, self.log = net, config, options, log
+                 log: Callable[[str], None] = print, main: bool = True):
+        self.net, self.config, self.options, self.log, self.main = net, config, options, log, main
         self.net_file = net_file
         channels, self.image = _input_geometry(net, config)
         self.data: Dataset = load_dataset(options.data, self.image, channels, net.num_classes)
@@ -178,7 +180,6 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * config.epochs
         self.augment = (attrs.evolve(default_augment(self.image), flip=self.data.mirror_safe)
                         if config.augment else None)
-        self.batches = BatchMaker(self.data, config.batch_size, config.seed, self.augment)
         self.workers = default_workers(self.data, self.augment) if options.workers is None else options.workers
         _check_memory(net, config, channels, self.image, Loader.batches_in_flight(self.workers))
         if options.backend == "iree":
@@ -193,6 +194,9 @@ class Trainer:
             self.backend = JaxBackend(train, evaluate, options.devices)
         else:
             raise BackendError(f"unknown backend {options.backend!r}; choose one of {', '.join(BACKENDS)}")
+        rows = self.backend.rows
+        self.batches = BatchMaker(self.data, config.batch_size, config.seed, self.augment,
+                                  Part(rows.start, rows.stop, config.batch_size))
         self.compile_s = time.perf_counter() - t0
         self.step = 0
         self.elapsed = 0.0
@@ -213,6 +217,9 @@ class Trainer:
         return meta
 
     def checkpoint(self) -> Path:
+        """Writes the checkpoint (process 0 only; every process holds the same replicated values) and says where."""
+        if not self.main:
+            return checkpoint_path(self.options.out)
         meta = {"net": self.net.name, "net_file": self.net_file, "step": self.step, "elapsed": self.elapsed,
                 "epoch": self.step // self.steps_per_epoch, "steps_per_epoch": self.steps_per_epoch,
                 "data": self.options.data, "data_order": "permutation(default_rng([seed, epoch]))",
@@ -231,12 +238,14 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------
 
-    def run(self, trace: Trace) -> dict[str, Any]:
+    def run(self, trace: Trace | None) -> dict[str, Any]:
+        """Steps to the end (or to a signal), evaluating and checkpointing as the config says; records go to
+        `trace` (None: a process other than 0, which writes nothing)."""
         cfg = self.config
         spe = self.steps_per_epoch
         last = {"loss": math.nan}
         evals: list[dict[str, Any]] = []
-        bar = _progress(self.total_steps, self.step, self.options.progress)
+        bar = _progress(self.total_steps, self.step, self.options.progress and self.main)
         seen, ran, waited, made = 0, 0, 0.0, 0.0  # waited: after the first batch, which also starts the workers
         t_run = t_first = time.perf_counter()
         with _StopFlag() as stop, Loader(self.batches, self.workers) as loader:
@@ -252,7 +261,7 @@ class Trainer:
                 if not math.isfinite(res.loss):
                     raise NonFiniteLoss(self._non_finite(step, res.loss))
                 self.step, self.elapsed = step, self.elapsed + dt
-                seen, ran, made = seen + len(labels), ran + 1, made + make_s
+                seen, ran, made = seen + cfg.batch_size, ran + 1, made + make_s  # global images
                 if ran == 1:
                     t_first = time.perf_counter()
                 else:
@@ -262,7 +271,8 @@ class Trainer:
                        "data_wait": round(wait, 5), "input_images_per_s": round(loader.images_per_s(make_s), 1)}
                 if res.grad_norm is not None:
                     rec["grad_norm"] = res.grad_norm
-                trace.write(rec)
+                if trace is not None:
+                    trace.write(rec)
                 last = rec
                 bar.update(1)
                 run_s = time.perf_counter() - t_run
@@ -272,11 +282,12 @@ class Trainer:
                 end_of_epoch = step % spe == 0
                 if end_of_epoch and (epoch % cfg.eval_every == 0 or step == self.total_steps):
                     ev = {"eval": True, "epoch": epoch, "step": step, **self.evaluate(loader)}
-                    trace.write(ev)
+                    if trace is not None:
+                        trace.write(ev)
                     evals.append(ev)
                     line = (f"epoch {epoch}: val top-1 {100 * ev['top1']:.2f}%  top-5 {100 * ev['top5']:.2f}%  "
                             f"val loss {ev['val_loss']:.4f}")
-                    (bar.write if self.options.progress else self.log)(line)
+                    (bar.write if self.options.progress and self.main else self.log)(line)
                 if end_of_epoch and (epoch % cfg.checkpoint_every == 0 or step == self.total_steps):
                     self.checkpoint()
                 if stop.signal is not None:
@@ -315,9 +326,14 @@ def _progress(total: int, done: int, enabled: bool):
 
 
 def train(net: Net, config: TrainConfig, options: RunOptions, resume: bool = False, net_file: str = "",
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+          log: Callable[[str], None] = print) -> dict[str, Any] | None:
     """Trains `net` with `config`; writes trace.jsonl, checkpoint.npz, metrics.json and curves.png
-    into options.out and returns the metrics."""
+    into options.out and returns the metrics. In a multi-process run every process trains; process 0 alone
+    writes the run folder and returns the metrics, the others return None."""
+    process, processes = start(options.cluster) if options.cluster is not None else (0, 1)
+    if process:
+        _follow(Trainer(net, config, options, net_file, lambda line: None, main=False), resume)
+        return None
     out = Path(options.out)
     created = not out.exists()
     try:
@@ -337,7 +353,7 @@ def train(net: Net, config: TrainConfig, options: RunOptions, resume: bool = Fal
         f"{data.classes} classes, {trainer.image}x{trainer.image}), batch {config.batch_size}, "
         f"{trainer.steps_per_epoch} steps/epoch x {config.epochs} epochs on {options.backend}"
         f"{'' if options.backend == 'jax' else ' ' + options.target}"
-        f"{f' x{options.devices} devices' if options.devices > 1 else ''}; modules ready in {trainer.compile_s:.1f} s")
+        f"{_devices(options.devices, processes)}; modules ready in {trainer.compile_s:.1f} s")
     if resume:
         trainer.resume()
         log(f"resumed {out} at step {trainer.step} of {trainer.total_steps}")
@@ -345,13 +361,14 @@ def train(net: Net, config: TrainConfig, options: RunOptions, resume: bool = Fal
     else:
         trainer.start_fresh()
         header = {"net": net.name, "net_file": net_file, "data": options.data, "backend": options.backend,
-                  "target": options.target, "devices": options.devices, "passes": options.passes,
+                  "target": options.target, "devices": options.devices, "processes": processes,
+                  "passes": options.passes,
                   "image_size": trainer.image, "steps_per_epoch": trainer.steps_per_epoch,
                   "train_images": len(data.train.labels), "val_images": len(data.val.labels),
                   "classes": data.classes, "config": config.to_dict()}
         trace = Trace(out, header)
     try:
-        result = trainer.run(trace)
+        result = _run(trainer, trace)
     finally:
         trace.close()
     records = read_trace(out / "trace.jsonl")
@@ -367,3 +384,28 @@ def train(net: Net, config: TrainConfig, options: RunOptions, resume: bool = Fal
     write_metrics(out, metrics)
     plot_curves(out, records, f"{net.name} on {options.data}")
     return metrics
+
+
+def _follow(trainer: Trainer, resume: bool) -> None:
+    """A process other than 0: the same steps on its rows of each batch, nothing written."""
+    if resume:
+        trainer.resume()
+    else:
+        trainer.start_fresh()
+    _run(trainer, None)
+
+
+def _run(trainer: Trainer, trace: Trace | None) -> dict[str, Any]:
+    """Trainer.run; a lost peer's message says how to go on."""
+    try:
+        return trainer.run(trace)
+    except PeerLost as e:
+        raise PeerLost(f"{e}; stopped. Start every process again with --resume {trainer.options.out} to continue "
+                       f"from the last checkpoint process 0 wrote") from None
+
+
+def _devices(per_process: int, processes: int) -> str:
+    """How the log line names the devices: " x4 devices (2 processes x 2)", " x4 devices", or nothing for one."""
+    total = per_process * processes
+    return "" if total == 1 else f" x{total} devices" + (f" ({processes} processes x {per_process})"
+                                                         if processes > 1 else "")
