@@ -386,7 +386,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _cluster(args: argparse.Namespace) -> Cluster | None:
     """The multi-process run the flags ask for (None: one process); what is not given comes from the launcher's
     environment with --distributed, else is an error naming the missing flags."""
-    given = {"--coordinator": args.coordinator, "--processes": args.processes, "--process-id": args.process_id}
+    given = {"--processes": args.processes, "--process-id": args.process_id, "--coordinator": args.coordinator}
     named = [flag for flag, v in given.items() if v is not None]
     if not named and not args.distributed:
         return None
