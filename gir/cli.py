@@ -29,10 +29,11 @@ from gir.nn.summary import summarize
 from gir.rewrite import PASSES, PIPELINES, Firing, RewriteError, passes_for, pipeline_for_backend, resolve
 from gir.shapes.errors import ShapeError
 from gir.shapes.specialize import BindingError, check_binding
-from gir.train.backend import BackendError
+from gir.train.backend import BackendError, PeerLost
 from gir.train.checkpoint import CheckpointError, check_compatible, load_checkpoint
 from gir.train.config import OPTIMIZERS, TrainConfig
 from gir.train.data import SOURCES, DataError
+from gir.train.distributed import Cluster, DistributedError, check_address, leave, running
 from gir.train.loop import (BACKENDS, Interrupted, NonFiniteLoss, RunOptions, TrainError, checkpoint_arrays,
                             default_data, train)
 from gir.train.runlog import TRACE, TraceError, read_trace
@@ -41,7 +42,7 @@ from gir.train.step import build_train_step, lower_train_step
 
 USER_ERRORS = (NetFileError, ShapeError, BindingError, ParamsError, CompileError, LoweringError, AdjointError,
                RewriteError, DataError, CheckpointError, TraceError, BackendError, DeviceUnavailable, NonFiniteLoss,
-               TrainError, SampleError)
+               TrainError, SampleError, DistributedError, PeerLost)
 
 
 class CliError(Exception):
@@ -367,13 +368,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.devices > 1 and args.backend != "jax":
         raise CliError(f"--devices {args.devices} needs --backend jax (IREE runs on one device)")
     options = RunOptions(data=data, out=out, backend=args.backend, target=args.target, chip=args.chip,
-                         devices=args.devices, passes=_pass_spec(args),
-                         iree_flags=tuple(args.iree_flag), progress=not args.quiet, workers=args.workers)
+                         devices=args.devices, passes=_pass_spec(args), iree_flags=tuple(args.iree_flag),
+                         progress=not args.quiet, workers=args.workers, cluster=_cluster(args))
     try:
         metrics = train(net, config, options, resume=bool(args.resume), net_file=args.net)
     except Interrupted as e:
         print(f"gir: {e}", file=sys.stderr)
         return 130
+    if metrics is None:
+        print(f"done: this process's share of every step; process 0 wrote {out}/")
+        return 0
     print(f"done: {metrics['steps']} steps, final loss {metrics['final_loss']:.4f}{_val_summary(metrics)}; "
           f"wrote {out}/ (trace.jsonl, metrics.json, curves.png, checkpoint.npz)")
     return 0
@@ -391,6 +395,32 @@ def _val_summary(metrics: dict) -> str:
     else:
         ev = f", val top-1 {100 * top1:.2f}%, top-5 {100 * metrics['val_top5']:.2f}%"
     return f"{ev}, {metrics[f'{unit}_per_s']:.0f} {unit}/s"
+
+
+def _cluster(args: argparse.Namespace) -> Cluster | None:
+    """The multi-process run the flags ask for (None: one process); what is not given comes from the launcher's
+    environment with --distributed, else is an error naming the missing flags."""
+    given = {"--processes": args.processes, "--process-id": args.process_id, "--coordinator": args.coordinator}
+    named = [flag for flag, v in given.items() if v is not None]
+    if not named and not args.distributed:
+        return None
+    if args.backend != "jax":
+        raise CliError(f"{(named or ['--distributed'])[0]} needs --backend jax (several processes run on JAX)")
+    missing = [flag for flag, v in given.items() if v is None]
+    if missing and not args.distributed:
+        raise CliError(f"{named[0]} needs {' and '.join(missing)} too (or --distributed, to read them from the "
+                       f"launcher's environment)")
+    if None not in (args.processes, args.process_id) and args.process_id >= args.processes:
+        raise CliError(f"--process-id {args.process_id} is out of range for --processes {args.processes} "
+                       f"(0 to {args.processes - 1})")
+    return Cluster(args.coordinator, args.processes, args.process_id)
+
+
+def _address(s: str) -> str:
+    try:
+        return check_address(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--coordinator {e}") from None
 
 
 def _add_train_flags(s: argparse.ArgumentParser) -> None:
@@ -431,6 +461,15 @@ def _add_train_flags(s: argparse.ArgumentParser) -> None:
     g.add_argument("--passes", default="default", help="rewrite pipeline or passes (see `gir passes`)")
     g.add_argument("--no-opt", action="store_true", help="no rewrite passes")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    d = s.add_argument_group("several processes (--backend jax; --devices is then per process; docs/cli.md)")
+    d.add_argument("--processes", type=_positive_int("--processes"), metavar="P", help="processes in the run")
+    d.add_argument("--process-id", type=_count("--process-id"), metavar="I", help="this process's id, 0 to P-1 "
+                   "(process 0 serves the coordinator and writes the run folder)")
+    d.add_argument("--coordinator", type=_address, metavar="HOST:PORT",
+                   help="process 0's host and a free port, the same for every process")
+    d.add_argument("--distributed", action="store_true",
+                   help="take what the three flags above do not give from the launcher's environment (SLURM, "
+                        "Open MPI, Kubernetes, JAX_COORDINATOR_ADDRESS), as jax.distributed.initialize does")
 
 
 # ---- gir bench -----------------------------------------------------------------------------
@@ -600,6 +639,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:  # the command's own usage line, which lists its flags
         getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    code = _run_command(args)
+    if code and running():
+        leave(code)  # at once: JAX's shutdown barrier would wait for peers that are still stepping
+    return code
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """The command's exit status; a user error is one line on stderr."""
     try:
         return args.func(args)
     except (CliError, *USER_ERRORS) as e:

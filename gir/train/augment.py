@@ -37,6 +37,19 @@ class Augment:
     ratio: tuple[float, float] = attrs.field(default=(3 / 4, 4 / 3), converter=tuple, validator=_interval)  # "resized"
 
 
+@attrs.frozen
+class Part:
+    """Rows [start, stop) of a batch of `total`: one process's share of a global batch in a multi-process run."""
+
+    start: int
+    stop: int
+    total: int
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.start, self.stop)
+
+
 def default_augment(image_size: int) -> Augment:
     """CIFAR-style padded crops (padding size/8) below 64 pixels, where a resized crop would throw away too much of
     a tiny image; Inception-style random-resized crops for ImageNet-sized inputs. Flip on in both."""
@@ -45,40 +58,43 @@ def default_augment(image_size: int) -> Augment:
     return Augment(crop="resized", flip=True)
 
 
-def augment_batch(images: np.ndarray, aug: Augment, rng: np.random.Generator) -> np.ndarray:
+def augment_batch(images: np.ndarray, aug: Augment, rng: np.random.Generator, part: Part | None = None) -> np.ndarray:
     """A new batch with the same shape and dtype: each image cropped as `aug.crop` says, then mirrored with
-    probability 1/2 if `aug.flip`. The input is never modified."""
+    probability 1/2 if `aug.flip`. The input is never modified. With `part`, `images` are those rows of a larger
+    batch and get exactly what they would get in it (the draws are made for the whole batch)."""
     if images.ndim != 4:
         raise ValueError(f"images must be [B, C, H, W], got shape {images.shape}")
+    part = part or Part(0, len(images), len(images))
     if aug.crop == "pad":
-        out = _pad_crop(images, aug.padding, rng)
+        out = _pad_crop(images, aug.padding, rng, part)
     elif aug.crop == "resized":
-        out = _resized_crop(images, aug.scale, aug.ratio, rng)
+        out = _resized_crop(images, aug.scale, aug.ratio, rng, part)
     else:
         out = images.copy()
     if aug.flip:
-        flipped = rng.random(len(out)) < 0.5
+        flipped = (rng.random(part.total) < 0.5)[part.rows]
         out[flipped] = out[flipped][..., ::-1]
     return out
 
 
-def _pad_crop(images: np.ndarray, padding: int, rng: np.random.Generator) -> np.ndarray:
+def _pad_crop(images: np.ndarray, padding: int, rng: np.random.Generator, part: Part) -> np.ndarray:
     """Zero-pad each side by `padding` (zero is black for uint8, the mean for normalized floats) and take an HxW
     window at per-image offsets drawn uniformly from [0, 2*padding]."""
     b, _, h, w = images.shape
     padded = np.pad(images, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(2, 3))  # [B, C, 2p+1, 2p+1, H, W]
-    top, left = rng.integers(0, 2 * padding + 1, size=(2, b))
+    top, left = rng.integers(0, 2 * padding + 1, size=(2, part.total))[:, part.rows]
     return windows[np.arange(b), :, top, left]  # advanced indices split by ':' -> [B, C, H, W], a copy
 
 
 def _resized_crop(
-    images: np.ndarray, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator
+    images: np.ndarray, scale: tuple[float, float], ratio: tuple[float, float], rng: np.random.Generator, part: Part
 ) -> np.ndarray:
     """Inception-style crop (torchvision's RandomResizedCrop box choice), resized back to HxW with bilinear
     interpolation (half-pixel centers, edge-clamped, no antialiasing: the crop is never larger than the output)."""
     b, _, h, w = images.shape
-    top, left, ch, cw = crop_boxes(np.full(b, h), np.full(b, w), scale, ratio, rng)
+    top, left, ch, cw = (a[part.rows] for a in crop_boxes(np.full(part.total, h), np.full(part.total, w), scale,
+                                                           ratio, rng))
     y0, y1, wy = _bilinear_taps(top, ch, h)
     x0, x1, wx = _bilinear_taps(left, cw, w)
     wy, wx = wy[:, :, None, None], wx[:, None, :, None]

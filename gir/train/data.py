@@ -17,13 +17,14 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 import numpy as np
 from PIL import Image
 
 from gir.messages import warn
-from gir.train.augment import Augment, augment_batch
+from gir.train.augment import Augment, Part, augment_batch, crop_boxes
 from gir.train.transforms import center_crop, random_resized_crop, to_chw
 
 SOURCES = ("digits", "imagefolder", "ref-bin", "mnist", "cifar10", "npz")
@@ -164,21 +165,32 @@ class Dataset:
     mirror_safe: bool = True   # a horizontal flip keeps the label (not for digits: a flipped 2 is no 2)
 
     def batch(self, split: Split, idx: np.ndarray, augment: Augment | None = None,
-              rng: np.random.Generator | None = None) -> np.ndarray:
-        """uint8 [k, C, S, S] images of records `idx`. Arrays are resized whole to SxS, then augmented; image files
-        are cropped from the decoded original (a random-resized crop for `augment.crop == "resized"`, else the
-        shorter side scaled to S/0.875 and the center SxS), then padded-crop/flipped as `augment` says."""
+              rng: np.random.Generator | None = None, part: Part | None = None) -> np.ndarray:
+        """uint8 [k, C, S, S] images of records `idx` (with `part`, of its rows only, exactly as made in the whole
+        batch: other rows' random draws are made, from image headers, but not their pixels). Arrays are resized
+        whole to SxS, then augmented; image files are cropped from the decoded original (a random-resized crop for
+        `augment.crop == "resized"`, else the shorter side scaled to S/0.875 and the center SxS), then
+        padded-crop/flipped as `augment` says."""
+        rows = slice(None) if part is None else part.rows
         if isinstance(split.images, ArrayImages):
-            images = _fit(split.images.take(idx), self.size, self.channels)
+            images = _fit(split.images.take(idx[rows]), self.size, self.channels)
+        elif augment is not None and augment.crop == "resized":
+            images = self._resized_crops(split.images, idx, augment, rng, rows)
+            augment = attrs.evolve(augment, crop="none")   # the crop is done; the flip is left
         else:
-            if augment is not None and augment.crop == "resized":
-                scale, ratio = augment.scale, augment.ratio
-                crop = lambda im: random_resized_crop(im, self.size, self.channels, scale, ratio, rng)
-                augment = attrs.evolve(augment, crop="none")   # the crop is done; the flip is left
-            else:
-                crop = lambda im: center_crop(im, self.size, self.channels)
-            images = np.stack([_decode(split.images.path(i), crop) for i in idx])
-        return images if augment is None else augment_batch(images, augment, rng)
+            images = np.stack([_decode(split.images.path(i), lambda im: center_crop(im, self.size, self.channels))
+                               for i in idx[rows]])
+        return images if augment is None else augment_batch(images, augment, rng, part)
+
+    def _resized_crops(self, files: FileImages, idx: np.ndarray, augment: Augment, rng: np.random.Generator,
+                       rows: slice) -> np.ndarray:
+        """Random-resized crops of files `idx[rows]`, drawn in order over all of `idx` (one box per image)."""
+        scale, ratio = augment.scale, augment.ratio
+        mine = range(len(idx))[rows]
+        crop = lambda im: random_resized_crop(im, self.size, self.channels, scale, ratio, rng)
+        draw = lambda im: crop_boxes(np.array([im.size[1]]), np.array([im.size[0]]), scale, ratio, rng)
+        made = [_decode(files.path(i), crop if j in mine else draw) for j, i in enumerate(idx)]
+        return np.stack(made[rows])
 
     def normalize(self, images_u8: np.ndarray) -> np.ndarray:
         """float32 (x/255 - mean)/std per channel, as one multiply and one add; channels are axis -3
@@ -265,7 +277,7 @@ def _pil(chw: np.ndarray, channels: int, size: int) -> Image.Image:
     return im
 
 
-def _decode(path: Path, crop: Callable[[Image.Image], np.ndarray]) -> np.ndarray:
+def _decode(path: Path, crop: Callable[[Image.Image], Any]) -> Any:
     """`crop` applied to the image file at `path` (opened, not yet decoded); a bad file is a DataError naming it."""
     try:
         with Image.open(path) as im:

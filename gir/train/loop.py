@@ -26,11 +26,12 @@ from gir.nn.net import Net
 from gir.nn.params import init_params
 from gir.rewrite import passes_for, pipeline_for_backend
 from gir.shapes.specialize import bind_dim
-from gir.train.augment import default_augment
-from gir.train.backend import BackendError, IreeBackend, JaxBackend
+from gir.train.augment import Part, default_augment
+from gir.train.backend import BackendError, IreeBackend, JaxBackend, PeerLost
 from gir.train.checkpoint import check_compatible, checkpoint_path, load_checkpoint, save_checkpoint
 from gir.train.config import TrainConfig, recipe_warnings
 from gir.train.data import Dataset, Split, load_dataset
+from gir.train.distributed import Cluster, start
 from gir.train.pipeline import BatchMaker, Loader, default_workers
 from gir.train.runlog import Trace, plot_curves, read_trace, write_metrics
 from gir.train.schedule import learning_rate
@@ -71,6 +72,7 @@ class RunOptions:
     iree_flags: tuple[str, ...] = ()
     progress: bool = True
     workers: int | None = None  # data worker processes; None: default_workers
+    cluster: Cluster | None = None  # one of several processes (--backend jax only); None: a one-process run
 
 
 def _input_geometry(net: Net, config: TrainConfig) -> tuple[int, int]:
@@ -170,15 +172,14 @@ class Trainer:
     """One run: dataset, compiled modules, backend, and the loop state (step, elapsed time)."""
 
     def __init__(self, net: Net, config: TrainConfig, options: RunOptions, net_file: str = "",
-                 log: Callable[[str], None] = print):
-        self.net, self.config, self.options, self.log = net, config, options, log
+                 log: Callable[[str], None] = print, main: bool = True):
+        self.net, self.config, self.options, self.log, self.main = net, config, options, log, main
         self.net_file = net_file
         self.sequence = net.input_name == "tokens"
         if self.sequence:
             channels, self.image = 0, None
             self.data: Dataset | TextData = _open_text(net, config, options.data)
             self.augment = None
-            self.batches: BatchMaker | TokenBatchMaker = TokenBatchMaker(self.data, config.batch_size, config.seed)
             self.workers = options.workers or 0   # slicing windows out of memory: a thread keeps up
         else:
             if is_text_source(options.data):
@@ -187,7 +188,6 @@ class Trainer:
             self.data = load_dataset(options.data, self.image, channels, net.num_classes)
             self.augment = (attrs.evolve(default_augment(self.image), flip=self.data.mirror_safe)
                             if config.augment else None)
-            self.batches = BatchMaker(self.data, config.batch_size, config.seed, self.augment)
             self.workers = default_workers(self.data, self.augment) if options.workers is None else options.workers
         spare_rows_expected = self.sequence   # a vocabulary smaller than the net's embedding is normal for text
         for line in recipe_warnings(config, None if spare_rows_expected else net.num_classes, self.data.classes,
@@ -212,6 +212,11 @@ class Trainer:
             self.backend = JaxBackend(train, evaluate, options.devices)
         else:
             raise BackendError(f"unknown backend {options.backend!r}; choose one of {', '.join(BACKENDS)}")
+        rows = self.backend.rows
+        part = Part(rows.start, rows.stop, config.batch_size)
+        self.batches: BatchMaker | TokenBatchMaker = (
+            TokenBatchMaker(self.data, config.batch_size, config.seed, part) if self.sequence
+            else BatchMaker(self.data, config.batch_size, config.seed, self.augment, part))
         self.compile_s = time.perf_counter() - t0
         self.step = 0
         self.elapsed = 0.0
@@ -232,6 +237,9 @@ class Trainer:
         return meta
 
     def checkpoint(self) -> Path:
+        """Writes the checkpoint (process 0 only; every process holds the same replicated values) and says where."""
+        if not self.main:
+            return checkpoint_path(self.options.out)
         meta = {"net": self.net.name, "net_file": self.net_file, "step": self.step, "elapsed": self.elapsed,
                 "epoch": self.step // self.steps_per_epoch, "steps_per_epoch": self.steps_per_epoch,
                 "data": self.options.data, "data_order": "permutation(default_rng([seed, epoch]))",
@@ -260,12 +268,14 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------------------
 
-    def run(self, trace: Trace) -> dict[str, Any]:
+    def run(self, trace: Trace | None) -> dict[str, Any]:
+        """Steps to the end (or to a signal), evaluating and checkpointing as the config says; records go to
+        `trace` (None: a process other than 0, which writes nothing)."""
         cfg = self.config
         spe = self.steps_per_epoch
         last = {"loss": math.nan}
         evals: list[dict[str, Any]] = []
-        bar = _progress(self.total_steps, self.step, self.options.progress)
+        bar = _progress(self.total_steps, self.step, self.options.progress and self.main)
         rate = f"{self.unit[:3]}_s"
         made_per_s = lambda seconds_per_batch: loader.images_per_s(seconds_per_batch) * self.per_item
         seen, ran, waited, made = 0, 0, 0.0, 0.0  # waited: after the first batch, which also starts the workers
@@ -283,7 +293,7 @@ class Trainer:
                 if not math.isfinite(res.loss):
                     raise NonFiniteLoss(self._non_finite(step, res.loss))
                 self.step, self.elapsed = step, self.elapsed + dt
-                seen, ran, made = seen + labels.size, ran + 1, made + make_s
+                seen, ran, made = seen + cfg.batch_size * self.per_item, ran + 1, made + make_s  # global
                 if ran == 1:
                     t_first = time.perf_counter()
                 else:
@@ -293,7 +303,8 @@ class Trainer:
                        "data_wait": round(wait, 5), f"input_{self.unit}_per_s": round(made_per_s(make_s), 1)}
                 if res.grad_norm is not None:
                     rec["grad_norm"] = res.grad_norm
-                trace.write(rec)
+                if trace is not None:
+                    trace.write(rec)
                 last = rec
                 bar.update(1)
                 run_s = time.perf_counter() - t_run
@@ -303,10 +314,11 @@ class Trainer:
                 end_of_epoch = step % spe == 0
                 if end_of_epoch and (epoch % cfg.eval_every == 0 or step == self.total_steps):
                     ev = {"eval": True, "epoch": epoch, "step": step, **self.evaluate(loader)}
-                    trace.write(ev)
+                    if trace is not None:
+                        trace.write(ev)
                     evals.append(ev)
                     line = f"epoch {epoch}: {_eval_line(ev, self.data)}"
-                    (bar.write if self.options.progress else self.log)(line)
+                    (bar.write if self.options.progress and self.main else self.log)(line)
                 if end_of_epoch and (epoch % cfg.checkpoint_every == 0 or step == self.total_steps):
                     self.checkpoint()
                 if stop.signal is not None:
@@ -380,9 +392,14 @@ def _progress(total: int, done: int, enabled: bool):
 
 
 def train(net: Net, config: TrainConfig, options: RunOptions, resume: bool = False, net_file: str = "",
-          log: Callable[[str], None] = print) -> dict[str, Any]:
+          log: Callable[[str], None] = print) -> dict[str, Any] | None:
     """Trains `net` with `config`; writes trace.jsonl, checkpoint.npz, metrics.json and curves.png
-    into options.out and returns the metrics."""
+    into options.out and returns the metrics. In a multi-process run every process trains; process 0 alone
+    writes the run folder and returns the metrics, the others return None."""
+    process, processes = start(options.cluster) if options.cluster is not None else (0, 1)
+    if process:
+        _follow(Trainer(net, config, options, net_file, lambda line: None, main=False), resume)
+        return None
     out = Path(options.out)
     created = not out.exists()
     try:
@@ -401,7 +418,7 @@ def train(net: Net, config: TrainConfig, options: RunOptions, resume: bool = Fal
     log(f"gir train {net.name}: {options.data} ({_data_line(trainer)}), batch {config.batch_size}, "
         f"{trainer.steps_per_epoch} steps/epoch x {config.epochs} epochs on {options.backend}"
         f"{'' if options.backend == 'jax' else ' ' + options.target}"
-        f"{f' x{options.devices} devices' if options.devices > 1 else ''}; modules ready in {trainer.compile_s:.1f} s")
+        f"{_devices(options.devices, processes)}; modules ready in {trainer.compile_s:.1f} s")
     if resume:
         trainer.resume()
         log(f"resumed {out} at step {trainer.step} of {trainer.total_steps}")
@@ -409,13 +426,14 @@ def train(net: Net, config: TrainConfig, options: RunOptions, resume: bool = Fal
     else:
         trainer.start_fresh()
         header = {"net": net.name, "net_file": net_file, "data": options.data, "backend": options.backend,
-                  "target": options.target, "devices": options.devices, "passes": options.passes,
+                  "target": options.target, "devices": options.devices, "processes": processes,
+                  "passes": options.passes,
                   "image_size": trainer.image, "steps_per_epoch": trainer.steps_per_epoch,
                   f"train_{unit}": _count(data.train), f"val_{unit}": _count(data.val),
                   "classes": data.classes, "config": config.to_dict()}
         trace = Trace(out, header)
     try:
-        result = trainer.run(trace)
+        result = _run(trainer, trace)
     finally:
         trace.close()
     records = read_trace(out / "trace.jsonl")
@@ -432,3 +450,28 @@ def train(net: Net, config: TrainConfig, options: RunOptions, resume: bool = Fal
     write_metrics(out, metrics)
     plot_curves(out, records, f"{net.name} on {options.data}")
     return metrics
+
+
+def _follow(trainer: Trainer, resume: bool) -> None:
+    """A process other than 0: the same steps on its rows of each batch, nothing written."""
+    if resume:
+        trainer.resume()
+    else:
+        trainer.start_fresh()
+    _run(trainer, None)
+
+
+def _run(trainer: Trainer, trace: Trace | None) -> dict[str, Any]:
+    """Trainer.run; a lost peer's message says how to go on."""
+    try:
+        return trainer.run(trace)
+    except PeerLost as e:
+        raise PeerLost(f"{e}; stopped. Start every process again with --resume {trainer.options.out} to continue "
+                       f"from the last checkpoint process 0 wrote") from None
+
+
+def _devices(per_process: int, processes: int) -> str:
+    """How the log line names the devices: " x4 devices (2 processes x 2)", " x4 devices", or nothing for one."""
+    total = per_process * processes
+    return "" if total == 1 else f" x{total} devices" + (f" ({processes} processes x {per_process})"
+                                                         if processes > 1 else "")

@@ -22,7 +22,7 @@ from typing import Self
 import attrs
 import numpy as np
 
-from gir.train.augment import Augment
+from gir.train.augment import Augment, Part
 from gir.train.data import DataError, Dataset, FileImages
 
 MAX_DEFAULT_WORKERS = 8
@@ -47,27 +47,31 @@ def default_workers(data: Dataset, augment: Augment | None) -> int:
 
 @attrs.frozen(eq=False)
 class BatchMaker:
-    """Makes the uint8 images and labels of a training step or of a slice of the validation split; sent once to
-    each worker (a mapped dataset pickles as file names and offsets, not pixels)."""
+    """Makes the uint8 images and labels of a training step or of a slice of the validation split (with `part`,
+    only its rows of each batch: one process's share in a multi-process run); sent once to each worker (a mapped
+    dataset pickles as file names and offsets, not pixels)."""
 
     data: Dataset
     batch: int
     seed: int
     augment: Augment | None
+    part: Part | None = None
 
     def train(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """Step `step`'s batch: its slice of the epoch's permutation, augmented with default_rng([seed, 1, step])."""
+        """Step `step`'s batch (or its part): its slice of the epoch's permutation, augmented with
+        default_rng([seed, 1, step])."""
         train = self.data.train
         idx = batch_indices(self.seed, len(train), self.batch, step)
-        images = self.data.batch(train, idx, self.augment, np.random.default_rng([self.seed, 1, step]))
-        return images, train.labels[idx]
+        images = self.data.batch(train, idx, self.augment, np.random.default_rng([self.seed, 1, step]), self.part)
+        return images, train.labels[idx if self.part is None else idx[self.part.rows]]
 
     def val(self, start: int) -> tuple[np.ndarray, np.ndarray]:
-        """Validation records [start, start + batch), padded to a whole batch by repeating the last image; the
-        labels are only those of the real records."""
+        """Validation records [start, start + batch) (or the part's rows of them), padded to a whole batch by
+        repeating the last image; the labels are those of all the real records."""
         val = self.data.val
         idx = np.arange(start, min(start + self.batch, len(val)))
-        images = self.data.batch(val, np.concatenate([idx, np.full(self.batch - len(idx), idx[-1])]))
+        padded = np.concatenate([idx, np.full(self.batch - len(idx), idx[-1])])
+        images = self.data.batch(val, padded if self.part is None else padded[self.part.rows])
         return images, val.labels[idx]
 
 

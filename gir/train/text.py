@@ -13,6 +13,7 @@ from pathlib import Path
 import attrs
 import numpy as np
 
+from gir.train.augment import Part
 from gir.train.data import DataError
 
 TEXT_SOURCES = ("shakespeare", "text", "bytes")
@@ -136,17 +137,20 @@ class TokenBatchMaker:
     data: TextData
     batch: int
     seed: int
+    part: Part | None = None   # only these rows of each batch: one process's share in a multi-process run
 
     def train(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """Step `step`'s windows, starting anywhere in the train split, drawn with default_rng([seed, 2, step])."""
+        """Step `step`'s windows (or the part's), starting anywhere in the train split, drawn with
+        default_rng([seed, 2, step]) for the whole batch."""
         split = self.data.train
         starts = np.random.default_rng([self.seed, 2, step]).integers(0, len(split.tokens) - split.seq, self.batch)
-        return split.windows(starts)
+        return split.windows(starts if self.part is None else starts[self.part.rows])
 
     def val(self, start: int) -> tuple[np.ndarray, np.ndarray]:
-        """Validation windows [start, start + batch) back to back, padded to a whole batch by repeating the last;
-        the labels are only those of the real windows."""
+        """Validation windows [start, start + batch) back to back (or the part's rows of them), padded to a whole
+        batch by repeating the last; the labels are those of all the real windows."""
         split = self.data.val
         idx = np.arange(start, min(start + self.batch, len(split)))
-        inputs, labels = split.windows(np.concatenate([idx, np.full(self.batch - len(idx), idx[-1])]) * split.seq)
-        return inputs, labels[:len(idx)]
+        padded = np.concatenate([idx, np.full(self.batch - len(idx), idx[-1])])
+        inputs, _ = split.windows((padded if self.part is None else padded[self.part.rows]) * split.seq)
+        return inputs, split.windows(idx * split.seq)[1]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gir.train.augment import Augment, default_augment
+from gir.train.augment import Augment, Part, default_augment
 from gir.train.data import DataError, load_dataset
 from gir.train.pipeline import BatchMaker, Loader, batch_indices, default_workers
 
@@ -58,6 +58,29 @@ def test_loader_gives_the_makers_batches_in_order(digits16, workers):
     np.testing.assert_array_equal(np.concatenate([y for _, y, _ in val]), digits16.val.labels)
     np.testing.assert_array_equal(np.concatenate([x[:len(y)] for x, y, _ in val]),
                                   digits16.batch(digits16.val, np.arange(n)))
+
+
+def test_each_part_of_a_batch_is_made_as_in_the_whole_batch(digits16, tmp_path):
+    """A process of a multi-process run makes only its rows of each batch (files of other rows are opened for their
+    size, not decoded); together the parts are the one-process batch, augmentation included."""
+    folder = tmp_path / "f"
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for i in range(24):
+            (folder / split / f"c{i % 3}").mkdir(parents=True, exist_ok=True)
+            size = (int(rng.integers(20, 60)), int(rng.integers(20, 60)))   # crop draws depend on each image's size
+            Image.fromarray(rng.integers(0, 255, (*size, 3), np.uint8)).save(folder / split / f"c{i % 3}" / f"{i}.png")
+    files = load_dataset(f"imagefolder:{folder}", 16, 3)
+    for data, augment in ((digits16, Augment(crop="pad", padding=2, flip=True)), (digits16, Augment(crop="resized")),
+                          (files, Augment(crop="resized")), (files, None)):
+        whole = BatchMaker(data, 8, 0, augment)
+        parts = [BatchMaker(data, 8, 0, augment, Part(a, a + 2, 8)) for a in range(0, 8, 2)]
+        for step in (1, 2):
+            made = [p.train(step) for p in parts]
+            for got, want in zip((np.concatenate([m[0] for m in made]), np.concatenate([m[1] for m in made])),
+                                 whole.train(step)):
+                np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(np.concatenate([p.val(0)[0] for p in parts]), whole.val(0)[0])
 
 
 def test_default_workers(digits16, tmp_path):
