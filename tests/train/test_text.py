@@ -97,3 +97,19 @@ def test_encode_names_a_missing_character():
     d = load_text("shakespeare", 8)
     with pytest.raises(DataError, match="'@' is not in the vocabulary of shakespeare"):
         d.encode("hi @ there")
+
+
+def test_process_parts_of_a_batch_are_its_rows():
+    """In a multi-process run each process makes its rows of every batch; together they are the whole batch."""
+    from gir.train.augment import Part
+    d = load_text("shakespeare", 16)
+    whole = TokenBatchMaker(d, 8, 5)
+    parts = [TokenBatchMaker(d, 8, 5, Part(a, a + 4, 8)) for a in (0, 4)]
+    for step in (1, 9):
+        x, y = whole.train(step)
+        assert np.array_equal(np.concatenate([p.train(step)[0] for p in parts]), x)
+        assert np.array_equal(np.concatenate([p.train(step)[1] for p in parts]), y)
+    start = len(d.val) - 3   # a last, padded val batch
+    x, y = whole.val(start)
+    got = [p.val(start) for p in parts]
+    assert np.array_equal(np.concatenate([g[0] for g in got]), x) and all(np.array_equal(g[1], y) for g in got)
