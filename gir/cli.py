@@ -33,7 +33,8 @@ from gir.train.backend import BackendError, PeerLost
 from gir.train.checkpoint import CheckpointError, check_compatible, load_checkpoint
 from gir.train.config import OPTIMIZERS, TrainConfig
 from gir.train.data import SOURCES, DataError
-from gir.train.distributed import Cluster, DistributedError, check_address, leave, running
+from gir.train.distributed import (Cluster, DistributedError, check_address, exit_with_parent, leave, running,
+                                   supervise, supervised)
 from gir.train.loop import (BACKENDS, Interrupted, NonFiniteLoss, RunOptions, TrainError, checkpoint_arrays,
                             default_data, train)
 from gir.train.runlog import TRACE, TraceError, read_trace
@@ -334,6 +335,15 @@ def _default_out(net: Net) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    cluster = _cluster(args)
+    if cluster is not None:
+        if not supervised():   # the real run is a child, so that JAX's own aborts can be told in one line
+            who = (f"process {args.process_id} of {args.processes}" if None not in (args.process_id, args.processes)
+                   else "this process")
+            run = args.resume or args.out
+            return supervise(args.argv, who, f"Start every process again with --resume {run or 'RUN_DIR'} to "
+                                             f"continue from the last checkpoint process 0 wrote")
+        exit_with_parent()
     net, config = load_net_file(args.net)
     build_graph(net, args.net)   # layer and shape errors now, before data or compiling
     if args.resume:
@@ -369,7 +379,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CliError(f"--devices {args.devices} needs --backend jax (IREE runs on one device)")
     options = RunOptions(data=data, out=out, backend=args.backend, target=args.target, chip=args.chip,
                          devices=args.devices, passes=_pass_spec(args), iree_flags=tuple(args.iree_flag),
-                         progress=not args.quiet, workers=args.workers, cluster=_cluster(args))
+                         progress=not args.quiet, workers=args.workers, cluster=cluster)
     try:
         metrics = train(net, config, options, resume=bool(args.resume), net_file=args.net)
     except Interrupted as e:
@@ -636,7 +646,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
+    args.argv = argv
     if extra:  # the command's own usage line, which lists its flags
         getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     code = _run_command(args)

@@ -7,13 +7,19 @@ shutdown barrier, which would wait for the lost peer and then abort with a C++ s
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import re
+import signal
+import subprocess
 import sys
+import threading
+import time
 
 import attrs
 
 INIT_TIMEOUT_S = 120   # how long a process waits for all others to join at start (they compile nothing before)
-HEARTBEAT_S = 60       # a peer silent this long (hung, or its host gone) is dead: the survivors abort
+HEARTBEAT_S = 15       # a peer silent this long (hung, dead without closing its sockets, host gone) is dead
 
 
 class DistributedError(Exception):
@@ -71,3 +77,89 @@ def leave(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+# ---- the supervisor: JAX's own aborts as one line ------------------------------------------------------------------
+# When the coordination service fails (process 0 gone, a peer silent past HEARTBEAT_S), JAX's client aborts the
+# process from C++ with its log lines and a stack trace; Python never gets to say what happened. So a process of a
+# multi-process run is a small parent that runs the real `gir train` as its child, relays the child's output, holds
+# back native log lines, and when the child aborts that way prints one line instead.
+
+SUPERVISED = "GIR_SUPERVISED_CHILD"   # set in the child's environment: it trains instead of supervising
+ABORT_MARK = b"JAX distributed service detected fatal errors"
+NATIVE_LOG = re.compile(rb"^([IWEF]\d{4} \d\d:\d\d:\d\d|\*\*\* |PC: @|\s+@ |E0000 |F0000 |Check failed)")
+ORPHAN_CHECK_S = 0.5
+PR_SET_PDEATHSIG = 1   # Linux prctl option
+
+
+def supervised() -> bool:
+    """Whether this process is the supervised child (or needs no supervisor)."""
+    return os.environ.get(SUPERVISED) == "1"
+
+
+def exit_with_parent() -> None:
+    """In the child: die with the supervisor (killed, it cannot stop its child), as a process of the run would have:
+    the kernel's parent-death signal on Linux (no Python thread needs the GIL for it), else a watching thread."""
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        threading.Thread(target=_watch, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:   # gone before the signal was armed
+        os._exit(1)
+
+
+def _watch(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(ORPHAN_CHECK_S)
+    os._exit(1)
+
+
+def supervise(argv: list[str], who: str, resume_hint: str) -> int:
+    """Runs `gir ARGV` as a child in its own process group (Ctrl-C and SIGTERM reach it once, through here) and
+    returns its exit status; a JAX abort becomes one line naming `who` and how to resume."""
+    child = subprocess.Popen([sys.executable, "-m", "gir", *argv], env={**os.environ, SUPERVISED: "1"},
+                             stderr=subprocess.PIPE, process_group=0)
+    forward = lambda signum, frame: child.send_signal(signum)
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        native, said = _relay(child.stderr, sys.stderr.buffer)
+        code = child.wait()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if any(ABORT_MARK in line for line in native):
+        if said:   # the child saw the failure first (a collective with a lost peer) and said so
+            return 1
+        print(f"gir: error: {who}: the run's coordination failed (process 0 is gone, or a peer stopped answering "
+              f"for {HEARTBEAT_S} s); stopped. {resume_hint}", file=sys.stderr)
+        return 1
+    if code == 0:   # a failed run's own line says what happened; JAX's log about the lost peer would bury it
+        sys.stderr.buffer.write(b"".join(native))
+        sys.stderr.flush()
+    return code if code >= 0 else 128 - code
+
+
+def _relay(source, sink) -> tuple[list[bytes], bool]:
+    """Copies `source` to `sink` as it comes (progress bars redraw with \r), except native log messages (a log line
+    and the lines continuing it), which it returns, with whether gir's own error line went through."""
+    native: list[bytes] = []
+    said = False
+    in_native = False
+    pending = b""
+    while chunk := source.read1(65536):
+        pending += chunk
+        *pieces, pending = re.split(rb"(?<=[\r\n])", pending)
+        for piece in pieces:
+            starts = bool(NATIVE_LOG.match(piece)) or ABORT_MARK in piece
+            continues = in_native and not piece.startswith((b"gir", b"Traceback")) and not piece.endswith(b"\r")
+            in_native = starts or continues
+            if in_native:
+                native.append(piece)
+            else:
+                sink.write(piece)
+                said = said or piece.startswith(b"gir: error:")
+        sink.flush()
+    sink.write(pending)
+    sink.flush()
+    return native, said
