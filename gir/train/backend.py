@@ -52,11 +52,14 @@ class IreeBackend:
     """The train step and the eval function in one IREE module on one device."""
 
     def __init__(self, train: LoweredModule, evaluate: LoweredModule | None, target: str = "cpu",
-                 chip: str | None = None, flags: tuple[str, ...] = ()):
+                 chip: str | None = None, flags: tuple[str, ...] = (), vmfb: bytes | None = None):
+        """`vmfb`: iree_module_text(train, evaluate, target) compiled beforehand, where this machine has no compiler
+        (bench/gpu_check.py on a lent GPU)."""
         self.train = train.primitive
         self.eval = evaluate.primitive if evaluate is not None else None
-        self.session = load_compiled(iree_module_text(train, evaluate, target), target, chip, list(flags),
-                                     lambda vmfb: IreeSession(vmfb, target))
+        self.session = (IreeSession(vmfb, target) if vmfb is not None else
+                        load_compiled(iree_module_text(train, evaluate, target), target, chip, list(flags),
+                                      lambda vmfb: IreeSession(vmfb, target)))
         self.carried = carried_names(self.train)
         self.float = float_type(self.train)
         self.state: dict[str, Any] = {}

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import iree.compiler as ireec
 
-from gir.lower import iree_compile
 from gir.lower.iree_compile import CPU_SPEED_FLAG_SETS, IM2COL, compile_text
 from gir.netfile import load_net_file
 from gir.rewrite.pipelines import PIPELINES
@@ -27,7 +26,7 @@ def test_a_module_o3_breaks_keeps_im2col_and_o3_without_aggressive_fusion(tmp_pa
         tried.append([a for a in extra_args if not a.startswith(("--iree-hal-", "--iree-llvmcpu-target-cpu"))])
         return real(text, extra_args=extra_args)
 
-    monkeypatch.setattr(iree_compile.ireec, "compile_str", recording)
+    monkeypatch.setattr(ireec, "compile_str", recording)
     net, config = load_net_file(str(NETS / "digits_cnn.py"))
     passes = ",".join(p for p in PIPELINES["default"] if p != "dense_matmul")
     text = lower_train_step(net, config, batch=32, image=16, passes=passes).text
