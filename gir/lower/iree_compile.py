@@ -84,6 +84,7 @@ def _compiler_version() -> str:
 
 _DIAG = re.compile(r'^(?P<where>\S+?):(?P<line>\d+):(?P<col>\d+): (?P<sev>error|warning|note): (?P<msg>.*)$', re.M)
 _OP = re.compile(r'"stablehlo\.(\w+)"|stablehlo\.(\w+)')
+_CRASHED_IN = re.compile(r"^In function: (\S+)$", re.M)
 _LOC = re.compile(r'loc\("(?P<path>[^"]*)"\("(?P<file>[^"]*)":(?P<line>\d+):\d+\)\)')
 
 
@@ -108,7 +109,10 @@ def explain(diagnostics: str, text: str) -> str:
         return f"{where}:{line}: {msg}"
     _, _, diag = diagnostics.partition("Diagnostics:")
     lines = [s.strip() for s in diag.splitlines() if s.strip() and not s.startswith("Invoked with")]
-    return lines[0] if lines else "iree-compile failed without a diagnostic"
+    if not lines:
+        return "iree-compile failed without a diagnostic"
+    crashed = _CRASHED_IN.search(diag)   # an LLVM backend crash names only the dispatch it was compiling
+    return f"{lines[0]} (iree-compile crashed compiling {crashed.group(1)})" if crashed else lines[0]
 
 
 KEEP_F64 = "--iree-input-demote-f64-to-f32=false"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import iree.compiler as ireec
 
-from gir.lower.iree_compile import CPU_SPEED_FLAG_SETS, IM2COL, compile_text
+from gir.lower.iree_compile import CPU_SPEED_FLAG_SETS, IM2COL, compile_text, explain
 from gir.netfile import load_net_file
 from gir.rewrite.pipelines import PIPELINES
 from gir.train.step import lower_train_step
@@ -35,3 +35,21 @@ def test_a_module_o3_breaks_keeps_im2col_and_o3_without_aggressive_fusion(tmp_pa
     assert IM2COL in tried[-1]
     tried.clear()
     assert compile_text(text, "cpu") and tried == []     # cached under the first set's key
+
+
+CRASH = """Error invoking IREE compiler tool iree-compile
+Error code: -6
+Diagnostics:
+LLVM ERROR: Cannot select: 0x1dd119a0: v2i16,v2i16 = umul_lohi 0x1dd0a7d0, 0x1dd11bd0
+  0x1dd0a7d0: v2i16 = BUILD_VECTOR 0x1dd0a760, 0x1dd0a760
+  0x1dd11bd0: v2i16 = bitcast Constant:i32<1431721302>
+In function: train_step_dispatch_84_elementwise_broadcast_1179648_f32
+Please report issues to https://github.com/iree-org/iree/issues and include the crash backtrace.
+Stack dump:
+"""
+"""What iree-compile 3.13 printed when LLVM's NVPTX backend crashed on cifar_cnn's train step (before gpu_forms)."""
+
+
+def test_a_backend_crash_is_one_line_naming_the_dispatch():
+    assert explain(CRASH, "") == ("LLVM ERROR: Cannot select: 0x1dd119a0: v2i16,v2i16 = umul_lohi 0x1dd0a7d0, 0x1dd11bd0 "
+                                  "(iree-compile crashed compiling train_step_dispatch_84_elementwise_broadcast_1179648_f32)")
