@@ -51,5 +51,6 @@ Stack dump:
 
 
 def test_a_backend_crash_is_one_line_naming_the_dispatch():
-    assert explain(CRASH, "") == ("LLVM ERROR: Cannot select: 0x1dd119a0: v2i16,v2i16 = umul_lohi 0x1dd0a7d0, 0x1dd11bd0 "
-                                  "(iree-compile crashed compiling train_step_dispatch_84_elementwise_broadcast_1179648_f32)")
+    assert explain(CRASH, "") == (
+        "LLVM ERROR: Cannot select: 0x1dd119a0: v2i16,v2i16 = umul_lohi 0x1dd0a7d0, 0x1dd11bd0 "
+        "(iree-compile crashed compiling train_step_dispatch_84_elementwise_broadcast_1179648_f32)")
