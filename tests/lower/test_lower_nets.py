@@ -78,8 +78,8 @@ GPU_BATCH, GPU_IMAGE = 2, 32
 def _gpu_cases() -> list[tuple[str, str, str, str]]:
     """(net file, module, target, chip): each net's train step for one GPU and its eval module for the other, the GPUs
     alternating over the nets (under --slow both modules for both). With -n 2 on 2 cores shared with other jobs these
-    28 cases took 10.5 min: train steps from 3 s (MLP) to 265 s (EfficientNetV2-S), 1,050 s together, eval modules
-    190 s; both targets for every module would double that."""
+    28 cases took 6.2 min: train steps from 2 s (MLP) to 146 s (EfficientNetV2-S), 616 s together, eval modules
+    97 s; both targets for every module would double that."""
     cases = []
     for i, path in enumerate(NETS):
         step_gpu, eval_gpu = GPUS[i % 2], GPUS[1 - i % 2]
