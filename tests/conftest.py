@@ -3,7 +3,8 @@
 `--slow` raises the example counts of the hypothesis fuzz tests (tests/*/test_fuzz_*.py): the same tests
 run in CI with a few derandomized examples and, under `--slow`, with many examples from a fresh random
 seed each run (and hypothesis' example database, so a failure found once is replayed first next time).
-Nothing is skipped either way.
+It also cross-compiles every net's train step and eval module for both GPU targets, where CI takes one target for
+each (tests/lower/test_lower_nets.py). Nothing is skipped either way.
 
     python -m pytest -q -n 2                       # CI: bounded example counts
     python -m pytest -q -n 2 --slow tests/*/test_fuzz_*.py

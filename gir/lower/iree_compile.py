@@ -10,8 +10,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-import iree.compiler as ireec
-
 from gir.lower.compile_cache import CompileCache
 
 T = TypeVar("T")
@@ -68,7 +66,7 @@ CHIP_TROUBLE = ("Unknown CPU", "does not provide any executable targets", "missi
 
 def cache_key(text: str, flags: Sequence[str]) -> str:
     h = hashlib.sha256()
-    h.update(ireec.__name__.encode())
+    h.update(b"iree.compiler")
     h.update(_compiler_version().encode())
     for part in (text, *flags):
         h.update(part.encode())
@@ -86,6 +84,7 @@ def _compiler_version() -> str:
 
 _DIAG = re.compile(r'^(?P<where>\S+?):(?P<line>\d+):(?P<col>\d+): (?P<sev>error|warning|note): (?P<msg>.*)$', re.M)
 _OP = re.compile(r'"stablehlo\.(\w+)"|stablehlo\.(\w+)')
+_CRASHED_IN = re.compile(r"^In function: (\S+)$", re.M)
 _LOC = re.compile(r'loc\("(?P<path>[^"]*)"\("(?P<file>[^"]*)":(?P<line>\d+):\d+\)\)')
 
 
@@ -110,7 +109,10 @@ def explain(diagnostics: str, text: str) -> str:
         return f"{where}:{line}: {msg}"
     _, _, diag = diagnostics.partition("Diagnostics:")
     lines = [s.strip() for s in diag.splitlines() if s.strip() and not s.startswith("Invoked with")]
-    return lines[0] if lines else "iree-compile failed without a diagnostic"
+    if not lines:
+        return "iree-compile failed without a diagnostic"
+    crashed = _CRASHED_IN.search(diag)   # an LLVM backend crash names only the dispatch it was compiling
+    return f"{lines[0]} (iree-compile crashed compiling {crashed.group(1)})" if crashed else lines[0]
 
 
 KEEP_F64 = "--iree-input-demote-f64-to-f32=false"
@@ -130,6 +132,9 @@ def compile_text(text: str, target: str = "cpu", chip: str | None = None, extra_
     *fallible, last = attempts = _attempts(text, target, chip, extra_flags)
 
     def compile_now() -> bytes:
+        # Imported here: running modules compiled elsewhere needs the runtime alone (bench/gpu_check.py on a machine
+        # without IREE's compiler).
+        import iree.compiler as ireec
         for args in fallible:
             try:
                 # Locations stay as written (no debug-info rewriting) so diagnostics point at our text.

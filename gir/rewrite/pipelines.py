@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from gir.rewrite import bf16 as bf16_policy  # noqa: F401
-from gir.rewrite import bn_fold, conv_forms, cse, fold, fusion, layout, simplify  # noqa: F401  (importing registers them)
+from gir.rewrite import (  # noqa: F401  (importing registers them)
+    bn_fold, conv_forms, cse, fold, fusion, gpu_forms, layout, simplify)
 from gir.rewrite.driver import PIPELINES, resolve
 
 PIPELINES["default"] = ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", "layout_cnhw_small", "conv_forms",
@@ -15,13 +16,14 @@ PIPELINES["default_jax"] = tuple(p for p in PIPELINES["default"] if p not in ("l
 """What `default` means on the JAX backend: XLA:CPU runs the batched-matmul form of 1x1 convs
 1.6x slower than convolutions (docs/performance.md), has its own fast KxK convolutions (the
 matmul forms and barriers of dense_matmul are for IREE), and the layout is measured on IREE only."""
-PIPELINES["default_gpu"] = ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", "depthwise_weight_grad_dots", "cse",
-                            "simplify", "dce")
+PIPELINES["default_gpu"] = ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", "depthwise_weight_grad_dots",
+                            "gpu_forms", "cse", "simplify", "dce")
 """What `default` means on IREE's GPU targets (rocm, cuda, vulkan): the activation layout and the CPU's convolution
 forms were chosen by CPU measurements and GPU codegen tiles convolutions itself; but a depthwise weight gradient
 becomes per-tap dot_generals. IREE 3.13's Vulkan code computes its batch-grouped convolution wrongly (MobileNetV2's
 depthwise weight gradients on lavapipe, tests/lower/test_vulkan.py) and its SPIR-V pipeline crashes on the CPU's
-multiply-reduce form at 960 channels."""
+multiply-reduce form at 960 channels. gpu_forms rewrites two more forms its GPU code generation rejects (a reversed
+convolution kernel on cuda, a sum of negations on rocm and cuda)."""
 PIPELINES["none"] = ()
 CLEANUP_AFTER_BF16 = ("simplify", "cse", "dce")
 

@@ -68,11 +68,14 @@ class IreeBackend:
     from a checkpoint needs only the eval function)."""
 
     def __init__(self, train: LoweredModule | None, evaluate: LoweredModule | None, target: str = "cpu",
-                 chip: str | None = None, flags: tuple[str, ...] = ()):
+                 chip: str | None = None, flags: tuple[str, ...] = (), vmfb: bytes | None = None):
+        """`vmfb`: iree_module_text(train, evaluate, target) compiled beforehand, where this machine has no compiler
+        (bench/gpu_check.py on a lent GPU)."""
         self.train = train.primitive if train is not None else None
         self.eval = evaluate.primitive if evaluate is not None else None
-        self.session = load_compiled(iree_module_text(train, evaluate, target), target, chip, list(flags),
-                                     lambda vmfb: IreeSession(vmfb, target))
+        self.session = (IreeSession(vmfb, target) if vmfb is not None else
+                        load_compiled(iree_module_text(train, evaluate, target), target, chip, list(flags),
+                                      lambda vmfb: IreeSession(vmfb, target)))
         main = self.train if self.train is not None else self.eval
         self.carried = carried_names(main)
         self.float = float_type(main)

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import iree.compiler as ireec
 
-from gir.lower import iree_compile
-from gir.lower.iree_compile import CPU_SPEED_FLAG_SETS, IM2COL, compile_text
+from gir.lower.iree_compile import CPU_SPEED_FLAG_SETS, IM2COL, compile_text, explain
 from gir.netfile import load_net_file
 from gir.rewrite.pipelines import PIPELINES
 from gir.train.step import lower_train_step
@@ -27,7 +26,7 @@ def test_a_module_o3_breaks_keeps_im2col_and_o3_without_aggressive_fusion(tmp_pa
         tried.append([a for a in extra_args if not a.startswith(("--iree-hal-", "--iree-llvmcpu-target-cpu"))])
         return real(text, extra_args=extra_args)
 
-    monkeypatch.setattr(iree_compile.ireec, "compile_str", recording)
+    monkeypatch.setattr(ireec, "compile_str", recording)
     net, config = load_net_file(str(NETS / "digits_cnn.py"))
     passes = ",".join(p for p in PIPELINES["default"] if p != "dense_matmul")
     text = lower_train_step(net, config, batch=32, image=16, passes=passes).text
@@ -36,3 +35,22 @@ def test_a_module_o3_breaks_keeps_im2col_and_o3_without_aggressive_fusion(tmp_pa
     assert IM2COL in tried[-1]
     tried.clear()
     assert compile_text(text, "cpu") and tried == []     # cached under the first set's key
+
+
+CRASH = """Error invoking IREE compiler tool iree-compile
+Error code: -6
+Diagnostics:
+LLVM ERROR: Cannot select: 0x1dd119a0: v2i16,v2i16 = umul_lohi 0x1dd0a7d0, 0x1dd11bd0
+  0x1dd0a7d0: v2i16 = BUILD_VECTOR 0x1dd0a760, 0x1dd0a760
+  0x1dd11bd0: v2i16 = bitcast Constant:i32<1431721302>
+In function: train_step_dispatch_84_elementwise_broadcast_1179648_f32
+Please report issues to https://github.com/iree-org/iree/issues and include the crash backtrace.
+Stack dump:
+"""
+"""What iree-compile 3.13 printed when LLVM's NVPTX backend crashed on cifar_cnn's train step (before gpu_forms)."""
+
+
+def test_a_backend_crash_is_one_line_naming_the_dispatch():
+    assert explain(CRASH, "") == (
+        "LLVM ERROR: Cannot select: 0x1dd119a0: v2i16,v2i16 = umul_lohi 0x1dd0a7d0, 0x1dd11bd0 "
+        "(iree-compile crashed compiling train_step_dispatch_84_elementwise_broadcast_1179648_f32)")

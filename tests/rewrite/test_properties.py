@@ -18,7 +18,7 @@ Properties, for each pass in PASSES except bf16/bf16_conv, and for the "default"
   * a second run fires no rule (empty trace) and keeps the node count: the pass is at its fixed point;
   * the node count does not grow past the input's live nodes, but for the 8 primitives bn_fold adds per
     batch norm (bn_fold and the pipeline), and fusion (and the pipeline) may add a broadcast_in_dim
-    (see `_size`), so for those broadcasts are not counted;
+    (see `_size`), so for those broadcasts are not counted, nor gpu_forms' slices and concatenates;
   * after cse (and the pipeline, which ends with cse) no two nodes share a cse.node_key;
   * an output that was an f32->bf16->f32 round trip stays one (or became a folded constant).
 For bf16 / bf16_conv (alone, and as passes_for(..., bf16=True) with its cleanup) on graphs ending in
@@ -484,11 +484,16 @@ def _run(g: Graph, name: str | tuple[str, ...], trace: list | None = None) -> Gr
     return run_pipeline(g, name, ctx=ctx)
 
 
+UNCOUNTED = {"fusion": ("broadcast_in_dim",), "default": ("broadcast_in_dim",), "gpu_forms": ("slice", "concatenate")}
+
+
 def _size(nodes, name: str) -> int:
     """The node count a pass must not grow. Fusion (so also the pipeline) may add a broadcast_in_dim:
     x + bcast(a) + bcast(b) -> x + bcast(a + b) keeps bcast(a), bcast(b) alive when something else uses
-    them (one full-size add traded for a small add and a broadcast), so for those it counts the rest."""
-    return sum(1 for n in nodes if name not in ("fusion", "default") or n.op != "broadcast_in_dim")
+    them (one full-size add traded for a small add and a broadcast), so for those it counts the rest.
+    gpu_forms trades a reverse for a slice per position and a concatenate per dimension (the same copy, in a
+    form IREE's GPU code generation compiles), so for it those are not counted."""
+    return sum(1 for n in nodes if n.op not in UNCOUNTED.get(name, ()))
 
 
 def _is_bf16_round_trip(v: Value) -> bool:
