@@ -115,7 +115,8 @@ def prepare_net(name: str, out: Path, target: str, chip: str | None, batch: int,
     (folder / "train_step.vmfb").write_bytes(vmfb)
     np.savez_compressed(folder / "reference.npz", images=images, labels=labels, **sample)
     meta = {"net": name, "target": target, "chip": chip, "batch": shape[0],
-            "image": shape[2] if len(shape) == 4 else None, "lr": config.learning_rate, "seed": config.seed,
+            "image": shape[2] if len(shape) == 4 else None, "seq": shape[1] if net.input_name == "tokens" else None,
+            "lr": config.learning_rate, "seed": config.seed,
             "text_sha256": hashlib.sha256(text.encode()).hexdigest(), "signature": mod.signature(), "cpu_loss": loss,
             "init_checksum": checksum(init, names), "compile_s": round(compile_s, 1), "vmfb_bytes": len(vmfb)}
     (folder / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -203,7 +204,7 @@ def run_net(folder: Path, steps: int, deadline: float) -> dict:
     from gir.train.backend import IreeBackend, JaxBackend, iree_module_text
 
     meta = json.loads((folder / "meta.json").read_text())
-    case = {k: meta[k] for k in ("net", "target", "batch", "image", "cpu_loss")}
+    case = {k: meta.get(k) for k in ("net", "target", "batch", "image", "seq", "cpu_loss")}
     _, _, mod = train_step(meta["net"], meta["target"], meta["batch"], meta["image"])
     if mod.signature() != meta["signature"]:
         return {**case, "error": "the bundle's module takes other inputs than this checkout's train step (prepare it "
@@ -263,7 +264,7 @@ def cell(r: dict | None) -> tuple[str, str, str]:
 def render(head: str, cases: list[dict]) -> str:
     rows = []
     for c in cases:
-        shape = f"b{c['batch']}" + (f"@{c['image']}" if c.get("image") else "")
+        shape = f"b{c['batch']}" + (f"@{c['image']}" if c.get("image") else f" T={c['seq']}" if c.get("seq") else "")
         if "error" in c or "not_run" in c:
             what = f"failed: {c['error']}" if "error" in c else f"not run ({c['not_run']})"
             rows.append(f"| {c['net']} | {shape} | {what} | | | | | | |")
