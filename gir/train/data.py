@@ -205,18 +205,25 @@ class Dataset:
         return out
 
 
+def split_spec(spec: str, sources: tuple[str, ...], builtin: str, usage: str, what: str, placeholder: str
+               ) -> tuple[str, str]:
+    """(kind, path) of a `--data` spec: the built-in source's bare name, or KIND:PATH for another of `sources`."""
+    kind, sep, path = spec.partition(":")
+    if kind not in sources:
+        raise DataError(f"unknown {what} source {spec!r}; expected one of: {usage}")
+    if kind == builtin and sep:
+        raise DataError(f"the {builtin} source takes no path, got {spec!r}")
+    if kind != builtin and not path:
+        raise DataError(f"data source {kind!r} needs a path: {kind}:{placeholder}")
+    return kind, path
+
+
 def load_dataset(spec: str, image_size: int, channels: int, num_classes: int | None = None) -> Dataset:
     """Open `spec` ("digits" or "KIND:PATH") for image_size x image_size images with `channels` (1 or 3) channels.
 
     Labels are read and checked now (with num_classes, each must lie in [0, num_classes)); images when a batch
     needs them. `classes` is the source's own class count."""
-    kind, sep, path = spec.partition(":")
-    if kind not in SOURCES:
-        raise DataError(f"unknown data source {spec!r}; expected one of: {_USAGE}")
-    if kind == "digits" and sep:
-        raise DataError(f"the digits source takes no path, got {spec!r}")
-    if kind != "digits" and not path:
-        raise DataError(f"data source {kind!r} needs a path: {kind}:PATH")
+    kind, path = split_spec(spec, SOURCES, "digits", _USAGE, "data", "PATH")
     if channels not in (1, 3):
         raise DataError(f"cannot convert data to {channels} channels (only 1 or 3)")
     if not (isinstance(image_size, int) and image_size > 0):

@@ -14,7 +14,7 @@ import attrs
 import numpy as np
 
 from gir.train.augment import Part
-from gir.train.data import DataError
+from gir.train.data import DataError, split_spec
 
 TEXT_SOURCES = ("shakespeare", "text", "bytes")
 TEXT_USAGE = "shakespeare, text:FILE, bytes:FILE"
@@ -104,13 +104,7 @@ def _pieces(raw: bytes, unit: str, path: Path) -> str:
 def load_text(spec: str, seq: int, vocab_size: int | None = None) -> TextData:
     """Open `spec` for windows of `seq` tokens; with `vocab_size` (the net's embedding rows), the file's
     vocabulary must fit in it."""
-    kind, sep, path = spec.partition(":")
-    if kind not in TEXT_SOURCES:
-        raise DataError(f"unknown text source {spec!r}; expected one of: {TEXT_USAGE}")
-    if kind == "shakespeare" and sep:
-        raise DataError(f"the shakespeare source takes no path, got {spec!r}")
-    if kind != "shakespeare" and not path:
-        raise DataError(f"data source {kind!r} needs a path: {kind}:FILE")
+    kind, path = split_spec(spec, TEXT_SOURCES, "shakespeare", TEXT_USAGE, "text", "FILE")
     file = BUILTIN_CORPUS if kind == "shakespeare" else Path(path).expanduser()
     unit = "byte" if kind == "bytes" else "char"
     text = _pieces(_read(file), unit, file)

@@ -48,6 +48,14 @@ def finish(procs: list[subprocess.Popen]) -> list[str]:
     return [out for out, _ in said]
 
 
+def wait_past_the_first_checkpoint(run: Path, procs: list[subprocess.Popen]) -> None:
+    """Until process 0 logged step 30 (the checkpoint is at 22), every process still running."""
+    t0 = time.time()
+    while not (run / "trace.jsonl").exists() or max(losses(run), default=0) < 30:
+        assert time.time() - t0 < 300 and all(p.poll() is None for p in procs), "the run ended early"
+        time.sleep(0.05)
+
+
 def sorted_losses(run: Path) -> list[float]:
     got = losses(run)
     return [got[s] for s in sorted(got)]
@@ -79,10 +87,7 @@ def test_two_processes_of_two_devices_match_one_of_four(digits):
 def test_killed_process_stops_the_other_and_resume_continues_exactly(digits, tmp_path):
     run = tmp_path / "cut"
     procs = start(DIGITS, 2, 2, *RECIPE, "--out", str(run))
-    t0 = time.time()
-    while not (run / "trace.jsonl").exists() or max(losses(run), default=0) < 30:   # past the checkpoint at 22
-        assert time.time() - t0 < 300 and all(p.poll() is None for p in procs), "the run ended early"
-        time.sleep(0.05)
+    wait_past_the_first_checkpoint(run, procs)
     procs[1].send_signal(signal.SIGKILL)
     killed = time.time()
     _, err = procs[0].communicate(timeout=STOP_S)
@@ -115,10 +120,7 @@ def test_killed_coordinator_stops_the_other_with_one_line(tmp_path):
     line instead (its supervisor reads the abort), and no checkpoint is left half-written."""
     run = tmp_path / "cut"
     procs = start(DIGITS, 2, 2, *RECIPE, "--out", str(run))
-    t0 = time.time()
-    while not (run / "trace.jsonl").exists() or max(losses(run), default=0) < 30:
-        assert time.time() - t0 < 300 and all(p.poll() is None for p in procs), "the run ended early"
-        time.sleep(0.05)
+    wait_past_the_first_checkpoint(run, procs)
     procs[0].send_signal(signal.SIGKILL)
     killed = time.time()
     _, err = procs[1].communicate(timeout=STOP_S)
