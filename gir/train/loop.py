@@ -189,9 +189,8 @@ class Trainer:
             self.augment = (attrs.evolve(default_augment(self.image), flip=self.data.mirror_safe)
                             if config.augment else None)
             self.workers = default_workers(self.data, self.augment) if options.workers is None else options.workers
-        spare_rows_expected = self.sequence   # a vocabulary smaller than the net's embedding is normal for text
-        for line in recipe_warnings(config, None if spare_rows_expected else net.num_classes, self.data.classes,
-                                    options.data):
+        net_classes = None if self.sequence else net.num_classes   # text may use fewer tokens than the net embeds
+        for line in recipe_warnings(config, net_classes, self.data.classes, options.data):
             warn(line)
         self.steps_per_epoch = len(self.data.train) // config.batch_size
         if self.steps_per_epoch < 1:
