@@ -143,7 +143,8 @@ def _center_box(h: np.ndarray, w: np.ndarray, ratio: tuple[float, float]) -> tup
 
 def _bilinear_taps(start: np.ndarray, length: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For crops [start, start+length) per image stretched to `size` samples: the two source indices and the weight
-    of the second, each [B, size]. Sample o reads source start + (o + 1/2) * length / size - 1/2, clamped to the crop."""
+    of the second, each [B, size]. Sample o reads source start + (o + 1/2) * length / size - 1/2, clamped to the
+    crop."""
     start, length = start[:, None], length[:, None]
     src = start + (np.arange(size) + 0.5) * length / size - 0.5
     src = np.clip(src, start, start + length - 1)

@@ -122,9 +122,14 @@ def compile_modules(net: Net, config: TrainConfig, passes: str, backend: str = "
     binding = net.binding(batch=config.batch_size, image=config.image_size, seq=config.seq_len)
     train = lower_train_step(net, config, batch=config.batch_size, image=config.image_size, passes=passes,
                              seq=config.seq_len)
+    return train, lower_eval(net, config, binding, passes)
+
+
+def lower_eval(net: Net, config: TrainConfig, binding: dict, passes: str) -> LoweredModule:
+    """The eval function (running BN statistics) at `binding`, with the pipeline `passes` and the config's bf16
+    policy, as the train step has them."""
     names = passes_for(passes, bf16=config.bf16, bf16_conv=config.bf16_conv)
-    evaluate = lower_graph(net.build(mode="eval"), binding, "eval", net.constraints, passes=names)
-    return train, evaluate
+    return lower_graph(net.build(mode="eval"), binding, "eval", net.constraints, passes=names)
 
 
 def checkpoint_arrays(train_graph: Graph) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -260,7 +265,8 @@ class Trainer:
             labels.append(y)
         logits, truth = np.concatenate(z), np.concatenate(labels).astype(np.int64)
         logits, truth = logits.reshape(-1, logits.shape[-1]), truth.reshape(-1)
-        out = {"top1": top_k(logits, truth, 1), "top5": top_k(logits, truth, 5), "val_loss": cross_entropy(logits, truth)}
+        out = {"top1": top_k(logits, truth, 1), "top5": top_k(logits, truth, 5),
+               "val_loss": cross_entropy(logits, truth)}
         if self.sequence:
             out["bits_per_token"] = out["val_loss"] / math.log(2)
         return out
@@ -441,7 +447,8 @@ def train(net: Net, config: TrainConfig, options: RunOptions, resume: bool = Fal
                "epochs": config.epochs, "final_loss": _finite_or_none(result["last"]["loss"]),
                "val_top1": evals[-1]["top1"] if evals else None, "val_top5": evals[-1]["top5"] if evals else None,
                "best_val_top1": max((r["top1"] for r in evals), default=None),
-               **({f"val_bits_per_{data.unit}": evals[-1]["bits_per_token"] if evals else None} if trainer.sequence else {}),
+               **({f"val_bits_per_{data.unit}": evals[-1]["bits_per_token"] if evals else None}
+                  if trainer.sequence else {}),
                "train_time_s": round(trainer.elapsed, 2), "compile_time_s": round(trainer.compile_s, 2),
                f"{unit}_per_s": round(result[f"{unit}_per_s"], 1),
                f"input_{unit}_per_s": round(result[f"input_{unit}_per_s"], 1),

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from gir.lower.pipeline import lower_graph
 from gir.nn.net import Net
-from gir.rewrite import passes_for, pipeline_for_backend
+from gir.rewrite import pipeline_for_backend
 from gir.train.backend import IreeBackend
 from gir.train.checkpoint import CheckpointError, check_compatible, checkpoint_path, load_checkpoint
 from gir.train.config import TrainConfig
+from gir.train.loop import checkpoint_arrays, lower_eval
 from gir.train.text import decode, encode
 
 
@@ -55,11 +55,9 @@ def sample_run(net: Net, run_dir: str | Path, prompt: str, tokens: int, temperat
     vocab, unit = tuple(meta["vocab"]), meta["unit"]
     config = TrainConfig(**meta["config"])
     context = int(meta["context"])
-    binding = net.binding(batch=1, seq=context)
-    passes = passes_for(pipeline_for_backend("default", "iree", target), bf16=config.bf16, bf16_conv=config.bf16_conv)
-    evaluate = lower_graph(net.build(mode="eval"), binding, "eval", net.constraints, passes=passes)
-    wanted = {v.name: (tuple(int(d) for d in v.type.shape), v.type.dtype.numpy_name)
-              for v in evaluate.primitive.inputs if v.role in ("param", "state")}
+    passes = pipeline_for_backend("default", "iree", target)
+    evaluate = lower_eval(net, config, net.binding(batch=1, seq=context), passes)
+    wanted = checkpoint_arrays(evaluate.primitive)   # the eval function's share of what the checkpoint holds
     check_compatible({k: arrays[k] for k in wanted if k in arrays}, wanted, where)
     backend = IreeBackend(None, evaluate, target, chip)
     backend.load(arrays)

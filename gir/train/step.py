@@ -2,8 +2,8 @@
 pass from registered adjoints, optional global-norm clipping and the optimizer update.
 
 Inputs: parameters, optimizer state (`<slot>:<param>`, zeros at first), `images` (or i32 `tokens`),
-`labels` ([N], or [N, T] for per-token logits), `lr` (f32) and `step` (i32, 1 for the first step). Outputs: `loss`, `logits`, `bn_mean:<path>` and
-`bn_var:<path>` per BN layer (biased batch variance), `grad_norm` when clipping, and for every
+`labels` ([N], or [N, T] for per-token logits), `lr` (f32) and `step` (i32, 1 for the first step).
+Outputs: `loss`, `logits`, `bn_mean:<path>` and `bn_var:<path>` per BN layer (biased batch variance), `grad_norm` when clipping, and for every
 parameter and state input an output of the same name holding its next value. BN running statistics
 are state too: the step updates them, r = (1 - momentum) r + momentum s, with the unbiased batch
 variance as PyTorch does, so they never leave the device.
