@@ -131,7 +131,7 @@ def supervise(argv: list[str], who: str, resume_hint: str) -> int:
     if any(ABORT_MARK in line for line in native):
         if said:   # the child saw the failure first (a collective with a lost peer) and said so
             return 1
-        print(f"gir: error: {who}: the run's coordination failed (process 0 is gone, or a peer stopped answering "
+        print(f"gir: error: {who}: the run's coordination failed (a process of the run died, or stopped answering "
               f"for {HEARTBEAT_S} s); stopped. {resume_hint}", file=sys.stderr)
         return 1
     if code == 0:   # a failed run's own line says what happened; JAX's log about the lost peer would bury it

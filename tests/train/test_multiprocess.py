@@ -61,6 +61,19 @@ def sorted_losses(run: Path) -> list[float]:
     return [got[s] for s in sorted(got)]
 
 
+def assert_stopped_with_one_line(proc: subprocess.Popen, index: int, killed: float, run: Path) -> None:
+    """The surviving process stops soon with exit 1 and one line, whichever it saw first (its step's collective
+    failing, or JAX's coordination service aborting it), and process 0's last checkpoint is whole."""
+    _, err = proc.communicate(timeout=STOP_S)
+    assert proc.returncode == 1 and time.time() - killed < STOP_S, err
+    assert err.count("\n") == 1 and "Traceback" not in err and "Terminating process" not in err, err
+    assert err.startswith(f"gir: error: process {index} of 2: "), err
+    assert "the run's coordination failed (a process of the run died" in err or "a peer process died" in err, err
+    assert err.rstrip().endswith(f"Start every process again with --resume {run} to continue from the last "
+                                 f"checkpoint process 0 wrote")
+    assert load_checkpoint(run)[1]["step"] == 22 and not list(run.glob(TEMP_PREFIX + "*"))
+
+
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> dict[str, Path]:
     """Uninterrupted digits runs: one process with 4 devices, and 2 processes x 2 devices."""
@@ -84,21 +97,17 @@ def test_two_processes_of_two_devices_match_one_of_four(digits):
                                                                 "trace.jsonl"]
 
 
-def test_killed_process_stops_the_other_and_resume_continues_exactly(digits, tmp_path):
+@pytest.mark.parametrize("killed", [1, 0], ids=["peer", "coordinator"])
+def test_a_killed_process_stops_the_other_and_resume_continues_exactly(digits, tmp_path, killed):
+    """Killing a peer fails the other's next collective; killing process 0 (which serves JAX's coordination
+    service) makes JAX abort the other from C++, and its supervisor turns that into the one line. Either way the
+    checkpoint is whole and a resumed run repeats the uninterrupted one bit for bit."""
     run = tmp_path / "cut"
     procs = start(DIGITS, 2, 2, *RECIPE, "--out", str(run))
     wait_past_the_first_checkpoint(run, procs)
-    procs[1].send_signal(signal.SIGKILL)
-    killed = time.time()
-    _, err = procs[0].communicate(timeout=STOP_S)
-    procs[1].wait()
-    lines = err.splitlines()
-    assert procs[0].returncode == 1 and time.time() - killed < STOP_S
-    assert len(lines) == 1 and "Traceback" not in err, err   # JAX's log of the lost peer is not shown
-    assert lines[0].startswith("gir: error: process 0 of 2: step ") and "a peer process died" in lines[0]
-    assert lines[0].endswith(f"Start every process again with --resume {run} to continue from the last checkpoint "
-                             f"process 0 wrote")
-    assert load_checkpoint(run)[1]["step"] == 22 and not list(run.glob(TEMP_PREFIX + "*"))
+    procs[killed].send_signal(signal.SIGKILL)
+    assert_stopped_with_one_line(procs[1 - killed], 1 - killed, time.time(), run)
+    procs[killed].wait()
     finish(start(DIGITS, 2, 2, "--workers", "0", "--resume", str(run)))
     assert sorted_losses(run) == sorted_losses(digits["2x2"])   # every step, bit for bit
     assert load_checkpoint(run)[1]["step"] == 44
@@ -113,22 +122,3 @@ def test_mobilenet_v2_on_two_processes_matches_one(tmp_path):
     one, two = sorted_losses(tmp_path / "1x4"), sorted_losses(tmp_path / "2x2")
     assert len(one) == len(two) == 11
     np.testing.assert_allclose(two[:2], one[:2], rtol=1e-5)
-
-
-def test_killed_coordinator_stops_the_other_with_one_line(tmp_path):
-    """Process 0 serves JAX's coordination service: when it dies, JAX aborts the others from C++; each prints one
-    line instead (its supervisor reads the abort), and no checkpoint is left half-written."""
-    run = tmp_path / "cut"
-    procs = start(DIGITS, 2, 2, *RECIPE, "--out", str(run))
-    wait_past_the_first_checkpoint(run, procs)
-    procs[0].send_signal(signal.SIGKILL)
-    killed = time.time()
-    _, err = procs[1].communicate(timeout=STOP_S)
-    procs[0].wait()
-    assert procs[1].returncode == 1 and time.time() - killed < STOP_S, err
-    assert err.count("\n") == 1 and "Traceback" not in err and "Terminating process" not in err, err
-    assert err.startswith("gir: error: process 1 of 2: ")   # whichever it saw first: a failed step, or JAX's abort
-    assert "the run's coordination failed (process 0 is gone" in err or "a peer process died" in err
-    assert err.rstrip().endswith(f"Start every process again with --resume {run} to continue from the last "
-                                 f"checkpoint process 0 wrote")
-    assert load_checkpoint(run)[1]["step"] == 22 and not list(run.glob(TEMP_PREFIX + "*"))
