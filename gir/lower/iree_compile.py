@@ -115,6 +115,12 @@ def explain(diagnostics: str, text: str) -> str:
     return f"{lines[0]} (iree-compile crashed compiling {crashed.group(1)})" if crashed else lines[0]
 
 
+_CONV_DIMS = re.compile(r"#stablehlo\.conv<(\[[^]]*\]x\[[^]]*\]->\[[^]]*\])>")
+DIRECT_NHWC = "[b, 0, 1, f]x[0, 1, i, o]->[b, 0, 1, f]"
+"""IREE's own NHWC/HWIO convolution runs near peak without im2col and 1.4-7x slower with it (docs/performance.md):
+the flag is kept only for modules with convolutions in other layouts."""
+
+
 KEEP_F64 = "--iree-input-demote-f64-to-f32=false"
 """IREE computes float64 in float32 unless told not to; a module with f64 values is compiled with this."""
 
@@ -122,7 +128,11 @@ KEEP_F64 = "--iree-input-demote-f64-to-f32=false"
 def _attempts(text: str, target: str, chip: str | None, extra_flags: Sequence[str]) -> list[list[str]]:
     """The flag lists compile_text tries in turn; the first one names the cache entry."""
     flags = target_flags(target, chip) + ([KEEP_F64] if "f64>" in text else []) + list(extra_flags)
-    return [flags + list(speed) for speed in CPU_SPEED_FLAG_SETS] if target == "cpu" else [flags]
+    if target != "cpu":
+        return [flags]
+    im2col_helps = any(dn != DIRECT_NHWC for dn in _CONV_DIMS.findall(text))
+    speeds = dict.fromkeys(tuple(f for f in speed if im2col_helps or f != IM2COL) for speed in CPU_SPEED_FLAG_SETS)
+    return [flags + list(speed) for speed in speeds]
 
 
 def compile_text(text: str, target: str = "cpu", chip: str | None = None, extra_flags: Sequence[str] = (),

@@ -11,7 +11,7 @@ from gir.ir import Loc
 from gir.lower.decompose import decompose
 from gir.nn import Builder
 from gir.rewrite import Context, run_pass
-from gir.rewrite.conv_forms import ROWS_PER_OUTPUT_FEATURE
+from gir.rewrite.conv_forms import DIRECT_MIN_CHANNELS, DIRECT_MIN_ROWS, ROWS_PER_OUTPUT_FEATURE
 from gir.shapes.emit import Emitter
 
 
@@ -232,4 +232,49 @@ def test_dense_matmul_stores_the_kernel_by_rows_per_output_feature(image, out_fe
     rows = 2 * math.prod(g.outputs["y"].type.shape[2:])
     assert (rows >= ROWS_PER_OUTPUT_FEATURE * out_features) == (kernel_form == (0,))
     assert [n.attrs.rhs_contract for n in out.nodes if n.op == "dot_general"] == [kernel_form]
+    preserves(g, out, rtol=1e-4, atol=1e-4)
+
+
+def _nhwc_convs(out) -> list:
+    return [n for n in out.nodes if n.op == "convolution" and n.attrs.lhs_layout == "NHWC"]
+
+
+@pytest.mark.parametrize("image,stride,dilation,padding,k", [(16, 1, 1, "same", 3), (32, 2, 1, "same", 3),
+                                                             (16, 1, 2, "same", 3), (20, 1, 1, "valid", 5)])
+def test_nhwc_conv_takes_the_forward_and_input_gradient_and_dense_matmul_the_rest(image, stride, dilation, padding,
+                                                                                   k, preserves):
+    """2 images of 16 channels, 16 output features: the forward conv and the input gradient (lhs-dilated where the
+    forward is strided) become NHWC/HWIO convolutions; the weight gradient, whose output is the kernel, is left to
+    dense_matmul, which leaves the NHWC ones alone."""
+    g = _conv_train_graph((2, 16, image, image), (16, 16, k, k), stride=stride, padding=padding, dilation=dilation)
+    ctx = Context(trace=[], check=True)
+    out = run_pass(g, "nhwc_conv", ctx)
+    assert [f.rule for f in ctx.trace] == ["dense_conv_as_nhwc"] * 2
+    assert all(n.attrs.rhs_layout == "HWIO" and n.attrs.out_layout == "NHWC" for n in _nhwc_convs(out))
+    preserves(g, out, rtol=1e-4, atol=1e-4)
+    both = run_pass(out, "dense_matmul", Context(check=True))
+    assert len(_nhwc_convs(both)) == 2 and sum(n.op == "convolution" for n in both.nodes) == 2
+    assert sum(n.op == "dot_general" for n in both.nodes) == 1
+    preserves(g, both, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("image,channels", [(16, DIRECT_MIN_CHANNELS), (15, DIRECT_MIN_CHANNELS),
+                                            (16, DIRECT_MIN_CHANNELS - 1)])
+def test_nhwc_conv_needs_enough_rows_and_input_channels(image, channels):
+    """2 images of 16x16 are DIRECT_MIN_ROWS rows (512) and are taken with 16 input channels; 15x15 images (450 rows)
+    or 15 channels are not (IREE's NHWC convolution is slower than the gathered matmul there)."""
+    assert 2 * 16 * 16 == DIRECT_MIN_ROWS
+    b = Builder("conv")
+    x, w = b.input("x", (2, channels, image, image)), b.input("w", (8, channels, 3, 3), role="param")
+    g = b.graph
+    g.set_output("y", b.conv2d(x, w, padding="same"))
+    out = run_pass(decompose(g), "nhwc_conv")
+    assert len(_nhwc_convs(out)) == (2 * image * image >= DIRECT_MIN_ROWS and channels >= DIRECT_MIN_CHANNELS)
+
+
+@pytest.mark.parametrize("layout", ["layout_nhwc", "layout_cnhw"])
+def test_nhwc_conv_reads_the_activation_layout(layout, preserves):
+    g = _conv_train_graph((2, 16, 16, 16), (16, 16, 3, 3), layout, padding="same")
+    out = run_pass(g, "nhwc_conv", Context(check=True))
+    assert len(_nhwc_convs(out)) == 2
     preserves(g, out, rtol=1e-4, atol=1e-4)

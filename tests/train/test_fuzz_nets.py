@@ -4,8 +4,9 @@ Hypothesis writes a net from the layer vocabulary: plain KxK and 1x1 conv-BN (st
 dilated convolutions, depthwise conv-BN (kernels up to 9: past conv_forms' MAX_TAPS), max and average
 pools, residual and inverted-residual blocks, a dense head, at an image size drawn to straddle the size
 thresholds of the default pipeline: layout_cnhw_small's SMALL_PIXELS (28x28: sizes 20 to 40, so the
-first layers sit on either side of it or across it) and pointwise_matmul's PER_IMAGE_GROWTH (1x1
-convolutions up to 64 channels down to 1x1 maps). The forward module (default pipeline, IREE cpu) is
+first layers sit on either side of it or across it), pointwise_matmul's PER_IMAGE_GROWTH (1x1
+convolutions up to 64 channels down to 1x1 maps) and nhwc_conv's DIRECT_MIN_ROWS and DIRECT_MIN_CHANNELS
+(4 images of 20x20 to 40x40 maps, halved by strides: 100 to 6,400 rows about 512; 3 to 64 channels about 16). The forward module (default pipeline, IREE cpu) is
 checked against the JAX backend on the unrewritten graph, and the train step is run in lockstep with the
 JAX backend (tests/lockstep.py). CI runs a few derandomized examples; `--slow` many more.
 """
