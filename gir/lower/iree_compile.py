@@ -35,8 +35,9 @@ b8@64 1.56x faster (O3 alone 1.42x, im2col alone 1.47x; bench/levers.py, docs/pe
 3.13 rejects some modules with both: O3's aggressive fusion puts a KxK convolution's padding into the
 im2col matmul that feeds it ("write affecting operations on global resources", cifar_cnn, digits_cnn,
 mnist_cnn, resnet34), so O3 is tried without it next; then each flag alone (small pooling and
-batched-matvec shapes) and none. Losing im2col costs most: every KxK convolution then runs naively
-(mnist_cnn's 5x5 ones took 1.1 s each at batch 32)."""
+batched-matvec shapes) and none. Losing im2col costs most where convolutions stay NCHW: every KxK one then runs
+naively (mnist_cnn's 5x5 ones took 1.1 s each at batch 32). The default pipeline leaves only NHWC/HWIO ones
+(nhwc_conv), which run fastest without it, so such modules are compiled without im2col (DIRECT_NHWC)."""
 
 
 def target_flags(target: str, chip: str | None = None) -> list[str]:
