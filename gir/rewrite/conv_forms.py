@@ -52,7 +52,9 @@ def _is_depthwise_weight_grad(a: od.ConvolutionAttrs) -> bool:
 
 
 def _is_depthwise(a: od.ConvolutionAttrs) -> bool:
-    return a.feature_group_count > 1 and a.batch_group_count == 1 and a.lhs_layout == a.out_layout
+    """A depthwise conv or its input gradient, unless nhwc_conv made it IREE's NHWC convolution."""
+    return a.feature_group_count > 1 and a.batch_group_count == 1 and a.lhs_layout == a.out_layout \
+        and not _is_direct_nhwc(a)
 
 
 def _is_plain(a: od.ConvolutionAttrs) -> bool:
@@ -362,7 +364,8 @@ RULES = (
     Rule("depthwise_conv_as_taps", Op("convolution", (Var("x"), Var("w")), attrs=_is_depthwise), _depthwise_taps,
          "depthwise convolution (feature_group_count = C) -> per-tap slice * weight, summed"),
     Rule("depthwise_weight_grad_as_taps", Op("convolution", (Var("x"), Var("ct")), attrs=_is_depthwise_weight_grad),
-         _weight_grad_taps, "convolution with batch_group_count = C (a depthwise weight gradient) -> per-tap multiply + reduce"),
+         _weight_grad_taps,
+         "convolution with batch_group_count = C (a depthwise weight gradient) -> per-tap multiply + reduce"),
 )
 POINTWISE_RULES = (
     Rule("pointwise_conv_as_matmul", Op("convolution", (Var("x"), Var("w")), attrs=_is_plain),
@@ -383,6 +386,13 @@ output positions). IREE's NHWC/HWIO convolution runs at 260-340 GFLOP/s on this 
 wins; with one input channel it runs at 8 GFLOP/s against im2col's 35 (docs/performance.md)."""
 
 
+DEPTHWISE_MIN_TAPS = 49
+"""nhwc_conv takes depthwise convolutions with 7x7 kernels (ConvNeXt): as taps each is 49 slices, multiplies and adds
+forward and again in the input gradient, which iree-compile spends a third of ConvNeXt-T's compile time on (b64@32:
+99 s -> 66 s, the step as fast). At 5x5 (EfficientNet-B0) the NHWC convolution made the step 1.4x slower
+(docs/performance.md)."""
+
+
 def _is_direct_nhwc(a: od.ConvolutionAttrs) -> bool:
     return (a.lhs_layout, a.rhs_layout, a.out_layout) == (NHWC, HWIO, NHWC)
 
@@ -392,20 +402,10 @@ def _is_dense_elsewhere(a: od.ConvolutionAttrs) -> bool:
     return _is_dense(a) and not _is_direct_nhwc(a)
 
 
-def _dense_as_nhwc_conv(e: Emitter, m: Match) -> Value | None:
-    """A forward conv or input gradient (fewer kernel taps than output positions) with enough rows and input
-    channels as the same convolution in NHWC/HWIO, behind optimization barriers: IREE would otherwise fold the
-    transposes into a generic convolution it runs 20-50x slower."""
-    x, w, out = m["x"], m["w"], m.node.outputs[0]
-    a: od.ConvolutionAttrs = m.node.attrs
-    if not _static(x, w, out) or _static_pads(a) is None:
-        return None
+def _as_nhwc(e: Emitter, x: Value, w: Value, a: od.ConvolutionAttrs) -> Value:
+    """The convolution in NHWC/HWIO (groups kept), transposed in and out behind optimization barriers: IREE would
+    otherwise fold the transposes into a generic convolution it runs 20-50x slower."""
     xr, wr, yr = _roles(a.lhs_layout, "N", "C"), _roles(a.rhs_layout, "O", "I"), _roles(a.out_layout, "N", "C")
-    taps = math.prod(w.type.shape[d] for d in wr[2:])
-    positions = math.prod(out.type.shape[d] for d in yr[2:])
-    rows = x.type.shape[xr[0]] * positions
-    if taps > positions or rows < DIRECT_MIN_ROWS or x.type.shape[xr[1]] < DIRECT_MIN_CHANNELS:
-        return None
     wall = lambda v: e.op("optimization_barrier", v)  # noqa: E731
     xt, wt = e.transpose(x, (xr[0], *xr[2:], xr[1])), e.transpose(w, (*wr[2:], wr[1], wr[0]))
     y = wall(e.op("convolution", wall(xt), wall(wt),
@@ -414,12 +414,47 @@ def _dense_as_nhwc_conv(e: Emitter, m: Match) -> Value | None:
     return e.transpose(y, tuple(order[yr.index(d)] for d in range(4)))
 
 
+def _dense_as_nhwc_conv(e: Emitter, m: Match) -> Value | None:
+    """A forward conv or input gradient (fewer kernel taps than output positions, not a stride-1 1x1 conv, which
+    pointwise_matmul takes) with enough rows and input channels, as IREE's NHWC convolution."""
+    x, w, out = m["x"], m["w"], m.node.outputs[0]
+    a: od.ConvolutionAttrs = m.node.attrs
+    if not _static(x, w, out) or _static_pads(a) is None or _is_plain(a) and _is_pointwise(w, a):
+        return None
+    xr, wr, yr = _roles(a.lhs_layout, "N", "C"), _roles(a.rhs_layout, "O", "I"), _roles(a.out_layout, "N", "C")
+    taps = math.prod(w.type.shape[d] for d in wr[2:])
+    positions = math.prod(out.type.shape[d] for d in yr[2:])
+    rows = x.type.shape[xr[0]] * positions
+    if taps > positions or rows < DIRECT_MIN_ROWS or x.type.shape[xr[1]] < DIRECT_MIN_CHANNELS:
+        return None
+    return _as_nhwc(e, x, w, a)
+
+
+def _is_pointwise(w: Value, a: od.ConvolutionAttrs) -> bool:
+    return all(w.type.shape[d] == 1 for d in _spatial(a.rhs_layout, "O", "I"))
+
+
+def _depthwise_as_nhwc_conv(e: Emitter, m: Match) -> Value | None:
+    """A depthwise conv or its input gradient with DEPTHWISE_MIN_TAPS or more kernel taps as IREE's NHWC
+    (feature-grouped) convolution instead of conv_forms' taps."""
+    x, w, out = m["x"], m["w"], m.node.outputs[0]
+    a: od.ConvolutionAttrs = m.node.attrs
+    c = x.type.shape[a.lhs_layout.index("C")]
+    if not _static(x, w, out) or _static_pads(a) is None or a.feature_group_count != c \
+            or math.prod(w.type.shape[d] for d in _spatial(a.rhs_layout, "O", "I")) < DEPTHWISE_MIN_TAPS:
+        return None
+    return _as_nhwc(e, x, w, a)
+
+
 DENSE_RULES = (
     Rule("dense_conv_as_matmul", Op("convolution", (Var("x"), Var("w")), attrs=_is_dense_elsewhere), _dense_as_matmul,
          "convolution without groups (KxK, strided, or a gradient) -> gathered windows, one dot_general"),
 )
 
 NHWC_RULES = (
+    Rule("depthwise_conv_as_nhwc", Op("convolution", (Var("x"), Var("w")), attrs=_is_depthwise),
+         _depthwise_as_nhwc_conv,
+         "depthwise conv or input gradient with a 7x7 or larger kernel -> NHWC/HWIO grouped convolution"),
     Rule("dense_conv_as_nhwc", Op("convolution", (Var("x"), Var("w")), attrs=_is_dense_elsewhere), _dense_as_nhwc_conv,
          "forward conv or input gradient, 512 or more rows and 16 or more input channels -> NHWC/HWIO convolution"),
 )
@@ -431,8 +466,9 @@ POINTWISE_MATMUL = register_pass(Pass(
                         "faster (XLA:CPU slower: the JAX backend's default pipeline leaves it out)", "primitive",
     POINTWISE_RULES))
 NHWC_CONV = register_pass(Pass(
-    "nhwc_conv", "rewrite large forward convolutions and input gradients without groups as NHWC/HWIO convolutions, "
-                 "which IREE runs near peak (before dense_matmul, which takes the rest)", "primitive", NHWC_RULES))
+    "nhwc_conv", "rewrite large forward convolutions and input gradients without groups, and 7x7 depthwise ones, as "
+                 "NHWC/HWIO convolutions, which IREE runs near peak (before conv_forms, pointwise_matmul and "
+                 "dense_matmul, which take the rest)", "primitive", NHWC_RULES))
 DENSE_MATMUL = register_pass(Pass(
     "dense_matmul", "rewrite the remaining convolutions without groups (KxK or strided, forward and gradients) as "
                     "one matmul over gathered windows, which IREE runs faster (XLA:CPU has its own)", "primitive",

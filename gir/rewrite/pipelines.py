@@ -6,8 +6,8 @@ from gir.rewrite import (  # noqa: F401  (importing registers them)
     bn_fold, conv_forms, cse, fold, fusion, gpu_forms, layout, simplify)
 from gir.rewrite.driver import PIPELINES, resolve
 
-PIPELINES["default"] = ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", "layout_cnhw_small", "conv_forms",
-                        "pointwise_matmul", "nhwc_conv", "dense_matmul", "cse", "simplify", "dce")
+PIPELINES["default"] = ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", "layout_cnhw_small", "nhwc_conv",
+                        "conv_forms", "pointwise_matmul", "dense_matmul", "cse", "simplify", "dce")
 """CSE first so equal BNs fold once; fold again after fusion builds constant products; the layout
 before the convolution forms, which read it; simplify after the last CSE, which can make both arms
 of a select the same value."""
@@ -15,7 +15,8 @@ PIPELINES["default_jax"] = tuple(p for p in PIPELINES["default"] if p not in ("l
                                                                                   "nhwc_conv", "dense_matmul"))
 """What `default` means on the JAX backend: XLA:CPU runs the batched-matmul form of 1x1 convs
 1.6x slower than convolutions (docs/performance.md), has its own fast KxK convolutions (the
-NHWC and matmul forms and barriers of nhwc_conv and dense_matmul are for IREE), and the layout is measured on IREE only."""
+NHWC and matmul forms and barriers of nhwc_conv and dense_matmul are for IREE), and the layout is
+measured on IREE only."""
 PIPELINES["default_gpu"] = ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", "depthwise_weight_grad_dots",
                             "gpu_forms", "cse", "simplify", "dce")
 """What `default` means on IREE's GPU targets (rocm, cuda, vulkan): the activation layout and the CPU's convolution

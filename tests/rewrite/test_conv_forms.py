@@ -11,7 +11,7 @@ from gir.ir import Loc
 from gir.lower.decompose import decompose
 from gir.nn import Builder
 from gir.rewrite import Context, run_pass
-from gir.rewrite.conv_forms import DIRECT_MIN_CHANNELS, DIRECT_MIN_ROWS, ROWS_PER_OUTPUT_FEATURE
+from gir.rewrite.conv_forms import DEPTHWISE_MIN_TAPS, DIRECT_MIN_CHANNELS, DIRECT_MIN_ROWS, ROWS_PER_OUTPUT_FEATURE
 from gir.shapes.emit import Emitter
 
 
@@ -278,3 +278,33 @@ def test_nhwc_conv_reads_the_activation_layout(layout, preserves):
     out = run_pass(g, "nhwc_conv", Context(check=True))
     assert len(_nhwc_convs(out)) == 2
     preserves(g, out, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("k", [7, 5])
+def test_nhwc_conv_takes_7x7_depthwise_convs_and_leaves_smaller_ones_to_conv_forms(k, preserves):
+    """A 7x7 depthwise conv (DEPTHWISE_MIN_TAPS = 49) and its input gradient become NHWC/HWIO grouped convolutions,
+    its weight gradient stays for conv_forms' taps; a 5x5 one is left to conv_forms whole."""
+    b = Builder("dw")
+    x, w = b.input("x", (2, 8, 10, 10), role="param"), b.input("w", (8, 1, k, k), role="param")
+    y = b.depthwise_conv2d(x, w, stride=1, padding="same")
+    ct = b.input("ct", tuple(y.type.shape))
+    g = b.graph
+    g.set_output("y", y)
+    back = vjp(g, {"y": ct}, [x, w])
+    g.set_output("dx", back.grads[x])
+    g.set_output("dw", back.grads[w])
+    g = decompose(g)
+    ctx = Context(trace=[], check=True)
+    out = run_pass(g, "nhwc_conv", ctx)
+    assert [f.rule for f in ctx.trace] == ["depthwise_conv_as_nhwc"] * 2 * (k * k >= DEPTHWISE_MIN_TAPS)
+    assert all(n.attrs.feature_group_count == 8 for n in _nhwc_convs(out))
+    preserves(g, out, rtol=1e-4, atol=1e-4)
+    taps = run_pass(out, "conv_forms", Context(check=True))
+    assert len(_nhwc_convs(taps)) == 2 * (k * k >= DEPTHWISE_MIN_TAPS)
+    assert sum(n.op == "convolution" for n in taps.nodes) == len(_nhwc_convs(taps))
+    preserves(g, taps, rtol=1e-4, atol=1e-4)
+
+
+def test_nhwc_conv_leaves_stride_1_pointwise_convs_to_pointwise_matmul():
+    g = _conv_train_graph((2, 16, 16, 16), (16, 16, 1, 1))
+    assert not _nhwc_convs(run_pass(g, "nhwc_conv"))
