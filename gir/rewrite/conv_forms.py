@@ -19,9 +19,9 @@ activations' own layout, so IREE inserts no NHWC transposes around them.
 - Weight gradient (1x1 output, window = the whole image): in NCHW dw = sum over n of
   ct[n] @ x[n]^T (a batched matmul, then a sum over the batch), or for tiny images one
   dot_general contracting batch and space; with channels first or last one matmul.
-`nhwc_conv` and `dense_matmul` (IREE only) take the other convolutions without groups: large forward convs and
-input gradients as IREE's own NHWC/HWIO convolution, the rest (small maps, few channels, weight gradients) as one
-matmul over gathered windows.
+`nhwc_conv` (IREE only, before conv_forms) makes large forward convs and input gradients without groups, and 7x7
+depthwise ones, IREE's own NHWC/HWIO convolution; `dense_matmul` (IREE only) makes the other convolutions without
+groups (small maps, few channels, weight gradients) one matmul over gathered windows.
 Every pass reads the operands' layouts from the convolution's dimension numbers.
 Measured on MobileNetV2 (docs/performance.md).
 """
