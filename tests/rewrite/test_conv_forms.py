@@ -105,14 +105,15 @@ def test_depthwise_forward_and_input_grad_as_taps(stride, dilation, padding, k, 
     preserves(g, out, rtol=1e-5, atol=1e-5)
 
 
-def _conv_train_graph(x_shape: tuple[int, ...], w_shape: tuple[int, ...], layout: str | None = None, **conv):
-    """A conv without groups with the gradients of its input and weight as outputs, optionally with
-    its activations relaid out first (the layout passes hand the conv passes permuted dimension
-    numbers)."""
+def _conv_train_graph(x_shape: tuple[int, ...], w_shape: tuple[int, ...], layout: str | None = None,
+                      depthwise: bool = False, **conv):
+    """A conv without groups (or a depthwise one) with the gradients of its input and weight as outputs,
+    optionally with its activations relaid out first (the layout passes hand the conv passes permuted
+    dimension numbers)."""
     b = Builder("conv")
     x = b.input("x", x_shape, role="param")
     w = b.input("w", w_shape, role="param")
-    y = b.conv2d(x, w, **conv)
+    y = (b.depthwise_conv2d if depthwise else b.conv2d)(x, w, **conv)
     ct = b.input("ct", tuple(y.type.shape))
     g = b.graph
     g.set_output("y", y)
@@ -284,16 +285,7 @@ def test_nhwc_conv_reads_the_activation_layout(layout, preserves):
 def test_nhwc_conv_takes_7x7_depthwise_convs_and_leaves_smaller_ones_to_conv_forms(k, preserves):
     """A 7x7 depthwise conv (DEPTHWISE_MIN_TAPS = 49) and its input gradient become NHWC/HWIO grouped convolutions,
     its weight gradient stays for conv_forms' taps; a 5x5 one is left to conv_forms whole."""
-    b = Builder("dw")
-    x, w = b.input("x", (2, 8, 10, 10), role="param"), b.input("w", (8, 1, k, k), role="param")
-    y = b.depthwise_conv2d(x, w, stride=1, padding="same")
-    ct = b.input("ct", tuple(y.type.shape))
-    g = b.graph
-    g.set_output("y", y)
-    back = vjp(g, {"y": ct}, [x, w])
-    g.set_output("dx", back.grads[x])
-    g.set_output("dw", back.grads[w])
-    g = decompose(g)
+    g = _conv_train_graph((2, 8, 10, 10), (8, 1, k, k), depthwise=True, stride=1, padding="same")
     ctx = Context(trace=[], check=True)
     out = run_pass(g, "nhwc_conv", ctx)
     assert [f.rule for f in ctx.trace] == ["depthwise_conv_as_nhwc"] * 2 * (k * k >= DEPTHWISE_MIN_TAPS)
