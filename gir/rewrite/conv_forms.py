@@ -388,8 +388,8 @@ wins; with one input channel it runs at 8 GFLOP/s against im2col's 35 (docs/perf
 
 DEPTHWISE_MIN_TAPS = 49
 """nhwc_conv takes depthwise convolutions with 7x7 kernels (ConvNeXt): as taps each is 49 slices, multiplies and adds
-forward and again in the input gradient, which iree-compile spends a third of ConvNeXt-T's compile time on (b64@32:
-99 s -> 66 s, the step as fast). At 5x5 (EfficientNet-B0) the NHWC convolution made the step 1.4x slower
+forward and again in the input gradient; as the grouped NHWC convolution ConvNeXt-T's step compiles a quarter to a
+third faster (b64@32: 99 -> 66-78 s; b8@64: 65 -> 51 s) and runs as fast. At 5x5 (EfficientNet-B0) the NHWC convolution made the step 1.4x slower
 (docs/performance.md)."""
 
 
