@@ -240,8 +240,7 @@ def _pointwise_as_matmul(e: Emitter, m: Match) -> Value | None:
     or last dim in memory, else (NCHW) a dot_general batched over images."""
     x, w, out = m["x"], m["w"], m.node.outputs[0]
     a: od.ConvolutionAttrs = m.node.attrs
-    if not _static(x, w, out) or a.out_layout != a.lhs_layout \
-            or any(w.type.shape[d] != 1 for d in _spatial(a.rhs_layout, "O", "I")):
+    if not _static(x, w, out) or a.out_layout != a.lhs_layout or not _is_pointwise(w, a):
         return None
     c_ax, n_ax = a.lhs_layout.index("C"), a.lhs_layout.index("N")
     wm = _matrix(e, w, a.rhs_layout, "O", "I")
@@ -309,6 +308,11 @@ def _roles(layout: str, *roles: str) -> tuple[int, ...]:
     return (*(layout.index(r) for r in roles), *_spatial(layout, *roles))
 
 
+def _operand_roles(a: od.ConvolutionAttrs) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """_roles of the input (batch, features), the kernel (out, in) and the output (batch, features)."""
+    return _roles(a.lhs_layout, "N", "C"), _roles(a.rhs_layout, "O", "I"), _roles(a.out_layout, "N", "C")
+
+
 def _dense_as_matmul(e: Emitter, m: Match) -> Value | None:
     """out[b, o, p] = sum over f, k of xpad[b, f, p*s + k*d] * w[o, f, k] as one matmul over
     gathered windows, on whichever of kernel taps k or output positions p are fewer:
@@ -322,7 +326,7 @@ def _dense_as_matmul(e: Emitter, m: Match) -> Value | None:
     pads = _static_pads(a)
     if pads is None or not _static(x, w, out):
         return None
-    xr, wr, yr = _roles(a.lhs_layout, "N", "C"), _roles(a.rhs_layout, "O", "I"), _roles(a.out_layout, "N", "C")
+    xr, wr, yr = _operand_roles(a)
     b, f = (x.type.shape[d] for d in xr[:2])
     o = w.type.shape[wr[0]]
     k_hw = tuple(w.type.shape[d] for d in wr[2:])
@@ -389,8 +393,8 @@ wins; with one input channel it runs at 8 GFLOP/s against im2col's 35 (docs/perf
 DEPTHWISE_MIN_TAPS = 49
 """nhwc_conv takes depthwise convolutions with 7x7 kernels (ConvNeXt): as taps each is 49 slices, multiplies and adds
 forward and again in the input gradient; as the grouped NHWC convolution ConvNeXt-T's step compiles a quarter to a
-third faster (b64@32: 99 -> 66-78 s; b8@64: 65 -> 51 s) and runs as fast. At 5x5 (EfficientNet-B0) the NHWC convolution made the step 1.4x slower
-(docs/performance.md)."""
+third faster (b64@32: 99 -> 66-78 s; b8@64: 65 -> 51 s) and runs as fast. At 5x5 (EfficientNet-B0) the NHWC
+convolution made the step 1.4x slower (docs/performance.md)."""
 
 
 def _is_direct_nhwc(a: od.ConvolutionAttrs) -> bool:
@@ -405,7 +409,7 @@ def _is_dense_elsewhere(a: od.ConvolutionAttrs) -> bool:
 def _as_nhwc(e: Emitter, x: Value, w: Value, a: od.ConvolutionAttrs) -> Value:
     """The convolution in NHWC/HWIO (groups kept), transposed in and out behind optimization barriers: IREE would
     otherwise fold the transposes into a generic convolution it runs 20-50x slower."""
-    xr, wr, yr = _roles(a.lhs_layout, "N", "C"), _roles(a.rhs_layout, "O", "I"), _roles(a.out_layout, "N", "C")
+    xr, wr, yr = _operand_roles(a)
     wall = lambda v: e.op("optimization_barrier", v)  # noqa: E731
     xt, wt = e.transpose(x, (xr[0], *xr[2:], xr[1])), e.transpose(w, (*wr[2:], wr[1], wr[0]))
     y = wall(e.op("convolution", wall(xt), wall(wt),
@@ -421,7 +425,7 @@ def _dense_as_nhwc_conv(e: Emitter, m: Match) -> Value | None:
     a: od.ConvolutionAttrs = m.node.attrs
     if not _static(x, w, out) or _static_pads(a) is None or _is_plain(a) and _is_pointwise(w, a):
         return None
-    xr, wr, yr = _roles(a.lhs_layout, "N", "C"), _roles(a.rhs_layout, "O", "I"), _roles(a.out_layout, "N", "C")
+    xr, wr, yr = _operand_roles(a)
     taps = math.prod(w.type.shape[d] for d in wr[2:])
     positions = math.prod(out.type.shape[d] for d in yr[2:])
     rows = x.type.shape[xr[0]] * positions
