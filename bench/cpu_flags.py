@@ -33,11 +33,8 @@ VARIANTS = {"before (all speed flags, else none)": (iree_compile.CPU_SPEED_FLAG_
 def accepted(text: str) -> str:
     """The first flag set of CPU_SPEED_FLAG_SETS that iree-compile accepts for `text`."""
     for flags in iree_compile.CPU_SPEED_FLAG_SETS:
-        try:
-            iree_compile.ireec.compile_str(text, extra_args=[*iree_compile.target_flags("cpu"), *flags])
+        if iree_compile.first_accepted(text, [[*iree_compile.target_flags("cpu"), *flags]], 1)[0]:
             return " ".join(f.removeprefix("--iree-") for f in flags) or "none"
-        except iree_compile.ireec.CompilerToolError:
-            continue
     return "none accepted"
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import subprocess
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, TypeVar
 
 from gir.lower.compile_cache import CompileCache
 
@@ -30,7 +32,8 @@ IM2COL, O3 = "--iree-global-opt-use-im2col-for-convs", "--iree-opt-level=O3"
 NO_AGGRESSIVE_FUSION = "--iree-dispatch-creation-enable-aggressive-fusion=false"
 CPU_SPEED_FLAG_SETS: tuple[tuple[str, ...], ...] = (
     (IM2COL, O3), (IM2COL, O3, NO_AGGRESSIVE_FUSION), (IM2COL,), (O3,), ())
-"""The CPU flag sets tried in turn, the fastest first: im2col and O3 make MobileNetV2's train step at
+"""The CPU flag sets tried in order, the fastest first (two side by side where there are two cores,
+`parallel_attempts`): im2col and O3 make MobileNetV2's train step at
 b8@64 1.56x faster (O3 alone 1.42x, im2col alone 1.47x; bench/levers.py, docs/performance.md). IREE
 3.13 rejects some modules with both: O3's aggressive fusion puts a KxK convolution's padding into the
 im2col matmul that feeds it ("write affecting operations on global resources", cifar_cnn, digits_cnn,
@@ -140,29 +143,75 @@ def compile_text(text: str, target: str = "cpu", chip: str | None = None, extra_
                  use_cache: bool = True) -> bytes:
     """The compiled .vmfb bytes for `text`, from the verified cache when the same text, target and flags
     were compiled before. On the CPU the speed flags are tried first, then fewer of them, then none."""
-    *fallible, last = attempts = _attempts(text, target, chip, extra_flags)
+    attempts = _attempts(text, target, chip, extra_flags)
 
     def compile_now() -> bytes:
-        # Imported here: running modules compiled elsewhere needs the runtime alone (bench/gpu_check.py on a machine
-        # without IREE's compiler).
-        import iree.compiler as ireec
-        for args in fallible:
-            try:
-                # Locations stay as written (no debug-info rewriting) so diagnostics point at our text.
-                return ireec.compile_str(text, extra_args=args)
-            except ireec.CompilerToolError:
-                continue   # a speed flag broke it: try with fewer
-        try:
-            return ireec.compile_str(text, extra_args=last)
-        except ireec.CompilerToolError as e:
-            msg = explain(str(e), text)
-            if chip and any(k in msg for k in CHIP_TROUBLE):
-                msg += f" (is --chip {chip} a valid {target} {'CPU' if target == 'cpu' else 'GPU'} name?)"
-            raise CompileError(f"iree-compile ({target}) failed: {msg}") from None
+        ok, result = first_accepted(text, attempts, parallel_attempts())
+        if ok:
+            return result
+        msg = explain(result, text)
+        if chip and any(k in msg for k in CHIP_TROUBLE):
+            msg += f" (is --chip {chip} a valid {target} {'CPU' if target == 'cpu' else 'GPU'} name?)"
+        raise CompileError(f"iree-compile ({target}) failed: {msg}")
 
     if not use_cache:
         return compile_now()
     return CompileCache(cache_dir()).get_or_compile(cache_key(text, attempts[0]), compile_now)
+
+
+def parallel_attempts() -> int:
+    """How many flag sets compile at once. iree-compile 3.13 keeps one core busy (103% CPU on EfficientNetV2-S's
+    step), so with a second core the next set compiles beside the first rather than after its failure: ConvNeXt-T's
+    step at b64@32, whose first set IREE rejects late, is ready in 38 s instead of 74-87 s, and a first set that
+    compiles takes 3% longer with the second beside it (67 -> 69 s). $GIR_COMPILE_JOBS overrides it (1: in turn)."""
+    if os.environ.get("GIR_COMPILE_JOBS"):
+        return max(1, int(os.environ["GIR_COMPILE_JOBS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 2 if cores >= 2 else 1
+
+
+def launch(source: Path, output: Path, errors: IO[bytes], args: Sequence[str]) -> subprocess.Popen:
+    """iree-compile on the module text in `source` (read as its stdin, so diagnostics name `<stdin>` lines as
+    `explain` expects) with `args`, writing the .vmfb to `output` and diagnostics to `errors`."""
+    # Imported here: running modules compiled elsewhere needs the runtime alone (bench/gpu_check.py on a machine
+    # without IREE's compiler).
+    from iree.compiler.tools.core import CompilerOptions, build_compile_command_line
+    from iree.compiler.tools.debugging import TempFileSaver
+    with TempFileSaver.implicit() as tfs:
+        # Locations stay as written (no debug-info rewriting) so diagnostics point at our text.
+        command = build_compile_command_line("-", tfs, CompilerOptions(output_file=str(output), extra_args=list(args)))
+    with source.open("rb") as stdin:
+        return subprocess.Popen(command, stdin=stdin, stdout=subprocess.DEVNULL, stderr=errors)
+
+
+def first_accepted(text: str, attempts: Sequence[Sequence[str]], width: int) -> tuple[bool, bytes | str]:
+    """(True, .vmfb) of the first flag set in order that iree-compile accepts, or (False, the last set's
+    diagnostics). Up to `width` sets compile at once; a later set that finishes first waits for the earlier ones,
+    and compiles still running once the answer is known (or on Ctrl-C) are killed."""
+    with tempfile.TemporaryDirectory(prefix="gir-iree-") as tmp:
+        source = Path(tmp) / "module.mlir"
+        source.write_text(text)
+        running: dict[int, tuple[subprocess.Popen, Path, IO[bytes]]] = {}
+        try:
+            for i in range(len(attempts)):
+                for j in range(i, min(i + width, len(attempts))):
+                    if j not in running:
+                        errors = (Path(tmp) / f"{j}.err").open("w+b")
+                        output = Path(tmp) / f"{j}.vmfb"
+                        running[j] = (launch(source, output, errors, attempts[j]), output, errors)
+                proc, output, errors = running.pop(i)
+                with errors:
+                    code = proc.wait()
+                    errors.seek(0)
+                    diagnostics = errors.read().decode(errors="replace")
+                if code == 0:
+                    return True, output.read_bytes()
+            return False, f"Error code: {code}\nDiagnostics:\n{diagnostics}"
+        finally:
+            for proc, _, errors in running.values():
+                proc.kill()
+                proc.wait()
+                errors.close()
 
 
 def load_compiled(text: str, target: str, chip: str | None, extra_flags: Sequence[str],

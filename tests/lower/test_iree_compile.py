@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import iree.compiler as ireec
+import numpy as np
+import pytest
 
+from gir.lower import iree_compile
 from gir.lower.iree_compile import CPU_SPEED_FLAG_SETS, IM2COL, _attempts, compile_text, explain
+from gir.lower.iree_runtime import IreeSession
 from gir.netfile import load_net_file
 from gir.rewrite.pipelines import PIPELINES
 from gir.train.step import lower_train_step
@@ -15,28 +18,58 @@ from gir.train.step import lower_train_step
 NETS = Path(__file__).resolve().parents[2] / "nets"
 
 
-def test_a_module_o3_breaks_keeps_im2col_and_o3_without_aggressive_fusion(tmp_path, monkeypatch):
+def _recording_launches(monkeypatch) -> list[tuple[list[str], object]]:
+    """Every iree-compile gir starts, as (its speed flags, its process)."""
+    launched: list[tuple[list[str], object]] = []
+    real = iree_compile.launch
+
+    def recording(source, output, errors, args):
+        proc = real(source, output, errors, args)
+        launched.append(([a for a in args if not a.startswith(("--iree-hal-", "--iree-llvmcpu-target-cpu"))], proc))
+        return proc
+
+    monkeypatch.setattr(iree_compile, "launch", recording)
+    return launched
+
+
+def _digits_step_iree_rejects_first() -> str:
     """digits_cnn's step with its 3x3 convolutions left to IREE (no `nhwc_conv` or `dense_matmul`): IREE 3.13 rejects
-    im2col + O3 (aggressive fusion puts a 3x3 conv's padding into the im2col matmul), so the second
-    set compiles it; each try is a real iree-compile."""
-    monkeypatch.setenv("GIR_CACHE_DIR", str(tmp_path))
-    tried: list[list[str]] = []
-    real = ireec.compile_str
-
-    def recording(text, extra_args=()):
-        tried.append([a for a in extra_args if not a.startswith(("--iree-hal-", "--iree-llvmcpu-target-cpu"))])
-        return real(text, extra_args=extra_args)
-
-    monkeypatch.setattr(ireec, "compile_str", recording)
+    im2col + O3 (aggressive fusion puts a 3x3 conv's padding into the im2col matmul)."""
     net, config = load_net_file(str(NETS / "digits_cnn.py"))
     passes = ",".join(p for p in PIPELINES["default"] if p not in ("nhwc_conv", "dense_matmul"))
-    text = lower_train_step(net, config, batch=32, image=16, passes=passes).text
-    assert compile_text(text, "cpu")
-    assert tried == [list(CPU_SPEED_FLAG_SETS[0]), list(CPU_SPEED_FLAG_SETS[1])]
-    assert IM2COL in tried[-1]
-    tried.clear()
-    assert compile_text(text, "cpu") and tried == []     # cached under the first set's key
+    return lower_train_step(net, config, batch=32, image=16, passes=passes).text
 
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_module_o3_breaks_keeps_im2col_and_o3_without_aggressive_fusion(tmp_path, monkeypatch, jobs):
+    """The second set compiles it, whether the sets run in turn or side by side; each try is a real iree-compile,
+    and none is left running."""
+    monkeypatch.setenv("GIR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("GIR_COMPILE_JOBS", jobs)
+    launched = _recording_launches(monkeypatch)
+    text = _digits_step_iree_rejects_first()
+    assert compile_text(text, "cpu")
+    assert [flags for flags, _ in launched][:2] == [list(CPU_SPEED_FLAG_SETS[0]), list(CPU_SPEED_FLAG_SETS[1])]
+    assert len(launched) == (2 if jobs == "1" else 3)   # side by side, the third set started, then was killed
+    assert all(proc.poll() is not None for _, proc in launched)
+    launched.clear()
+    assert compile_text(text, "cpu") and launched == []     # cached under the first set's key
+
+
+def test_side_by_side_the_answer_is_the_first_set_in_order_iree_accepts():
+    """A set IREE rejects is passed over for the next that compiles (a later one is not taken); when none does, the
+    diagnostics are the last set's."""
+    text = """func.func @f(%a: tensor<4xf32>) -> tensor<4xf32> {
+  %0 = stablehlo.add %a, %a : tensor<4xf32>
+  return %0 : tensor<4xf32>
+}"""
+    ok, vmfb = iree_compile.first_accepted(text, [["--iree-hal-target-device=local",
+                                                   "--iree-hal-local-target-device-backends=llvm-cpu", "--no-such"],
+                                                  iree_compile.target_flags("cpu"), ["--also-no-such"]], 2)
+    assert ok
+    np.testing.assert_array_equal(IreeSession(vmfb, "cpu").call_numpy("f", np.ones(4, np.float32)), 2)
+    ok, diagnostics = iree_compile.first_accepted(text, [["--no-such"], ["--also-no-such"]], 2)
+    assert not ok and "also-no-such" in diagnostics
 
 
 def test_im2col_only_for_modules_with_convolutions_it_helps():
