@@ -33,7 +33,7 @@ VARIANTS = {"before (all speed flags, else none)": (iree_compile.CPU_SPEED_FLAG_
 def accepted(text: str) -> str:
     """The first flag set of CPU_SPEED_FLAG_SETS that iree-compile accepts for `text`."""
     for flags in iree_compile.CPU_SPEED_FLAG_SETS:
-        if iree_compile.first_accepted(text, [[*iree_compile.target_flags("cpu"), *flags]], 1)[0]:
+        if iree_compile.first_accepted(text, [[*iree_compile.target_flags("cpu"), *flags]], 1)[0] is not None:
             return " ".join(f.removeprefix("--iree-") for f in flags) or "none"
     return "none accepted"
 

@@ -146,8 +146,8 @@ def compile_text(text: str, target: str = "cpu", chip: str | None = None, extra_
     attempts = _attempts(text, target, chip, extra_flags)
 
     def compile_now() -> bytes:
-        ok, result = first_accepted(text, attempts, parallel_attempts())
-        if ok:
+        accepted, result = first_accepted(text, attempts, parallel_attempts())
+        if accepted is not None:
             return result
         msg = explain(result, text)
         if chip and any(k in msg for k in CHIP_TROUBLE):
@@ -191,8 +191,8 @@ def _lowest_priority() -> None:
     os.nice(19)
 
 
-def first_accepted(text: str, attempts: Sequence[Sequence[str]], width: int) -> tuple[bool, bytes | str]:
-    """(True, .vmfb) of the first flag set in order that iree-compile accepts, or (False, the last set's
+def first_accepted(text: str, attempts: Sequence[Sequence[str]], width: int) -> tuple[int | None, bytes | str]:
+    """(its index, .vmfb) of the first flag set in order that iree-compile accepts, or (None, the last set's
     diagnostics). Up to `width` sets compile at once; a later set that finishes first waits for the earlier ones,
     and compiles still running once the answer is known (or on Ctrl-C) are killed."""
     with tempfile.TemporaryDirectory(prefix="gir-iree-") as tmp:
@@ -213,8 +213,8 @@ def first_accepted(text: str, attempts: Sequence[Sequence[str]], width: int) -> 
                     errors.seek(0)
                     diagnostics = errors.read().decode(errors="replace")
                 if code == 0:
-                    return True, output.read_bytes()
-            return False, f"Error code: {code}\nDiagnostics:\n{diagnostics}"
+                    return i, output.read_bytes()
+            return None, f"Error code: {code}\nDiagnostics:\n{diagnostics}"
         finally:
             for proc, _, errors in running.values():
                 proc.kill()

@@ -63,13 +63,13 @@ def test_side_by_side_the_answer_is_the_first_set_in_order_iree_accepts():
   %0 = stablehlo.add %a, %a : tensor<4xf32>
   return %0 : tensor<4xf32>
 }"""
-    ok, vmfb = iree_compile.first_accepted(text, [["--iree-hal-target-device=local",
+    accepted, vmfb = iree_compile.first_accepted(text, [["--iree-hal-target-device=local",
                                                    "--iree-hal-local-target-device-backends=llvm-cpu", "--no-such"],
                                                   iree_compile.target_flags("cpu"), ["--also-no-such"]], 2)
-    assert ok
+    assert accepted == 1
     np.testing.assert_array_equal(IreeSession(vmfb, "cpu").call_numpy("f", np.ones(4, np.float32)), 2)
-    ok, diagnostics = iree_compile.first_accepted(text, [["--no-such"], ["--also-no-such"]], 2)
-    assert not ok and "also-no-such" in diagnostics
+    accepted, diagnostics = iree_compile.first_accepted(text, [["--no-such"], ["--also-no-such"]], 2)
+    assert accepted is None and "also-no-such" in diagnostics
 
 
 def test_im2col_only_for_modules_with_convolutions_it_helps():
