@@ -58,8 +58,8 @@ def main() -> None:
     text = "\n".join([
         TITLE, "",
         machine_line(f"train steps; each compiled {args.rounds} times per mode without the cache, alternating "
-                     "(order reversed every round); 'in turn' is GIR_COMPILE_JOBS=1, 'side by side' 2 (the spare "
-                     "set at the lowest CPU priority); the flag set IREE accepts is 1 for the module's first."), "",
+                     "(order reversed every round); 'in turn' is GIR_COMPILE_JOBS=1, 'side by side' 2; the flag set "
+                     "IREE accepts is 1 for the module's first."), "",
         "| net, shape | flag set IREE accepts | in turn s | side by side s | in turn / side by side (median) |",
         "| --- | --- | --- | --- | --- |", *rows])
     publish(TITLE, text, args.write)

@@ -23,8 +23,8 @@ def _recording_launches(monkeypatch) -> list[tuple[list[str], object]]:
     launched: list[tuple[list[str], object]] = []
     real = iree_compile.launch
 
-    def recording(source, output, errors, args, spare=False):
-        proc = real(source, output, errors, args, spare)
+    def recording(source, output, errors, args):
+        proc = real(source, output, errors, args)
         launched.append(([a for a in args if not a.startswith(("--iree-hal-", "--iree-llvmcpu-target-cpu"))], proc))
         return proc
 
