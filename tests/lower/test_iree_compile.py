@@ -3,6 +3,8 @@ CPU_SPEED_FLAG_SETS, keeping im2col (without it a KxK convolution in NCHW runs n
 convolutions other than NHWC/HWIO ones get."""
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +20,15 @@ from gir.train.step import lower_train_step
 NETS = Path(__file__).resolve().parents[2] / "nets"
 
 
-def _recording_launches(monkeypatch) -> list[tuple[list[str], object]]:
-    """Every iree-compile gir starts, as (its speed flags, its process)."""
-    launched: list[tuple[list[str], object]] = []
+def _recording_launches(monkeypatch) -> list[tuple[list[str], object, bool]]:
+    """Every iree-compile gir starts, as (its speed flags, its process, whether it started as a spare)."""
+    launched: list[tuple[list[str], object, bool]] = []
     real = iree_compile.launch
 
-    def recording(source, output, errors, args):
-        proc = real(source, output, errors, args)
-        launched.append(([a for a in args if not a.startswith(("--iree-hal-", "--iree-llvmcpu-target-cpu"))], proc))
+    def recording(source, output, errors, args, spare=False):
+        proc = real(source, output, errors, args, spare)
+        launched.append(([a for a in args if not a.startswith(("--iree-hal-", "--iree-llvmcpu-target-cpu"))], proc,
+                         spare))
         return proc
 
     monkeypatch.setattr(iree_compile, "launch", recording)
@@ -49,9 +52,10 @@ def test_a_module_o3_breaks_keeps_im2col_and_o3_without_aggressive_fusion(tmp_pa
     launched = _recording_launches(monkeypatch)
     text = _digits_step_iree_rejects_first()
     assert compile_text(text, "cpu")
-    assert [flags for flags, _ in launched][:2] == [list(CPU_SPEED_FLAG_SETS[0]), list(CPU_SPEED_FLAG_SETS[1])]
-    assert len(launched) == (2 if jobs == "1" else 3)   # side by side, the third set started, then was killed
-    assert all(proc.poll() is not None for _, proc in launched)
+    assert [flags for flags, _, _ in launched][:2] == [list(CPU_SPEED_FLAG_SETS[0]), list(CPU_SPEED_FLAG_SETS[1])]
+    # side by side, the later sets start as spares, and the third is killed once the second compiles
+    assert [spare for _, _, spare in launched] == ([False, False] if jobs == "1" else [False, True, True])
+    assert all(proc.poll() is not None for _, proc, _ in launched)
     launched.clear()
     assert compile_text(text, "cpu") and launched == []     # cached under the first set's key
 
@@ -102,3 +106,16 @@ def test_a_backend_crash_is_one_line_naming_the_dispatch():
     assert explain(CRASH, "") == (
         "LLVM ERROR: Cannot select: 0x1dd119a0: v2i16,v2i16 = umul_lohi 0x1dd0a7d0, 0x1dd11bd0 "
         "(iree-compile crashed compiling train_step_dispatch_84_elementwise_broadcast_1179648_f32)")
+
+
+def test_a_spare_compile_runs_at_the_lowest_priority_until_promoted():
+    """A spare starts at niceness 19; promoted (it is the one awaited), every thread is back at 0 where the process
+    may raise priorities (root here), else it stays low."""
+    proc = subprocess.Popen(["sleep", "30"], preexec_fn=iree_compile._lowest_priority)
+    try:
+        assert os.getpriority(os.PRIO_PROCESS, proc.pid) == 19
+        iree_compile.promote(proc)
+        assert os.getpriority(os.PRIO_PROCESS, proc.pid) == (0 if os.geteuid() == 0 else 19)
+    finally:
+        proc.kill()
+        proc.wait()
