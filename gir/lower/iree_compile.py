@@ -32,7 +32,7 @@ IM2COL, O3 = "--iree-global-opt-use-im2col-for-convs", "--iree-opt-level=O3"
 NO_AGGRESSIVE_FUSION = "--iree-dispatch-creation-enable-aggressive-fusion=false"
 CPU_SPEED_FLAG_SETS: tuple[tuple[str, ...], ...] = (
     (IM2COL, O3), (IM2COL, O3, NO_AGGRESSIVE_FUSION), (IM2COL,), (O3,), ())
-"""The CPU flag sets tried in order, the fastest first (two side by side where there are two cores,
+"""The CPU flag sets tried in order, the fastest first (side by side with $GIR_COMPILE_JOBS=2,
 `parallel_attempts`): im2col and O3 make MobileNetV2's train step at
 b8@64 1.56x faster (O3 alone 1.42x, im2col alone 1.47x; bench/levers.py, docs/performance.md). IREE
 3.13 rejects some modules with both: O3's aggressive fusion puts a KxK convolution's padding into the
@@ -160,21 +160,21 @@ def compile_text(text: str, target: str = "cpu", chip: str | None = None, extra_
 
 
 def parallel_attempts() -> int:
-    """How many flag sets compile at once. iree-compile 3.13 keeps one core busy (103% CPU on EfficientNetV2-S's
-    step), so with a second core the next set compiles beside the first rather than after its failure: ConvNeXt-T's
-    step at b64@32, whose first set IREE rejects late, is ready in 38 s instead of 74-87 s, and a first set that
-    compiles takes 3% longer with the second beside it (67 -> 69 s). $GIR_COMPILE_JOBS overrides it (1: in turn)."""
-    if os.environ.get("GIR_COMPILE_JOBS"):
-        return max(1, int(os.environ["GIR_COMPILE_JOBS"]))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 2 if cores >= 2 else 1
+    """How many flag sets compile at once: $GIR_COMPILE_JOBS, else 1 (in turn). Side by side (2), a set IREE rejects
+    late costs no extra wait (ConvNeXt-T's b64@32 step: 46 s against 76-85 s in turn), but on this 2-core machine the
+    spare slowed the set being awaited by up to 18% where that set compiles (EfficientNetV2-S 72-74 s in turn, 85-86 s
+    side by side; bench/compile_attempts.py), and most modules' first set compiles."""
+    value = os.environ.get("GIR_COMPILE_JOBS") or "1"
+    if not value.isdigit() or int(value) < 1:
+        raise CompileError(f"GIR_COMPILE_JOBS must be a whole number of compiles at once (1 or more), got {value!r}")
+    return int(value)
 
 
 def launch(source: Path, output: Path, errors: IO[bytes], args: Sequence[str], spare: bool = False) -> subprocess.Popen:
     """iree-compile on the module text in `source` (read as its stdin, so diagnostics name `<stdin>` lines as
     `explain` expects) with `args`, writing the .vmfb to `output` and diagnostics to `errors`. A `spare` compile (a
-    later set, needed only if the ones before it fail) runs at the lowest CPU priority: at the normal one it made
-    the set being awaited 7-16% slower (bench/compile_attempts.py)."""
+    later set, needed only if the ones before it fail) runs at the lowest CPU priority, so that it takes what the
+    awaited one leaves idle."""
     # Imported here: running modules compiled elsewhere needs the runtime alone (bench/gpu_check.py on a machine
     # without IREE's compiler).
     from iree.compiler.tools.core import CompilerOptions, build_compile_command_line

@@ -119,3 +119,14 @@ def test_a_spare_compile_runs_at_the_lowest_priority_until_promoted():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_flag_sets_compile_in_turn_unless_gir_compile_jobs_says_otherwise(monkeypatch):
+    monkeypatch.delenv("GIR_COMPILE_JOBS", raising=False)
+    assert iree_compile.parallel_attempts() == 1
+    monkeypatch.setenv("GIR_COMPILE_JOBS", "2")
+    assert iree_compile.parallel_attempts() == 2
+    for bad in ("two", "0", "-1"):
+        monkeypatch.setenv("GIR_COMPILE_JOBS", bad)
+        with pytest.raises(iree_compile.CompileError, match=f"GIR_COMPILE_JOBS must be .* got '{bad}'"):
+            iree_compile.parallel_attempts()
