@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from report import machine_line, publish
+from report import publish, table_section
 
 from gir.lower import iree_compile
 from gir.netfile import load_net_file
@@ -55,13 +55,12 @@ def main() -> None:
         rows.append(f"| {spec.replace('@', ' ', 1)} | {accepted + 1} | "
                     f"{', '.join(f'{t:.1f}' for t in times['in turn'])} | "
                     f"{', '.join(f'{t:.1f}' for t in times['side by side'])} | {turn / side:.2f} |")
-    text = "\n".join([
-        TITLE, "",
-        machine_line(f"train steps; each compiled {args.rounds} times per mode without the cache, alternating "
-                     "(order reversed every round); 'in turn' is GIR_COMPILE_JOBS=1, 'side by side' 2; the flag set "
-                     "IREE accepts is 1 for the module's first."), "",
-        "| net, shape | flag set IREE accepts | in turn s | side by side s | in turn / side by side (median) |",
-        "| --- | --- | --- | --- | --- |", *rows])
+    text = table_section(
+        TITLE, f"train steps; each compiled {args.rounds} times per mode without the cache, alternating (order "
+               "reversed every round); 'in turn' is GIR_COMPILE_JOBS=1, 'side by side' 2; the flag set IREE accepts "
+               "is 1 for the module's first.",
+        ["net, shape", "flag set IREE accepts", "in turn s", "side by side s", "in turn / side by side (median)"],
+        rows)
     publish(TITLE, text, args.write)
 
 

@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 from peers import LR, gir_config, jax_step_fn, label, log, parse_shapes, step_inputs
-from report import machine_line, publish
+from report import publish, table_section
 
 from gir.lower.iree_compile import compile_text
 from gir.train.backend import iree_module_text
@@ -53,12 +53,10 @@ def main() -> None:
         rows.append(f"| {label(batch, image)} | {len(mods['gir']):,} / {len(mods['JAX']):,} | "
                     f"{', '.join(f'{t:.1f}' for t in times['gir'])} | {', '.join(f'{t:.1f}' for t in times['JAX'])} | "
                     f"{g:.1f} / {j:.1f} | {j / g:.2f} |")
-    text = "\n".join([
-        TITLE, "",
-        machine_line(f"MobileNetV2 train step; each module compiled {args.repeats} times, alternating (order "
-                     "reversed every round), iree-compile (llvm-cpu, host, gir's CPU flags) without the cache."), "",
-        "| shape | module chars: gir / JAX | gir s | JAX s | median s: gir / JAX | JAX / gir |",
-        "| --- | --- | --- | --- | --- | --- |", *rows])
+    text = table_section(
+        TITLE, f"MobileNetV2 train step; each module compiled {args.repeats} times, alternating (order reversed every "
+               "round), iree-compile (llvm-cpu, host, gir's CPU flags) without the cache.",
+        ["shape", "module chars: gir / JAX", "gir s", "JAX s", "median s: gir / JAX", "JAX / gir"], rows)
     publish(TITLE, text, args.write)
 
 

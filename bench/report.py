@@ -13,6 +13,12 @@ def machine_line(what: str) -> str:
             f"({platform.processor() or 'cpu'}), {what}")
 
 
+def table_section(title: str, what: str, header: list[str], rows: list[str]) -> str:
+    """A section: its title, the machine line saying `what`, and a Markdown table of `rows` under `header`."""
+    return "\n".join([title, "", machine_line(what), "", f"| {' | '.join(header)} |",
+                      f"| {' | '.join('---' for _ in header)} |", *rows])
+
+
 def publish(title: str, text: str, write: bool) -> None:
     """Prints a script's section; with `write` (its --write flag) also files it in performance.md."""
     print(text)
