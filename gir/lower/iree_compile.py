@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
@@ -161,7 +162,7 @@ def compile_text(text: str, target: str = "cpu", chip: str | None = None, extra_
 
 def parallel_attempts() -> int:
     """How many flag sets compile at once: $GIR_COMPILE_JOBS, else 1 (in turn). Side by side (2), a set IREE rejects
-    late costs no extra wait (ConvNeXt-T's b64@32 step: 46 s against 76-85 s in turn), but on this 2-core machine the
+    late costs no extra wait (ConvNeXt-T's b64@32 step: 46 s against 76-85 s in turn), but on a 2-core machine the
     spare slowed the set being awaited by up to 18% where that set compiles (EfficientNetV2-S 72-74 s in turn, 85-86 s
     side by side; bench/compile_attempts.py), and most modules' first set compiles."""
     value = os.environ.get("GIR_COMPILE_JOBS") or "1"
@@ -182,13 +183,10 @@ def launch(source: Path, output: Path, errors: IO[bytes], args: Sequence[str], s
     with TempFileSaver.implicit() as tfs:
         # Locations stay as written (no debug-info rewriting) so diagnostics point at our text.
         command = build_compile_command_line("-", tfs, CompilerOptions(output_file=str(output), extra_args=list(args)))
-    with source.open("rb") as stdin:
-        return subprocess.Popen(command, stdin=stdin, stdout=subprocess.DEVNULL, stderr=errors,
-                                preexec_fn=_lowest_priority if spare and hasattr(os, "nice") else None)
-
-
-def _lowest_priority() -> None:
-    os.nice(19)
+    nice = shutil.which("nice") if spare else None   # the nice tool, not a preexec_fn: forking a threaded process
+    with source.open("rb") as stdin:                   # (JAX's) to run Python in the child can deadlock it
+        return subprocess.Popen([nice, "-n", "19", *command] if nice else command, stdin=stdin,
+                                stdout=subprocess.DEVNULL, stderr=errors)
 
 
 def promote(proc: subprocess.Popen) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -111,8 +112,11 @@ def test_a_backend_crash_is_one_line_naming_the_dispatch():
 def test_a_spare_compile_runs_at_the_lowest_priority_until_promoted():
     """A spare starts at niceness 19; promoted (it is the one awaited), every thread is back at 0 where the process
     may raise priorities (root here), else it stays low."""
-    proc = subprocess.Popen(["sleep", "30"], preexec_fn=iree_compile._lowest_priority)
+    proc = subprocess.Popen(["nice", "-n", "19", "sleep", "30"])   # how `launch` starts a spare
     try:
+        deadline = time.monotonic() + 10
+        while os.getpriority(os.PRIO_PROCESS, proc.pid) != 19 and time.monotonic() < deadline:
+            time.sleep(0.01)   # until `nice` has lowered itself and become `sleep`
         assert os.getpriority(os.PRIO_PROCESS, proc.pid) == 19
         iree_compile.promote(proc)
         assert os.getpriority(os.PRIO_PROCESS, proc.pid) == (0 if os.geteuid() == 0 else 19)
