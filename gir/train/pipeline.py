@@ -144,15 +144,16 @@ class Loader:
         maker = None if self.workers else self.maker
         try:
             while True:
-                while len(pending) < self.ahead and (key := next(keys, None)) is not None:
-                    pending.append(self._pool.submit(_run, maker, job, key))
-                if not pending:
-                    return
-                try:
-                    yield pending.popleft().result()
+                try:  # a dead worker breaks the pool: submit and result() both raise it, whichever comes first
+                    while len(pending) < self.ahead and (key := next(keys, None)) is not None:
+                        pending.append(self._pool.submit(_run, maker, job, key))
+                    if not pending:
+                        return
+                    batch = pending.popleft().result()
                 except BrokenProcessPool:
                     raise DataError(f"a data worker process died (out of memory?); try fewer --workers "
                                     f"(now {self.workers}) or a smaller --batch") from None
+                yield batch
         finally:
             for f in pending:
                 f.cancel()

@@ -7,6 +7,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -120,6 +121,18 @@ def test_a_worker_that_dies_stops_the_run_with_one_line(digits16):
     with Loader(DyingMaker(digits16, 32, 0, None), 1) as loader:
         with pytest.raises(DataError, match=r"a data worker process died .*--workers \(now 1\)"):
             list(loader.train(1, 6))
+
+
+def test_a_worker_that_died_while_the_step_ran_stops_the_run_with_one_line(digits16):
+    """The pool is already broken when the next batch is asked for, so submitting it is what fails."""
+    with Loader(DyingMaker(digits16, 32, 0, None), 1) as loader:
+        batches = loader.train(1, 40)
+        next(batches), next(batches)
+        deadline = time.monotonic() + 60
+        while not loader._pool._broken and time.monotonic() < deadline:  # private: the pool's own broken flag
+            time.sleep(0.05)
+        with pytest.raises(DataError, match=r"a data worker process died"):
+            list(batches)
 
 
 def test_mapped_datasets_pickle_as_file_names_not_pixels(tmp_path):
