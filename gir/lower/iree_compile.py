@@ -24,6 +24,15 @@ every Vulkan 1.1 device meets, Mesa's CPU device lavapipe included; name a GPU (
 tuned code."""
 DRIVERS = {"cpu": "local-task", "rocm": "hip", "cuda": "cuda", "vulkan": "vulkan"}
 
+CPU_STACK_LIMIT = 128 * 1024
+"""Bytes of stack one CPU dispatch may take (IREE's default is 32 KiB, a power of two is required). O3's fusion of
+ConvNeXt-T's last residual add, bias, layer scale and head LayerNorm needs 73,856 bytes; under the default IREE
+rejected the first flag set only late in the compile, doubling its time (docs/performance.md). The runtime gives
+its workers CPU_WORKER_STACK (gir.lower.iree_runtime), four times this."""
+CPU_WORKER_STACK = 4 * CPU_STACK_LIMIT
+"""The stack of the CPU device's worker threads (IREE's default 128 KiB): a dispatch's own limit plus the task
+system's frames. Running a gir CPU module outside gir needs `--task_worker_stack_size` at least this."""
+
 
 class CompileError(Exception):
     """iree-compile rejected a module; the message maps its diagnostic back to gir's provenance."""
@@ -51,7 +60,7 @@ def target_flags(target: str, chip: str | None = None) -> list[str]:
     chip = chip or DEFAULT_CHIPS[target]
     if target == "cpu":
         return ["--iree-hal-target-device=local", "--iree-hal-local-target-device-backends=llvm-cpu",
-                f"--iree-llvmcpu-target-cpu={chip}"]
+                f"--iree-llvmcpu-target-cpu={chip}", f"--iree-llvmcpu-stack-allocation-limit={CPU_STACK_LIMIT}"]
     if target == "rocm":
         return ["--iree-hal-target-device=hip", f"--iree-rocm-target={chip}"]
     if target == "vulkan":

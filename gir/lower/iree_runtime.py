@@ -11,7 +11,7 @@ import iree.runtime as ireert
 import numpy as np
 from iree.runtime.function import Invocation, InvokeContext, _extract_vm_sequence_to_python
 
-from gir.lower.iree_compile import DRIVERS
+from gir.lower.iree_compile import CPU_WORKER_STACK, DRIVERS
 
 
 class DeviceUnavailable(RuntimeError):
@@ -24,6 +24,8 @@ def device_config(target: str) -> ireert.Config:
     device before compiling and then running on it share one device); DeviceUnavailable when this
     machine has none."""
     driver = DRIVERS[target]
+    if target == "cpu":  # before the driver exists: its executor reads the flag once, when it is created
+        ireert.flags.parse_flags(f"--task_worker_stack_size={CPU_WORKER_STACK}")
     try:
         return ireert.Config(driver)
     except (RuntimeError, ValueError):

@@ -6,8 +6,8 @@ import pytest
 from gir.ir import Graph, TensorType
 from gir.ir import opdefs as od
 from gir.shapes.emit import Emitter
-from gir.lower.iree_compile import compile_text
-from gir.lower.iree_runtime import DeviceUnavailable, IreeSession
+from gir.lower.iree_compile import CPU_STACK_LIMIT, CPU_WORKER_STACK, compile_text, target_flags
+from gir.lower.iree_runtime import DeviceUnavailable, IreeSession, device_config
 from gir.lower.stablehlo import print_module
 
 
@@ -75,6 +75,24 @@ def test_missing_gpu_driver_or_device_is_reported():
         assert "no rocm device is available" in str(e)
     except Exception as e:  # a rocm device exists but cannot run a cpu module: also not a crash of ours
         assert "rocm" in str(e).lower() or "hip" in str(e).lower()
+
+
+def test_cpu_workers_get_a_stack_for_the_dispatch_stack_limit_the_compiler_allows(monkeypatch):
+    """Modules are compiled allowing CPU_STACK_LIMIT bytes of stack per dispatch (IREE's default 32 KiB rejected
+    ConvNeXt-T's O3 module); the workers' stacks must be set larger before the CPU driver is created."""
+    calls = []
+    monkeypatch.setattr(ireert.flags, "parse_flags", lambda *f: calls.append(("flags", *f)))
+    monkeypatch.setattr(ireert, "Config", lambda driver: calls.append(("driver", driver)))
+    device_config.cache_clear()
+    try:
+        device_config("cpu")
+    finally:
+        device_config.cache_clear()
+    assert calls[-1] == ("driver", "local-task")
+    flags = [f for c in calls[:-1] for f in c[1:]]
+    assert flags == [f"--task_worker_stack_size={CPU_WORKER_STACK}"]
+    assert CPU_WORKER_STACK >= 2 * CPU_STACK_LIMIT
+    assert f"--iree-llvmcpu-stack-allocation-limit={CPU_STACK_LIMIT}" in target_flags("cpu")
 
 
 _KEPT = """
