@@ -145,15 +145,25 @@ def _batch_norm_eval(e: Emitter, node: Node, cts: tuple[Ct, ...]):
     return gx, e.mul(dxc, r), gb, e.neg(e.mul(gb, scale)), gvar
 
 
+RECOMPUTED = frozenset({"gelu"})
+"""Layers whose backward recomputes their intermediates from the input, read through an optimization barrier. Merged
+with the forward's (by gir's CSE, or IREE's), the five values GELU's tanh form makes were each written out by the
+forward's matmul dispatch and read back (7 outputs instead of 2): ViT-Tiny's step 4.5% and char_gpt's 8% faster
+this way. Swish and hard swish, which keep one or two such values, made EfficientNet-B0 and MobileNetV3 a third slower
+(docs/performance.md)."""
+
+
 def _through_decomposition(e: Emitter, node: Node, cts: tuple[Ct, ...]):
     """Recompute the op as primitives (marked as this node's adjoint) and run the reverse pass over them."""
+    ins = tuple(e.op("optimization_barrier", v) for v in node.inputs) if node.op in RECOMPUTED else node.inputs
     start = len(e.graph.nodes)
-    res = DECOMPOSITIONS[node.op](e, node.attrs, *node.inputs)
+    res = DECOMPOSITIONS[node.op](e, node.attrs, *ins)
     outs = res if isinstance(res, tuple) else (res,)
     seeds = {o: ct for o, ct in zip(outs, cts) if ct is not None}
-    back = backprop(e.graph, e.graph.nodes[start:], seeds, node.inputs, owner=node, constraints=e.constraints)
+    back = backprop(e.graph, e.graph.nodes[start:], seeds, ins, owner=node, constraints=e.constraints)
     # a value passed in several positions (attention(x, x, x)) has one total gradient: give it once
-    return tuple(back.grads.get(v) if node.inputs.index(v) == i else None for i, v in enumerate(node.inputs))
+    return tuple(back.grads.get(w) if node.inputs.index(v) == i else None
+                 for i, (v, w) in enumerate(zip(node.inputs, ins)))
 
 
 for _op in ("layer_norm", "swish", "hard_swish", "hard_sigmoid", "gelu", "avg_pool", "softmax_cross_entropy", "attention"):

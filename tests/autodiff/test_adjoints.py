@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 
 from gir.autodiff import ADJOINTS, NOT_DIFFERENTIABLE
+from gir.autodiff.layer_adjoints import RECOMPUTED
 from gir.autodiff.numeric import check_adjoint, linear_groups
-from gir.ir import OPS, DType, TensorType
+from gir.autodiff.reverse import backprop
+from gir.ir import OPS, DType, Graph, Loc, TensorType
 from gir.ir import opdefs as od
+from gir.lower.decompose import decompose
+from gir.rewrite.driver import run_pipeline
+from gir.shapes.emit import Emitter
 
 F, I32 = DType.f32, DType.i32
 
@@ -142,3 +147,22 @@ def test_max_pool_ties_split_the_cotangent_evenly():
     expect[2:, 2:] = 4.0
     np.testing.assert_array_equal(got, expect)
     assert got.sum() == ct.sum()                  # every window's cotangent is passed on exactly once
+
+
+@pytest.mark.parametrize("op", sorted(RECOMPUTED))
+def test_elementwise_layers_backward_recomputes_from_the_input_not_the_forwards_values(op):
+    """After CSE no backward node reads a value the forward computed from x: had it read the forward's
+    intermediates, IREE's forward dispatch would write each of them out (docs/performance.md). The numbers are
+    checked by test_adjoint_numerics."""
+    g = Graph("remat")
+    x = g.add_input("x", T(4, 6), "data")
+    node = Emitter(g, Loc()).node(op, [x], None)
+    ct = g.add_input("ct", node.outputs[0].type, "data")
+    back = backprop(g, [node], {node.outputs[0]: ct}, [x])
+    g.set_output("y", node.outputs[0])
+    g.set_output("gx", back.grads[x])
+    prim = run_pipeline(decompose(g), "cse")
+    forward = {o for n in prim.nodes if n.adjoint_of is None and n.op != "constant" for o in n.outputs}
+    read_by_backward = {v for n in prim.nodes if n.adjoint_of is not None for v in n.inputs}
+    assert read_by_backward & forward <= {prim.inputs[0]}, sorted(n.op for n in prim.nodes if n.adjoint_of is None
+                                                                     and read_by_backward & set(n.outputs))
