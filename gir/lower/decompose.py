@@ -218,15 +218,16 @@ def _attention(e: Emitter, a: od.AttentionAttrs, q: Value, k: Value, v: Value) -
     n, t, d = q.type.shape
     h, dh = a.heads, d // a.heads
 
-    def heads(x: Value) -> Value:  # [N, T, D] -> [N, h, T, dh]
-        return e.transpose(e.reshape(x, (n, t, h, dh)), (0, 2, 1, 3))
+    def heads(x: Value) -> Value:  # [N, T, D] -> [N*h, T, dh]
+        return e.reshape(e.transpose(e.reshape(x, (n, t, h, dh)), (0, 2, 1, 3)), (n * h, t, dh))
 
     qh, kh, vh = heads(q), heads(k), heads(v)
-    scores = e.op("dot_general", qh, kh, attrs=od.DotGeneralAttrs((0, 1), (0, 1), (3,), (3,)))  # [N,h,T,T]
-    scores = e.mul_scalar(scores, 1.0 / math.sqrt(dh))
+    scores = e.op("dot_general", qh, kh, attrs=od.DotGeneralAttrs((0,), (0,), (2,), (2,)))  # [N*h,T,T]
+    scores = e.mul_scalar(e.reshape(scores, (n, h, t, t)), 1.0 / math.sqrt(dh))
     p = _softmax_along(e, _causal_mask(e, scores) if a.causal else scores, 3)
-    out = e.op("dot_general", p, vh, attrs=od.DotGeneralAttrs((0, 1), (0, 1), (3,), (2,)))  # [N,h,T,dh]
-    return e.reshape(e.transpose(out, (0, 2, 1, 3)), (n, t, d))
+    out = e.op("dot_general", e.reshape(p, (n * h, t, t)), vh,
+               attrs=od.DotGeneralAttrs((0,), (0,), (2,), (1,)))  # [N*h,T,dh]
+    return e.reshape(e.transpose(e.reshape(out, (n, h, t, dh)), (0, 2, 1, 3)), (n, t, d))
 
 
 def decompose(graph: Graph) -> Graph:
