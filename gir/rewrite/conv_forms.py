@@ -332,27 +332,60 @@ def _dense_as_matmul(e: Emitter, m: Match) -> Value | None:
     k_hw = tuple(w.type.shape[d] for d in wr[2:])
     p_hw = tuple(out.type.shape[d] for d in yr[2:])
     taps, positions = math.prod(k_hw), math.prod(p_hw)
-    if min(taps, positions) > MAX_TAPS:
+    tiled = _tiled(e, x, xr, a, pads, k_hw, p_hw)   # [b, f, then (p, k) or (k, p) per spatial dim]
+    if tiled is None and min(taps, positions) > MAX_TAPS:
         return None
     if taps <= positions:
-        # x once as [b, h, w, f]: each window is then a [b, p..., f] block, rows of cols
-        xt = e.transpose(x, (xr[0], *xr[2:], xr[1]))
-        window = _tap_windows(e, xt, (1, 2), a.window_strides, a.rhs_dilation, a.lhs_dilation, pads, p_hw)
-        cols = [e.reshape(window(i, j), (b * positions, f)) for i in range(k_hw[0]) for j in range(k_hw[1])]
+        if tiled is None:
+            # x once as [b, h, w, f]: each window is then a [b, p..., f] block, rows of cols
+            xt = e.transpose(x, (xr[0], *xr[2:], xr[1]))
+            window = _tap_windows(e, xt, (1, 2), a.window_strides, a.rhs_dilation, a.lhs_dilation, pads, p_hw)
+            cols = _concat(e, [e.reshape(window(i, j), (b * positions, f))
+                               for i in range(k_hw[0]) for j in range(k_hw[1])], 1)
+        else:
+            view, (ph, kh), (pw, kw) = tiled
+            cols = e.reshape(e.transpose(view, (0, ph, pw, kh, kw, 1)), (b * positions, taps * f))
         wide = b * positions < ROWS_PER_OUTPUT_FEATURE * o   # the kernel as [o, taps * f], else [taps * f, o]
         wm = e.transpose(w, (wr[0], *wr[2:], wr[1]) if wide else (*wr[2:], wr[1], wr[0]))
         wm = e.reshape(wm, (o, taps * f) if wide else (taps * f, o))
-        y = _walled_matmul(e, _concat(e, cols, 1), wm, 1 if wide else 0)
+        y = _walled_matmul(e, cols, wm, 1 if wide else 0)
         y, order = e.reshape(y, (b, *p_hw, o)), (0, 3, 1, 2)   # [b, o, p...] from [b, p..., o]
     else:
-        # x once as [b, f, h, w]: each window is then a [b, f, k...] block, rows of cols
-        xt = e.transpose(x, xr)
-        window = _tap_windows(e, xt, (2, 3), a.rhs_dilation, a.window_strides, a.lhs_dilation, pads, k_hw)
-        cols = [e.reshape(window(i, j), (b, f * taps)) for i in range(p_hw[0]) for j in range(p_hw[1])]
+        if tiled is None:
+            # x once as [b, f, h, w]: each window is then a [b, f, k...] block, rows of cols
+            xt = e.transpose(x, xr)
+            window = _tap_windows(e, xt, (2, 3), a.rhs_dilation, a.window_strides, a.lhs_dilation, pads, k_hw)
+            cols = _concat(e, [e.reshape(window(i, j), (b, f * taps))
+                               for i in range(p_hw[0]) for j in range(p_hw[1])], 0)
+        else:
+            view, (ph, kh), (pw, kw) = tiled
+            cols = e.reshape(e.transpose(view, (ph, pw, 0, 1, kh, kw)), (positions * b, f * taps))
         wm = e.reshape(e.transpose(w, wr), (o, f * taps))
-        y = _walled_matmul(e, wm, _concat(e, cols, 0), 1)
+        y = _walled_matmul(e, wm, cols, 1)
         y, order = e.reshape(y, (o, *p_hw, b)), (3, 0, 1, 2)
     return e.transpose(y, tuple(order[yr.index(d)] for d in range(4)))   # into the output's layout
+
+
+def _tiled(e: Emitter, x: Value, xr: tuple[int, ...], a: od.ConvolutionAttrs, pads: list[tuple[int, int]],
+           k_hw: tuple[int, ...], p_hw: tuple[int, ...]) -> tuple[Value, tuple[int, int], tuple[int, int]] | None:
+    """x as [b, f, h1, h2, w1, w2] and the axes of (output position, kernel tap) of each spatial dim, when the windows
+    tile the input exactly, so that gathering them is this transpose and reshape: a patch embedding (stride = kernel:
+    input row p*k + i) or its weight gradient (dilation = positions: row i*p + q). None otherwise."""
+    if any(d != 1 for d in a.lhs_dilation) or any(p != 0 for pair in pads for p in pair):
+        return None
+    split, axes = [x.type.shape[d] for d in xr[:2]], []
+    for dim, k, p, s, d in zip(xr[2:], k_hw, p_hw, a.window_strides, a.rhs_dilation):
+        if x.type.shape[dim] != p * k or k == 1 or p == 1:
+            return None
+        if d == 1 and s == k:
+            split += [p, k]
+            axes.append((len(split) - 2, len(split) - 1))
+        elif s == 1 and d == p:
+            split += [k, p]
+            axes.append((len(split) - 1, len(split) - 2))
+        else:
+            return None
+    return e.reshape(e.transpose(x, xr), split), axes[0], axes[1]
 
 
 def _walled_matmul(e: Emitter, lhs: Value, rhs: Value, rhs_contract: int) -> Value:

@@ -209,13 +209,22 @@ def test_dense_matmul_reads_the_activation_layout(layout, preserves):
     preserves(g, out, rtol=1e-4, atol=1e-4)
 
 
-def test_dense_matmul_leaves_convolutions_with_many_taps_and_positions():
-    """A 16x16 patch embedding on a 224x224 image: 256 taps and 196 positions, both past MAX_TAPS."""
-    b = Builder("patch")
-    x, w = b.input("x", (1, 3, 224, 224)), b.input("w", (8, 3, 16, 16), role="param")
-    g = b.graph
-    g.set_output("y", b.conv2d(x, w, stride=16, padding="valid"))
-    g = decompose(g)
+def test_dense_matmul_takes_patch_embeddings_whatever_their_size_as_a_reshape(preserves):
+    """8x8 patches of a 64x64 image: 64 taps and 64 positions, past MAX_TAPS, but the windows tile the image, so the
+    forward and the weight gradient (dilation 8 = positions) gather them with one transpose and reshape, no slices.
+    The input gradient (a transposed convolution, lhs dilation 8) is not a tiling and stays a convolution."""
+    g = _conv_train_graph((2, 3, 64, 64), (4, 3, 8, 8), stride=8, padding="valid")
+    ctx = Context(trace=[], check=True)
+    out = run_pass(g, "dense_matmul", ctx)
+    assert [f.rule for f in ctx.trace] == ["dense_conv_as_matmul"] * 2
+    assert sum(n.op == "convolution" for n in out.nodes) == 1
+    assert not [n for n in out.nodes if n.op in ("slice", "concatenate")]
+    preserves(g, out, rtol=1e-4, atol=1e-4)
+
+
+def test_dense_matmul_leaves_overlapping_convolutions_with_many_taps_and_positions():
+    """The other side: 8x8 windows at stride 4 overlap, and 64 taps and 225 positions are both past MAX_TAPS."""
+    g = _conv_train_graph((2, 3, 64, 64), (4, 3, 8, 8), stride=4, padding="valid")
     assert len(run_pass(g, "dense_matmul").nodes) == len(g.nodes)
 
 
