@@ -24,12 +24,11 @@ NETS = Path(__file__).resolve().parents[2] / "nets"
 def _recording_launches(monkeypatch) -> list[tuple[list[str], object, bool]]:
     """Every iree-compile gir starts, as (its speed flags, its process, whether it started as a spare)."""
     launched: list[tuple[list[str], object, bool]] = []
-    real = iree_compile.launch
+    real, device = iree_compile.launch, set(iree_compile.target_flags("cpu"))
 
     def recording(source, output, errors, args, spare=False):
         proc = real(source, output, errors, args, spare)
-        launched.append(([a for a in args if not a.startswith(("--iree-hal-", "--iree-llvmcpu-target-cpu"))], proc,
-                         spare))
+        launched.append(([a for a in args if a not in device], proc, spare))
         return proc
 
     monkeypatch.setattr(iree_compile, "launch", recording)
