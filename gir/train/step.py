@@ -1,12 +1,13 @@
 """The train step as one graph: forward (train-mode BN), label-smoothed cross-entropy, the backward
-pass from registered adjoints, optional global-norm clipping and the optimizer update.
+pass from registered adjoints, optional global-norm clipping and the optimizer update (which reads large
+gradients through an optimization barrier, LARGE_GRADIENT).
 
 Inputs: parameters, optimizer state (`<slot>:<param>`, zeros at first), `images` (or i32 `tokens`),
 `labels` ([N], or [N, T] for per-token logits), `lr` (f32) and `step` (i32, 1 for the first step).
-Outputs: `loss`, `logits`, `bn_mean:<path>` and `bn_var:<path>` per BN layer (biased batch variance), `grad_norm` when clipping, and for every
-parameter and state input an output of the same name holding its next value. BN running statistics
-are state too: the step updates them, r = (1 - momentum) r + momentum s, with the unbiased batch
-variance as PyTorch does, so they never leave the device.
+Outputs: `loss`, `logits`, `bn_mean:<path>` and `bn_var:<path>` per BN layer (biased batch variance), `grad_norm`
+when clipping, and for every parameter and state input an output of the same name holding its next value. BN running
+statistics are state too: the step updates them, r = (1 - momentum) r + momentum s, with the unbiased batch variance
+as PyTorch does, so they never leave the device.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import sympy
 
 from gir.autodiff import Backward, vjp
 from gir.ir.dtypes import DType
-from gir.ir.graph import Graph, Init, Loc
+from gir.ir.graph import Graph, Init, Loc, Value
 from gir.ir.types import TensorType
 from gir.lower.pipeline import LoweredModule, lower_graph
 from gir.nn.builder import STEP
@@ -27,6 +28,19 @@ from gir.rewrite import Firing, passes_for
 from gir.shapes.emit import Emitter
 from gir.train.config import TrainConfig
 from gir.train.optim import OPTIMIZERS, Hyper, bias_corrections, clip_by_global_norm
+
+
+LARGE_GRADIENT = 2**19
+"""A gradient of this many elements or more reaches the optimizer through an optimization barrier. Without it IREE
+fuses the weight gradient's matmul with the parameter's update (AdamW's three outputs) into one dispatch that ran up to
+25x slower than the two apart (ConvNeXt-T b64@32: 54 ms a call for a 768x3072 weight against about 2 and 5 ms; the
+step 2.2x faster with barriers). Below it the fused dispatch is no slower, and a barrier on every gradient made
+compiles up to 40% longer (more dispatches) and EfficientNetV2-S's step 5% slower (docs/performance.md)."""
+
+
+def walled(e: Emitter, grad: Value) -> Value:
+    """`grad` as the optimizer reads it: through a barrier when it has LARGE_GRADIENT elements or more."""
+    return e.op("optimization_barrier", grad) if math.prod(grad.type.shape) >= LARGE_GRADIENT else grad
 
 
 @attrs.frozen
@@ -49,7 +63,7 @@ def build_train_step(net: Net, config: TrainConfig) -> TrainStep:
     step = g.input(STEP) if any(v.name == STEP for v in g.inputs) else g.add_input(STEP, TensorType((), DType.i32),
                                                                                      "hyper")
     e = Emitter(g, Loc(path="optimizer"), None, net.constraints)
-    grads = [back.grads[p] if back.grads[p] is not None else e.zeros(p) for p in params]
+    grads = [e.zeros(p) if back.grads[p] is None else walled(e, back.grads[p]) for p in params]
     if config.clip_norm:
         grads, norm = clip_by_global_norm(e, grads, config.clip_norm)
         g.set_output("grad_norm", norm)

@@ -2,6 +2,7 @@
 JAX backend against jax.grad of the forward graph."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import jax
@@ -17,7 +18,7 @@ from gir.nn import N, Net, dense
 from gir.nn.params import init_params
 from gir.shapes.specialize import specialize
 from gir.train import TrainConfig
-from gir.train.step import build_train_step, lower_train_step
+from gir.train.step import LARGE_GRADIENT, build_train_step, lower_train_step
 
 NETS = Path(__file__).resolve().parents[2] / "nets"
 MLP = Net("mlp2", [dense(6, 5, act="relu"), dense(5, 3)], input_shape=(N, 6), num_classes=3)
@@ -84,6 +85,21 @@ def test_optimizer_update_matches_numpy(optimizer, clip):
         np.testing.assert_allclose(out[name], new_p, rtol=2e-5, atol=1e-6)
         for s, want in zip(SLOTS[optimizer], new_state):
             np.testing.assert_allclose(out[f"{s}:{name}"], want, rtol=2e-5, atol=1e-6)
+
+
+def test_large_gradients_reach_the_optimizer_through_a_barrier_that_the_pipeline_keeps():
+    """A weight of LARGE_GRADIENT elements (1024 x 512) is updated from its gradient read through an optimization
+    barrier, which the default pipeline keeps (so IREE cannot fuse the weight-gradient matmul with the update); one
+    element fewer (1023 x 512) and the small head are read directly."""
+    def walled(graph):
+        return sorted(math.prod(n.inputs[0].type.shape) for n in graph.nodes if n.op == "optimization_barrier"
+                      and all(u.loc.path.startswith("optimizer.") for u in graph.users()[n.outputs[0]]))
+
+    for width, want in ((1024, [LARGE_GRADIENT]), (1023, [])):
+        net = Net("wide", [dense(width, 512, act="relu"), dense(512, 3)], input_shape=(N, width), num_classes=3)
+        cfg = TrainConfig(optimizer="adamw")
+        assert walled(build_train_step(net, cfg).graph) == want
+        assert walled(lower_train_step(net, cfg, batch=4).primitive) == want
 
 
 def test_running_statistics_are_updated_in_the_step():
