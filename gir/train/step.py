@@ -34,8 +34,9 @@ LARGE_GRADIENT = 2**19
 """A gradient of this many elements or more reaches the optimizer through an optimization barrier. Without it IREE
 fuses the weight gradient's matmul with the parameter's update (AdamW's three outputs) into one dispatch that ran up to
 25x slower than the two apart (ConvNeXt-T b64@32: 54 ms a call for a 768x3072 weight against about 2 and 5 ms; the
-step 2.2x faster with barriers). Below it the fused dispatch is no slower, and a barrier on every gradient made
-compiles up to 40% longer (more dispatches) and EfficientNetV2-S's step 5% slower (docs/performance.md)."""
+step 2-3x faster with barriers). Below it the fused dispatch is no slower, and a barrier on every gradient made the
+MLP's step and EfficientNetV2-S's about 5-20% slower, its hundreds of small updates dispatches of their own
+(docs/performance.md)."""
 
 
 def walled(e: Emitter, grad: Value) -> Value:
