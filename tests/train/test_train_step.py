@@ -89,11 +89,12 @@ def test_optimizer_update_matches_numpy(optimizer, clip):
 
 def test_large_gradients_reach_the_optimizer_through_a_barrier_that_the_pipeline_keeps():
     """A weight of LARGE_GRADIENT elements (1024 x 512) is updated from its gradient read through an optimization
-    barrier, which the default pipeline keeps (so IREE cannot fuse the weight-gradient matmul with the update); one
-    element fewer (1023 x 512) and the small head are read directly."""
+    barrier, which the default pipeline keeps (so IREE cannot fuse the weight-gradient matmul with the update); a
+    1023 x 512 weight, just under it, and the small head are read directly."""
     def walled(graph):
+        users = graph.users()
         return sorted(math.prod(n.inputs[0].type.shape) for n in graph.nodes if n.op == "optimization_barrier"
-                      and all(u.loc.path.startswith("optimizer.") for u in graph.users()[n.outputs[0]]))
+                      and all(u.loc.path.startswith("optimizer.") for u in users[n.outputs[0]]))
 
     for width, want in ((1024, [LARGE_GRADIENT]), (1023, [])):
         net = Net("wide", [dense(width, 512, act="relu"), dense(512, 3)], input_shape=(N, width), num_classes=3)
