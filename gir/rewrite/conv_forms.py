@@ -6,11 +6,10 @@ reductions) that fuse well.
 - A depthwise conv (feature_group_count = C), forward or input gradient (lhs dilation becomes
   interior padding): y = sum over taps of slice(xpad) * w[:, 0, i, j]. A strided one first splits
   the padded input into its s*s phases (reshape + one transpose), so every tap reads a
-  contiguous window of one phase instead of a strided one. A tap whose window meets only padding (a 3x3 kernel on
-  a 1x1 map, the outer ring of a 5x5 one on a 2x2 map) is left out.
+  contiguous window of one phase instead of a strided one.
 - A depthwise weight gradient (batch_group_count = C): dw[:, 0, i, j] = sum over batch and space
   of slice(xpad) * cotangent; a strided one reads the forward's phases (the same split, kept once
-  by CSE) instead of strided windows of a second padded copy of x; a tap that meets only padding is zero.
+  by CSE) instead of strided windows of a second padded copy of x.
 
 `pointwise_matmul` (IREE only; XLA:CPU runs it slower): 1x1 convolutions as matmuls in the
 activations' own layout, so IREE inserts no NHWC transposes around them.
@@ -144,13 +143,13 @@ def _depthwise_taps(e: Emitter, m: Match, phases: bool = True) -> Value | None:
             or kh * kw > MAX_TAPS:
         return None
     out_hw = tuple(out.type.shape[d] for d in sp)
-    geometry = (sp, a.window_strides, a.rhs_dilation, a.lhs_dilation, pads, out_hw)
-    window, live = _tap_windows(e, x, *geometry, phases), _tap_reads_input(x, *geometry)
+    window = _tap_windows(e, x, sp, a.window_strides, a.rhs_dilation, a.lhs_dilation, pads, out_hw, phases)
     y = None
-    for i, j in ((i, j) for i in range(kh) for j in range(kw) if live(i, j)):
-        t = e.mul(window(i, j), e.bcast(_weight_tap(e, w, w_sp, i, j), out.type.shape, (c_ax,)))
-        y = t if y is None else e.add(y, t)
-    return e.zeros(out) if y is None else y
+    for i in range(kh):
+        for j in range(kw):
+            t = e.mul(window(i, j), e.bcast(_weight_tap(e, w, w_sp, i, j), out.type.shape, (c_ax,)))
+            y = t if y is None else e.add(y, t)
+    return y
 
 
 def _tap_windows(e: Emitter, x: Value, sp: tuple[int, int], strides: tuple[int, ...], dilation: tuple[int, ...],
@@ -163,21 +162,6 @@ def _tap_windows(e: Emitter, x: Value, sp: tuple[int, int], strides: tuple[int, 
         return _phase_windows(e, x, sp, strides, dilation, pads, out_hw)
     xp = _padded(e, x, sp, pads, tuple(d - 1 for d in lhs_dilation))
     return lambda i, j: _tap(e, xp, sp, i, j, dilation, strides, out_hw)
-
-
-def _tap_reads_input(x: Value, sp: tuple[int, int], strides: tuple[int, ...], dilation: tuple[int, ...],
-                     lhs_dilation: tuple[int, ...], pads: list[tuple[int, int]],
-                     out_hw: tuple[int, ...]) -> Callable[[int, int], bool]:
-    """live(i, j): whether tap (i, j)'s window (as _tap_windows reads it) meets any element of x, not only padding.
-    A tap that reads only padding adds nothing to a convolution and has a zero weight gradient (a 3x3 kernel on a
-    1x1 map: 8 of its 9 taps), so the forms leave it out."""
-    def meets(size: int, lo: int, ld: int, offset: int, step: int, n_out: int) -> bool:
-        return any(p >= lo and (p - lo) % ld == 0 and (p - lo) // ld < size
-                   for p in range(offset, offset + step * n_out, step))
-
-    (h, w), (lo_h, lo_w) = (x.type.shape[d] for d in sp), (lo for lo, _ in pads)
-    return lambda i, j: meets(h, lo_h, lhs_dilation[0], i * dilation[0], strides[0], out_hw[0]) and \
-        meets(w, lo_w, lhs_dilation[1], j * dilation[1], strides[1], out_hw[1])
 
 
 def _phase_windows(e: Emitter, x: Value, sp: tuple[int, int], strides: tuple[int, ...], dilation: tuple[int, ...],
@@ -228,16 +212,12 @@ def _weight_grad_taps(e: Emitter, m: Match, as_dots: bool = False) -> Value | No
     ct_hw = tuple(ct.type.shape[d] for d in sp)
     # the gradient conv's window stride is the forward dilation, its rhs dilation the forward stride;
     # a strided one reads the forward's phase split
-    geometry = (sp, a.rhs_dilation, a.window_strides, a.lhs_dilation, pads, ct_hw)
-    window, live = _tap_windows(e, x, *geometry), _tap_reads_input(x, *geometry)
-
-    def tap(i: int, j: int) -> Value:
-        if not live(i, j):
-            return e.const(0.0, out, (c,))
+    window = _tap_windows(e, x, sp, a.rhs_dilation, a.window_strides, a.lhs_dilation, pads, ct_hw)
+    def tap(win: Value) -> Value:
         if as_dots:
-            return e.op("dot_general", window(i, j), ct, attrs=od.DotGeneralAttrs((c_ax,), (c_ax,), others, others))
-        return e.reduce(e.mul(window(i, j), ct), "sum", others)
-    taps = [e.reshape(tap(i, j), (c, 1)) for i in range(kh) for j in range(kw)]
+            return e.op("dot_general", win, ct, attrs=od.DotGeneralAttrs((c_ax,), (c_ax,), others, others))
+        return e.reduce(e.mul(win, ct), "sum", others)
+    taps = [e.reshape(tap(window(i, j)), (c, 1)) for i in range(kh) for j in range(kw)]
     return e.reshape(_concat(e, taps, 1), out.type.shape)
 
 

@@ -15,9 +15,9 @@ from gir.rewrite.conv_forms import DEPTHWISE_MIN_TAPS, DIRECT_MIN_CHANNELS, DIRE
 from gir.shapes.emit import Emitter
 
 
-def _dw_weight_grad(stride: int, dilation: int, padding: str, k: int = 3, image: int = 9):
+def _dw_weight_grad(stride: int, dilation: int, padding: str, k: int = 3):
     b = Builder("dw")
-    x = b.input("x", (2, 4, image, image))
+    x = b.input("x", (2, 4, 9, 9))
     w = b.input("w", (4, 1, k, k), role="param")
     y = b.depthwise_conv2d(x, w, stride=stride, padding=padding, dilation=dilation)
     ct = b.input("ct", tuple(y.type.shape))
@@ -39,34 +39,6 @@ def test_depthwise_weight_grad_as_taps(stride, dilation, padding, k, preserves):
     assert [f.rule for f in ctx.trace] == ["depthwise_weight_grad_as_taps"]
     assert not [n for n in out.nodes if n.op == "convolution"]
     assert sum(n.op == "slice" for n in out.nodes) == k * k
-    preserves(g, out, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("image,k,stride,live", [(1, 3, 1, 1), (2, 3, 1, 9), (2, 5, 1, 9), (3, 5, 1, 25),
-                                                 (1, 3, 2, 1), (2, 5, 2, 4), (3, 3, 2, 9)])
-def test_taps_that_read_only_padding_are_left_out(image, k, stride, live, preserves):
-    """A 3x3 kernel on a 1x1 map meets x with its centre tap only; a 5x5 one on a 2x2 map with 3x3 of its taps (2x2
-    strided).
-    The forward conv, its input gradient and its weight gradient keep just those taps (the weight gradient's
-    others are zeros), and compute the same values."""
-    g = _dw_weight_grad(stride, 1, "same", k, image)
-    out = run_pass(g, "conv_forms")
-    assert sum(n.op == "slice" for n in out.nodes) == live
-    preserves(g, out, rtol=1e-5, atol=1e-5)
-
-    b = Builder("dw")
-    x = b.input("x", (2, 4, image, image), role="param")
-    w = b.input("w", (4, 1, k, k))
-    y = b.depthwise_conv2d(x, w, stride=stride)
-    ct = b.input("ct", tuple(y.type.shape))
-    g = b.graph
-    g.set_output("y", y)
-    forward = run_pass(decompose(g), "conv_forms")
-    assert sum(n.op == "multiply" for n in forward.nodes) == live
-    g.set_output("dx", vjp(g, {"y": ct}, [x]).grads[x])
-    g = decompose(g)
-    out = run_pass(g, "conv_forms")
-    assert not [n for n in out.nodes if n.op == "convolution"]
     preserves(g, out, rtol=1e-5, atol=1e-5)
 
 
