@@ -13,6 +13,7 @@ import attrs
 
 from gir.ir import opdefs as od
 from gir.ir.graph import Value
+from gir.rewrite.conv_forms import _spatial, _static
 from gir.rewrite.driver import Pass, Rule, register_pass
 from gir.rewrite.pattern import Match, Op, Var
 from gir.shapes.emit import Emitter
@@ -28,10 +29,6 @@ class _Crop:
     x0: int
     x1: int
     pad: tuple[int, int]
-
-
-def _spatial(layout: str, *roles: str) -> list[int]:
-    return [i for i, ch in enumerate(layout) if ch not in roles]
 
 
 def _crop_dim(size: int, window: int, out: int, pad: tuple[int, int], stride: int, lhs_dil: int,
@@ -68,8 +65,7 @@ def _slice(e: Emitter, v: Value, dims: list[int], ranges: list[tuple[int, int]])
 def _cropped(e: Emitter, m: Match) -> Value | None:
     x, w, y = m["x"], m["w"], m.node.outputs[0]
     a: od.ConvolutionAttrs = m.node.attrs
-    if not all(isinstance(d, int) for v in (x, w, y) for d in v.type.shape) or \
-            not all(isinstance(p, int) for pair in a.padding for p in pair):
+    if not _static(x, w, y) or not all(isinstance(p, int) for pair in a.padding for p in pair):
         return None
     xs, ws, ys = _spatial(a.lhs_layout, "N", "C"), _spatial(a.rhs_layout, "O", "I"), _spatial(a.out_layout, "N", "C")
     crops = [_crop_dim(x.type.shape[xd], w.type.shape[wd], y.type.shape[yd], a.padding[k], a.window_strides[k],
