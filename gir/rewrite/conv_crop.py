@@ -13,7 +13,7 @@ import attrs
 
 from gir.ir import opdefs as od
 from gir.ir.graph import Value
-from gir.rewrite.conv_forms import _spatial, _static
+from gir.rewrite.conv_forms import _at, _spatial, _static
 from gir.rewrite.driver import Pass, Rule, register_pass
 from gir.rewrite.pattern import Match, Op, Var
 from gir.shapes.emit import Emitter
@@ -56,10 +56,9 @@ def _crop_dim(size: int, window: int, out: int, pad: tuple[int, int], stride: in
 def _slice(e: Emitter, v: Value, dims: list[int], ranges: list[tuple[int, int]]) -> Value:
     if all((a, b) == (0, v.type.shape[d]) for d, (a, b) in zip(dims, ranges)):
         return v
-    start, limit = [0] * v.type.rank, list(v.type.shape)
-    for d, (a, b) in zip(dims, ranges):
-        start[d], limit[d] = a, b
-    return e.op("slice", v, attrs=od.SliceAttrs(start, limit, [1] * v.type.rank))
+    starts, limits = zip(*ranges)
+    return e.op("slice", v, attrs=od.SliceAttrs(_at(dims, starts, 0, v.type.rank),
+                                                _at(dims, limits, list(v.type.shape)), [1] * v.type.rank))
 
 
 def _cropped(e: Emitter, m: Match) -> Value | None:
@@ -79,9 +78,8 @@ def _cropped(e: Emitter, m: Match) -> Value | None:
     y_c = e.op("convolution", x_c, w_c, attrs=attrs.evolve(a, padding=tuple(c.pad for c in keep)))
     if all((c.o0, c.o1) == (0, y.type.shape[yd] - 1) for c, yd in zip(keep, ys)):
         return y_c
-    low, high = [0] * y.type.rank, [0] * y.type.rank
-    for c, yd in zip(keep, ys):
-        low[yd], high[yd] = c.o0, y.type.shape[yd] - 1 - c.o1
+    low = _at(ys, [c.o0 for c in keep], 0, y.type.rank)
+    high = _at(ys, [y.type.shape[yd] - 1 - c.o1 for c, yd in zip(keep, ys)], 0, y.type.rank)
     return e.op("pad", y_c, e.scalar(0.0, y.type.dtype), attrs=od.PadAttrs(low, high, [0] * y.type.rank))
 
 
