@@ -9,8 +9,11 @@ Nets whose train step at the config's size is over BIG_GFLOP GFLOP also run at b
 batch 8 at their fixed input size, e.g. ViT-Tiny's 224x224). All three start from the same
 parameters (gir.nn.params.init_params) and step on the same random batch with the config's optimizer
 and learning rate. The first step's losses must agree to AGREE (relative); a mismatch is flagged.
-Then rounds in which each system runs one step in turn, the order rotating: `--steps` rounds, fewer
-(at least MIN_ROUNDS) where a round would take the case past `--budget` seconds. Reported: median,
+Then rounds in which each system takes a turn, the order rotating: `--steps` rounds, fewer
+(at least MIN_ROUNDS) where a round would take the case past `--budget` seconds. A turn is one timed
+step where steps take TURN_S or more; shorter steps run in bursts, as a training loop runs them: an
+untimed lead-in step, then enough steps back to back to fill TURN_S, timed together (a runtime's first
+step after an idle pause pays its thread pool's wake-up, a few ms, which would dominate a 3 ms step). Reported: median,
 min and max ms per step; the faster peer's median over gir -> IREE's (>= 1 means gir -> IREE is at
 least as fast as both); GFLOP/s from one FLOP count for all systems (gir.bench.step_flops of the
 IREE module's primitive graph) and their share of this machine's float32 peak (bench/peak.py);
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import gc
 import glob
+import math
 import os
 import shutil
 import statistics
@@ -55,7 +59,9 @@ EXTRA_BATCH, EXTRA_IMAGE = 8, 64
 WARMUP = 2                # untimed steps per system; their losses are the agreement check
 MIN_ROUNDS = 3
 AGREE = 1e-3              # relative first-step loss difference above which a row is flagged
-PAUSE_S = 0.02            # between two systems' steps, so one runtime's spinning threads do not slow the next
+PAUSE_S = 0.02            # between two systems' turns, so one runtime's spinning threads do not slow the next
+TURN_S = 0.2              # steps shorter than this are timed in bursts of consecutive steps filling it
+MAX_BURST = 50
 
 
 def log(msg: str) -> None:
@@ -121,20 +127,30 @@ def set_up(s: System, init: dict[str, np.ndarray], data: tuple[np.ndarray, np.nd
         s.runner = None
 
 
-def rounds_for(live: list[System], steps: int, budget: float) -> int:
+def burst_for(live: list[System]) -> int:
+    """Timed steps per turn: 1 where the fastest system's warm step takes TURN_S or more, else enough of its steps
+    to fill TURN_S (at most MAX_BURST); the same for every system, so each runs the same work per turn."""
+    fastest = min(s.warm_s[-1] for s in live)
+    return 1 if fastest >= TURN_S else min(MAX_BURST, math.ceil(TURN_S / fastest))
+
+
+def rounds_for(live: list[System], burst: int, steps: int, budget: float) -> int:
     """`steps`, or fewer (not under MIN_ROUNDS) where rounds at the last warm-up steps' pace overrun `budget` s."""
-    if not live:
-        return 0
-    return max(MIN_ROUNDS, min(steps, int(budget / sum(s.warm_s[-1] + PAUSE_S for s in live))))
+    per_turn = burst + (burst > 1)
+    return max(MIN_ROUNDS, min(steps, int(budget / sum(s.warm_s[-1] * per_turn + PAUSE_S for s in live))))
 
 
-def interleave(live: list[System], rounds: int, data: tuple[np.ndarray, np.ndarray], lr: float) -> None:
-    """`rounds` rounds of one timed step per system, the order rotating each round."""
+def interleave(live: list[System], rounds: int, burst: int, data: tuple[np.ndarray, np.ndarray], lr: float) -> None:
+    """`rounds` rounds of one turn per system, the order rotating each round; a turn's time per step is recorded
+    (with `burst` > 1, after an untimed lead-in step)."""
     for r in range(rounds):
         for s in live[r % len(live):] + live[:r % len(live)]:
+            if burst > 1:
+                s.losses.append(s.step(data, lr))
             t0 = time.perf_counter()
-            s.losses.append(s.step(data, lr))
-            s.times.append(1e3 * (time.perf_counter() - t0))
+            for _ in range(burst):
+                s.losses.append(s.step(data, lr))
+            s.times.append(1e3 * (time.perf_counter() - t0) / burst)
             time.sleep(PAUSE_S)
 
 
@@ -186,9 +202,10 @@ def measure_case(net: Net, config: TrainConfig, batch: int, size: int, steps: in
     if systems[2].runner is not None:
         systems[2].runner.native_random = True   # timed with torch's own dropout masks, as a PyTorch user's net
     live = [s for s in systems if s.error is None]
-    case["rounds"] = rounds_for(live, steps, budget)
-    log(f"{where}: {case['rounds']} rounds")
-    interleave(live, case["rounds"], data, cfg.learning_rate)
+    case["burst"] = burst_for(live) if live else 1
+    case["rounds"] = rounds_for(live, case["burst"], steps, budget) if live else 0
+    log(f"{where}: {case['rounds']} rounds of {case['burst']} timed steps per turn")
+    interleave(live, case["rounds"], case["burst"], data, cfg.learning_rate)
     case["systems"] = [s.record() for s in systems]
     for s in systems:
         s.runner = None
@@ -313,7 +330,8 @@ def detail_row(case: dict) -> str:
 
     jax_warm = {s["name"]: s["warm_s"] for s in case["systems"]}[JAX]
     return (f"| {case['net']} | {case_label(case)} | {case['optimizer']} {case['lr']:g} | "
-            f"{case['rounds']} | " + each(lambda s: f"{ms(min(s['times']))}-{ms(max(s['times']))}")
+            f"{case['rounds']} x {case.get('burst', 1)} | "
+            + each(lambda s: f"{ms(min(s['times']))}-{ms(max(s['times']))}")
             + " | " + each(lambda s: f"{s['setup_s']:.1f}") + " | "
             + (f"{jax_warm[0]:.1f}" if jax_warm else "-") + " | "
             + " | ".join(each(lambda s, i=i: f"{s['losses'][i]:.5f}") for i in range(WARMUP)) + " |")
@@ -340,8 +358,12 @@ def intro(run: dict) -> str:
         "'same' padding is asymmetric; dropout and drop-path masks from gir's threefry generator op by op in the "
         "warm-up steps, so the first-step losses compare, and from torch's own generator in the timed rounds, "
         "as nn.Dropout draws them; torch.optim's optimizer for the config; "
-        f"torch.set_num_threads({os.cpu_count()})). After {WARMUP} warm-up steps, rounds of one step per system "
-        f"(order rotating, {PAUSE_S * 1e3:.0f} ms pause between steps): {steps} rounds"
+        f"torch.set_num_threads({os.cpu_count()})). After {WARMUP} warm-up steps, rounds of one turn per system "
+        f"(order rotating, {PAUSE_S * 1e3:.0f} ms pause between turns): one timed step per turn where the fastest "
+        f"system's step takes {TURN_S * 1e3:.0f} ms or more; where it is shorter, an untimed lead-in step and then "
+        f"enough steps back to back to fill {TURN_S * 1e3:.0f} ms (at most {MAX_BURST}, the same number for every "
+        "system), timed together, as a training loop runs them (a step after an idle pause pays the runtime's "
+        f"thread wake-up, a few ms; see \"The smallest nets\" below); {steps} rounds"
         + (f", fewer (at least {MIN_ROUNDS}) where they would take over {run['budget']:g} s" if steps > MIN_ROUNDS
            else "") + (f" ({'; '.join(capped)})" if capped else "") + ". GFLOP/s use one FLOP count for all systems, "
         "`gir.bench.step_flops` of gir's primitive train-step graph (2 x MACs of every convolution and dot, "
@@ -365,7 +387,8 @@ def render(run: dict) -> str:
                    "GFLOP/s (% of peak): IREE / JAX / PyTorch", "gir front end s", "iree-compile s",
                    "first-step losses agree"], [summary_row(c, peak) for c in cases])
     ok = [c for c in cases if "error" not in c]
-    text += [""] + table(["net", "shape", "optimizer, lr", "rounds", "min-max ms: IREE / JAX / PyTorch",
+    text += [""] + table(["net", "shape", "optimizer, lr", "rounds x timed steps per turn",
+                          "min-max ms: IREE / JAX / PyTorch",
                           "set-up s: IREE (iree-compile) / JAX (lowering) / PyTorch", "JAX first step s (jit)",
                           "first-step loss: IREE / JAX / PyTorch", "second-step loss: IREE / JAX / PyTorch"],
                          [detail_row(c) for c in ok])
