@@ -201,6 +201,19 @@ def test_dense_matmul_gathers_the_fewer_of_kernel_taps_and_output_positions(pres
     preserves(g, small, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("image", [9, 2])
+def test_dense_matmul_reverses_the_gathered_side_not_the_input_gradients_kernel(image, preserves):
+    """Autodiff writes an input gradient's kernel reversed along its spatial dims; dense_matmul reads the kernel
+    before the reverse and reverses the taps on the gathered side: on a 9x9 image by gathering them in reverse order
+    (no reverse left), on a 2x2 one (output positions gathered) by reversing the [positions x b, f, kh, kw] windows."""
+    g = _dense_train_graph(1, 1, "same", 3, image=image)
+    assert [n.inputs[0].type.shape for n in g.nodes if n.op == "reverse"] == [(3, 4, 3, 3)]   # w, in and out swapped
+    out = run_pass(run_pass(g, "dense_matmul"), "dce")
+    reversed_shapes = [tuple(n.inputs[0].type.shape) for n in out.nodes if n.op == "reverse"]
+    assert reversed_shapes == ([] if image == 9 else [(2 * 2 * 2, 4, 3, 3)])
+    preserves(g, out, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("layout", ["layout_nhwc", "layout_cnhw", "layout_cnhw_small"])
 def test_dense_matmul_reads_the_activation_layout(layout, preserves):
     g = _dense_train_graph(2, 1, "same", 3, layout=layout)
