@@ -20,8 +20,9 @@ from gir.shapes.emit import Emitter
 
 LARGE_OPERANDS = 2 ** 21
 """Elements of both operands together (8 MiB of float32, twice this CPU's 4 MiB of L2) from which a weight gradient
-is rewritten. Measured per shape (M x N x K, natural order against transposed, ms): 192x768x12608 123 / 40,
-192x768x3152 21 / 11, 768x192x2048 13 / 8; below it 192x576x1576 2.5 / 3.8, 64x256x2048 1.2 / 2.1."""
+is rewritten. Measured per shape (M x N x K, natural order against transposed, ms, bench/dot_orders.py): above it
+192x768x12608 114 / 33, 192x768x3152 20 / 7.2; just under it (1.97 million elements) 768x192x2048 and 96x384x4096
+between 0.87x and 1.76x across runs; below it 192x576x1576 4.0 / 7.9, 192x768x1576 4.2 / 8.0."""
 
 
 def _contracts_leading_dims(a: od.DotGeneralAttrs) -> bool:
