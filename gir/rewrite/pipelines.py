@@ -3,19 +3,19 @@ from __future__ import annotations
 
 from gir.rewrite import bf16 as bf16_policy  # noqa: F401
 from gir.rewrite import (  # noqa: F401  (importing registers them)
-    bn_fold, conv_crop, conv_forms, cse, dot_forms, fold, fusion, gpu_forms, layout, simplify)
+    bn_fold, conv_crop, conv_forms, cse, depthwise_spatial, dot_forms, fold, fusion, gpu_forms, layout, simplify)
 from gir.rewrite.driver import PIPELINES, resolve
 
 PIPELINES["default"] = ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", "layout_cnhw_small", "conv_crop",
-                        "nhwc_conv", "conv_forms", "pointwise_matmul", "dense_matmul", "weight_grad_matmul", "cse",
-                        "simplify", "dce")
+                        "nhwc_conv", "depthwise_spatial", "conv_forms", "pointwise_matmul", "dense_matmul",
+                        "weight_grad_matmul", "cse", "simplify", "dce")
 """CSE first so equal BNs fold once; fold again after fusion builds constant products; the layout
 before the convolution forms, which read it; simplify after the last CSE, which can make both arms
 of a select the same value. conv_crop after the layout (which it keeps) and before the convolution forms, so they
 see the cropped kernels. weight_grad_matmul after the convolution forms, whose matmuls it may also take."""
 PIPELINES["default_jax"] = tuple(p for p in PIPELINES["default"] if p not in ("layout_cnhw_small", "pointwise_matmul",
-                                                                                  "nhwc_conv", "dense_matmul",
-                                                                                  "weight_grad_matmul"))
+                                                                                  "nhwc_conv", "depthwise_spatial",
+                                                                                  "dense_matmul", "weight_grad_matmul"))
 """What `default` means on the JAX backend: XLA:CPU runs the batched-matmul form of 1x1 convs
 1.6x slower than convolutions (docs/performance.md), has its own fast KxK convolutions (the
 NHWC and matmul forms and barriers of nhwc_conv, dense_matmul and weight_grad_matmul are for IREE), and the layout

@@ -95,3 +95,24 @@ def test_random_bits_shape_rule():
         Emitter(g).op("random_bits", f, k, attrs=od.RandomAttrs((2,), 0))
     with pytest.raises(ValueError):
         od.RandomAttrs((2,), 2**31)
+
+
+def shared_key_graph() -> Graph:
+    """Every SHAPES draw from one key, as a net's dropouts and drop paths share the seed and step after CSE."""
+    g = Graph("shared")
+    k0, k1 = g.add_input("k0", SCALAR, "data"), g.add_input("k1", SCALAR, "data")
+    e = Emitter(g)
+    for name, (shape, salt) in SHAPES.items():
+        g.set_output(name, e.op("random_bits", k0, k1, attrs=od.RandomAttrs(shape, salt)))
+    return g
+
+
+def test_draws_sharing_a_key_come_from_one_threefry_with_the_same_bits():
+    """Decomposition lays the draws' counters end to end and runs threefry once (one set of its 20 rounds' xors),
+    and each draw gets the bits it gets alone."""
+    g = decompose(shared_key_graph())
+    assert sum(n.op == "xor" for n in g.nodes) == sum(n.op == "xor" for n in decompose(bits_graph((7,), 0)).nodes)
+    k0, k1 = np.int32(42), np.int32(7)
+    together = evaluate(g, {"k0": k0, "k1": k1})
+    for name, spec in SHAPES.items():
+        np.testing.assert_array_equal(together[name], evaluate(bits_graph(*spec), {"k0": k0, "k1": k1})["bits"])
