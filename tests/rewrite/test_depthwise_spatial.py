@@ -5,27 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from gir.autodiff import vjp
 from gir.lower.decompose import decompose
 from gir.nn import Builder
 from gir.rewrite import Context, run_pass
 from gir.rewrite.depthwise_spatial import SPATIAL_RATIO
+from tests.rewrite.test_conv_forms import _conv_train_graph
 
 
 def _depthwise_train_graph(hw: tuple[int, int], k: int, layout: str | None = None, **conv):
-    """A depthwise conv with the gradients of its input and weight as outputs (optionally relaid out first)."""
-    b = Builder("dw")
-    x = b.input("x", (3, 4, *hw), role="param")
-    w = b.input("w", (4, 1, k, k), role="param")
-    y = b.depthwise_conv2d(x, w, **conv)
-    ct = b.input("ct", tuple(y.type.shape))
-    g = b.graph
-    g.set_output("y", y)
-    back = vjp(g, {"y": ct}, [x, w])
-    g.set_output("dx", back.grads[x])
-    g.set_output("dw", back.grads[w])
-    g = decompose(g)
-    return run_pass(g, layout) if layout else g
+    """A depthwise conv on 3 images of 4 channels with the gradients of its input and weight as outputs."""
+    return _conv_train_graph((3, 4, *hw), (4, 1, k, k), layout, depthwise=True, **conv)
 
 
 @pytest.mark.parametrize("hw,k,stride,dilation,padding", [
