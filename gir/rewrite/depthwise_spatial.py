@@ -35,10 +35,12 @@ def _spatial_matrix(e: Emitter, in_hw: tuple[int, int], out_hw: tuple[int, int],
     shape = (*k_hw, *out_hw, *in_hw)
     t = TensorType(shape, DType.i32)
     iota = [e.op("iota", attrs=od.IotaAttrs(d, t)) for d in range(6)]
+    times = lambda v, k: v if k == 1 else e.mul(v, e.const(k, t))  # noqa: E731
     agree = []
     for axis in (0, 1):
-        read = e.add(e.mul(iota[2 + axis], e.const(stride[axis], t)), e.mul(iota[axis], e.const(dilation[axis], t)))
-        at = e.add(e.mul(iota[4 + axis], e.const(a.lhs_dilation[axis], t)), e.const(a.padding[axis][0], t))
+        read = e.add(times(iota[2 + axis], stride[axis]), times(iota[axis], dilation[axis]))
+        at = times(iota[4 + axis], a.lhs_dilation[axis])
+        at = at if a.padding[axis][0] == 0 else e.add(at, e.const(a.padding[axis][0], t))
         agree.append(e.compare(read, at, "EQ"))
     ft = TensorType(shape, dtype)
     return e.select(agree[0], e.select(agree[1], e.const(1.0, ft), e.const(0.0, ft)), e.const(0.0, ft))

@@ -34,14 +34,16 @@ CLEANUP_AFTER_BF16 = ("simplify", "cse", "dce")
 
 def passes_for(spec: str = "default", bf16: bool = False, bf16_conv: bool = False) -> tuple[str, ...]:
     """The passes to run: a pipeline (or pass list) with, for a bf16 flag, the cast policy placed
-    before conv_forms (so depthwise convolutions become bf16 taps) or at the end, and, unless the
-    pipeline is empty, the cleanup that merges repeated casts."""
+    before depthwise_spatial or conv_forms (so depthwise convolutions become bf16 taps and matmuls under bf16_conv,
+    and stay f32 under bf16) or at the end, and, unless the pipeline is empty, the cleanup that merges repeated
+    casts."""
     names = resolve(spec)
     if not (bf16 or bf16_conv):
         return names
     policy = "bf16_conv" if bf16_conv else "bf16"
-    if "conv_forms" in names:
-        i = names.index("conv_forms")
+    forms = [names.index(p) for p in ("depthwise_spatial", "conv_forms") if p in names]
+    if forms:
+        i = min(forms)
         return names[:i] + (policy,) + names[i:] + CLEANUP_AFTER_BF16
     return names + (policy,) + (CLEANUP_AFTER_BF16 if names else ())
 
