@@ -12,14 +12,15 @@ PIPELINES["default"] = ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", 
 """CSE first so equal BNs fold once; fold again after fusion builds constant products; the layout
 before the convolution forms, which read it; simplify after the last CSE, which can make both arms
 of a select the same value. conv_crop after the layout (which it keeps) and before the convolution forms, so they
-see the cropped kernels. weight_grad_matmul after the convolution forms, whose matmuls it may also take."""
+see the cropped kernels. depthwise_spatial before conv_forms, which would take the same small-map depthwise
+convolutions as per-tap slices. weight_grad_matmul after the convolution forms, whose matmuls it may also take."""
 PIPELINES["default_jax"] = tuple(p for p in PIPELINES["default"] if p not in ("layout_cnhw_small", "pointwise_matmul",
                                                                                   "nhwc_conv", "depthwise_spatial",
                                                                                   "dense_matmul", "weight_grad_matmul"))
 """What `default` means on the JAX backend: XLA:CPU runs the batched-matmul form of 1x1 convs
 1.6x slower than convolutions (docs/performance.md), has its own fast KxK convolutions (the
 NHWC and matmul forms and barriers of nhwc_conv, dense_matmul and weight_grad_matmul are for IREE), and the layout
-is measured on IREE only."""
+and depthwise_spatial (which saves IREE's per-tap copy dispatches) are measured on IREE only."""
 PIPELINES["default_gpu"] = ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", "conv_crop",
                             "depthwise_weight_grad_dots", "gpu_forms", "cse", "simplify", "dce")
 """What `default` means on IREE's GPU targets (rocm, cuda, vulkan): the activation layout and the CPU's convolution
