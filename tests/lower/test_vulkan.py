@@ -1,6 +1,7 @@
 """IREE's GPU pipeline run on a Vulkan device (`--target vulkan`; on a machine without a GPU, Mesa's lavapipe, which
-.ci/run installs): the eval module and a few train steps of the small nets and of MobileNetV2 at a small size, against
-the JAX backend, through the same host reads and writes a discrete GPU needs (staging buffers)."""
+.ci/run installs): the forward and eval modules and a few train steps of the small nets and of MobileNetV2 at a small
+size, against the JAX backend, through the same host reads and writes a discrete GPU needs (staging buffers). The train
+steps hold to tests/lockstep.py's bounds (loss 1e-4, update 10% of its norm); forward and eval to CASES' tolerances."""
 from __future__ import annotations
 
 import os
@@ -20,9 +21,10 @@ from gir.netfile import load_net_file
 from gir.nn.params import init_params
 
 NETS = Path(__file__).resolve().parents[2] / "nets"
-CASES = {"digits_cnn": (8, 16), "mlp": (8, None), "mnist_cnn": (4, 28), "mobilenet_v2": (4, 32)}
-"""Batch and image size per net: the nets' own images, MobileNetV2 at 32x32 (its digits recipe's size)."""
-EVAL_RTOL = 1e-4
+CASES = {"digits_cnn": (8, 16, 1e-4), "mlp": (8, None, 1e-4), "mnist_cnn": (4, 28, 1e-4), "mobilenet_v2": (4, 32, 5e-3)}
+"""Batch, image size and the forward/eval tolerance per net: the nets' own images, MobileNetV2 at 32x32 (its digits
+recipe's size). MobileNetV2's train-mode forward normalizes 4 images of 1x1 maps late in the net, which amplifies
+rounding: its logits differ from JAX by 1.3e-3 on Vulkan and 6.7e-4 on IREE's CPU target."""
 
 
 @pytest.fixture
@@ -36,24 +38,30 @@ def vulkan() -> None:
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_train_steps_on_vulkan_match_jax(name, vulkan):
     net, config = load_net_file(str(NETS / f"{name}.py"))
-    batch, image = CASES[name]
+    batch, image, _ = CASES[name]
     train_in_lockstep(net, config.replace(batch_size=batch), batch, image if net.image_sized else None, 3,
                       f"{name} on vulkan", target="vulkan")
 
 
+@pytest.mark.parametrize("module", ["forward", "eval"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_eval_on_vulkan_matches_jax(name, vulkan):
+def test_forward_and_eval_on_vulkan_match_jax(name, module, vulkan):
+    """Every output (logits, and the forward's batch statistics) within the net's tolerance, relative to the output's
+    largest value or to 1 where it is smaller (a batch mean after a normalized layer is about 1e-8)."""
     net, _ = load_net_file(str(NETS / f"{name}.py"))
-    batch, image = CASES[name]
-    mod = lower_net(net, batch=batch, image=image if net.image_sized else None, passes="default_gpu")["eval"]
+    batch, image, tol = CASES[name]
+    mod = lower_net(net, batch=batch, image=image if net.image_sized else None, passes="default_gpu")[module]
     values = init_params(mod.graph, 0)
     rng = np.random.default_rng(0)
     args = [values[v.name] if v.name in values else rng.standard_normal(tuple(v.type.shape)).astype(np.float32)
             for v in mod.primitive.inputs]
     session = IreeSession(compile_text(mod.text, "vulkan"), "vulkan")
-    got = session.call_numpy("eval", *[session.to_device(a) for a in args])[0]
-    want = np.asarray(evaluate(mod.graph, {v.name: a for v, a in zip(mod.primitive.inputs, args)})["logits"])
-    np.testing.assert_allclose(got, want, rtol=EVAL_RTOL, atol=EVAL_RTOL * float(np.abs(want).max()))
+    got = session.call_numpy(module, *[session.to_device(a) for a in args])
+    want = evaluate(mod.graph, {v.name: a for v, a in zip(mod.primitive.inputs, args)})
+    assert len(got) == len(want)
+    for (k, w), g in zip(want.items(), got):
+        w = np.asarray(w)
+        np.testing.assert_allclose(g, w, rtol=tol, atol=tol * max(1.0, float(np.abs(w).max())), err_msg=k)
 
 
 def test_scalars_and_integers_round_trip_through_staging(vulkan):
@@ -72,7 +80,8 @@ def test_an_unknown_vulkan_target_names_the_chip_flag():
 
 def test_no_vulkan_device_is_one_clear_line(tmp_path):
     """A machine without a Vulkan driver (here: the loader pointed at no driver): one line, before compiling."""
-    env = {**os.environ, "VK_ICD_FILENAMES": str(tmp_path / "none.json"), "VK_DRIVER_FILES": str(tmp_path / "none.json")}
+    none = str(tmp_path / "none.json")
+    env = {**os.environ, "VK_ICD_FILENAMES": none, "VK_DRIVER_FILES": none}
     r = subprocess.run([sys.executable, "-m", "gir", "train", str(NETS / "digits_cnn.py"), "--target", "vulkan",
                         "--out", str(tmp_path / "run"), "-q"], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode != 0
