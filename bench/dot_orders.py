@@ -1,10 +1,12 @@
 """A dense weight gradient, dw[M, N] = sum over K of x[K, M] dy[K, N], alone on IREE's CPU in two forms: as autodiff
 writes it (one dot_general contracting the leading dim of both operands) and as `weight_grad_matmul` rewrites it
 (both operands transposed to [M, K] and [N, K] behind an optimization barrier, one dot_general contracting their last
-dims). Compiled with gir's CPU flags, median of 10 calls after 3; which form wins depends on the operands' size, the
-reason for gir.rewrite.dot_forms.LARGE_OPERANDS.
+dims). With --forward, a dense forward y[M, N] = x[M, K] @ w[K, N] as written and as `large_rhs_matmul` rewrites it
+(w copied to [N, K] behind a barrier, the copy timed too). Compiled with gir's CPU flags, median of 10 calls after 3;
+which form wins depends on the operands' size, the reason for gir.rewrite.dot_forms.LARGE_OPERANDS.
 
-    python3 bench/dot_orders.py [MxNxK ...]      # default: ViT-Tiny's, ConvNeXt-T's and char_gpt's shapes
+    python3 bench/dot_orders.py [MxNxK ...]            # default: ViT-Tiny's, ConvNeXt-T's and char_gpt's shapes
+    python3 bench/dot_orders.py --forward [MxNxK ...]  # default: weights of 0.15 to 2.4 million elements
 """
 from __future__ import annotations
 
@@ -22,6 +24,10 @@ SHAPES = ("192x768x12608", "768x192x12608", "192x576x12608", "192x192x12608", "1
           "96x384x4096", "384x96x4096", "192x768x1576", "768x192x1576", "192x576x1576", "64x256x2048")
 """ViT-Tiny's blocks at batch 64 and 8 (12,608 and 1,576 tokens) and at 2,048 and 3,152; ConvNeXt-T's first stage at
 b64@32 (4,096 positions); char_gpt's MLP (2,048 tokens)."""
+FORWARD_SHAPES = ("64x768x3072", "64x3072x768", "256x768x3072", "1024x3072x768", "64x1536x1536", "256x768x1536",
+                  "256x1536x768", "256x384x1536", "256x1536x384", "256x768x768", "4096x384x96", "64x768x192")
+"""ConvNeXt-T's last stage (2.4 million weight elements) at 64 to 1,024 rows, weights of 1.2 and 0.6 million,
+ConvNeXt-T's first stage and ViT-Tiny's MLP."""
 
 
 def natural(m: int, n: int, k: int) -> str:
@@ -43,10 +49,28 @@ def transposed(m: int, n: int, k: int) -> str:
 }}"""
 
 
-def time_ms(text: str, m: int, n: int, k: int) -> float:
+def forward_natural(m: int, n: int, k: int) -> str:
+    return f"""func.func public @f(%x: tensor<{m}x{k}xf32>, %w: tensor<{k}x{n}xf32>) -> tensor<{m}x{n}xf32> {{
+  %0 = stablehlo.dot_general %x, %w, contracting_dims = [1] x [0] : (tensor<{m}x{k}xf32>, tensor<{k}x{n}xf32>)
+       -> tensor<{m}x{n}xf32>
+  return %0 : tensor<{m}x{n}xf32>
+}}"""
+
+
+def forward_transposed(m: int, n: int, k: int) -> str:
+    return f"""func.func public @f(%x: tensor<{m}x{k}xf32>, %w: tensor<{k}x{n}xf32>) -> tensor<{m}x{n}xf32> {{
+  %wt = stablehlo.transpose %w, dims = [1, 0] : (tensor<{k}x{n}xf32>) -> tensor<{n}x{k}xf32>
+  %b = stablehlo.optimization_barrier %wt : tensor<{n}x{k}xf32>
+  %0 = stablehlo.dot_general %x, %b, contracting_dims = [1] x [1] : (tensor<{m}x{k}xf32>, tensor<{n}x{k}xf32>)
+       -> tensor<{m}x{n}xf32>
+  return %0 : tensor<{m}x{n}xf32>
+}}"""
+
+
+def time_ms(text: str, shapes: tuple[tuple[int, int], ...]) -> float:
     session = IreeSession(compile_text(text, "cpu"))
     rng = np.random.default_rng(0)
-    args = [session.to_device(rng.standard_normal(s).astype(np.float32)) for s in ((k, m), (k, n))]
+    args = [session.to_device(rng.standard_normal(s).astype(np.float32)) for s in shapes]
     for _ in range(3):
         session.call("f", *args)
     times = []
@@ -59,14 +83,18 @@ def time_ms(text: str, m: int, n: int, k: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("shapes", nargs="*", default=SHAPES, help="MxNxK: output rows, output columns, contraction")
+    ap.add_argument("shapes", nargs="*", help="MxNxK: output rows, output columns, contraction")
+    ap.add_argument("--forward", action="store_true", help="a dense forward x[M, K] @ w[K, N], not a weight gradient")
     args = ap.parse_args()
-    print("| M x N x K | operand elements | rewritten | natural ms | transposed ms | natural / transposed |")
+    forms = (forward_natural, forward_transposed) if args.forward else (natural, transposed)
+    print(f"| M x N x K | {'weight' if args.forward else 'operand'} elements | rewritten | natural ms | transposed ms "
+          f"| natural / transposed |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for shape in args.shapes:
+    for shape in args.shapes or (FORWARD_SHAPES if args.forward else SHAPES):
         m, n, k = (int(d) for d in shape.split("x"))
-        a, b = time_ms(natural(m, n, k), m, n, k), time_ms(transposed(m, n, k), m, n, k)
-        size = k * (m + n)
+        shapes = ((m, k), (k, n)) if args.forward else ((k, m), (k, n))
+        a, b = (time_ms(form(m, n, k), shapes) for form in forms)
+        size = k * n if args.forward else k * (m + n)
         print(f"| {shape} | {size:,} | {'yes' if size >= LARGE_OPERANDS else 'no'} | {a:.2f} | {b:.2f} | "
               f"{a / b:.2f} |", flush=True)
 

@@ -1,5 +1,7 @@
 """weight_grad_matmul alone: a dense layer's weight gradient with operands of LARGE_OPERANDS elements or more becomes
-one [M, K] x [N, K] matmul with the same values; smaller ones, and the forward and input gradient, are left alone."""
+one [M, K] x [N, K] matmul with the same values; smaller ones, and the forward and input gradient, are left alone.
+large_rhs_matmul alone: a forward x @ w[K, N] with w of LARGE_OPERANDS elements or more contracts w^T[N, K] instead,
+the transpose behind a barrier; smaller weights, and the gradients, are left alone."""
 from __future__ import annotations
 
 import math
@@ -81,3 +83,41 @@ def test_a_step_with_a_rewritten_weight_gradient_trains_on_iree_as_on_jax():
           and [tuple(v.type.shape) for v in n.inputs] == [(1024, 1536), (512, 1536)]]
     assert len(nt) == 1
     train_in_lockstep(net, config, 1536, None, 2, "wide_mlp")
+
+
+@pytest.mark.parametrize("x_shape", [(6, 1024), (2, 3, 1024)], ids=["rows", "tokens"])
+def test_a_large_forward_weight_is_contracted_transposed(x_shape, preserves):
+    """w of 1024 x 2048, exactly LARGE_OPERANDS elements: the forward takes barrier(w^T) on its last dim; the input
+    and weight gradients (which contract w's columns and the leading dims) are not this form."""
+    assert 1024 * 2048 == LARGE_OPERANDS
+    g = _dense_train_graph(x_shape, 2048)
+    ctx = Context(trace=[], check=True)
+    out = run_pass(g, "large_rhs_matmul", ctx)
+    assert [f.rule for f in ctx.trace] == ["large_rhs_as_nt_matmul"]
+    forward = next(n for n in out.nodes if n.op == "dot_general" and n.outputs[0].type.shape == (*x_shape[:-1], 2048))
+    assert tuple(forward.inputs[1].type.shape) == (2048, 1024) and forward.attrs.rhs_contract == (1,)
+    assert forward.inputs[1].producer.op == "optimization_barrier"
+    assert forward.inputs[1].producer.inputs[0].producer.op == "transpose"
+    preserves(g, out, rtol=1e-4, atol=1e-3)
+
+
+def test_forward_weights_below_the_threshold_are_left_alone():
+    """One output feature fewer: 1024 x 2047 weight elements, just under LARGE_OPERANDS."""
+    g = _dense_train_graph((6, 1024), 2047)
+    ctx = Context(trace=[], check=True)
+    out = run_pass(g, "large_rhs_matmul", ctx)
+    assert ctx.trace == [] and len(out.nodes) == len(g.nodes)
+
+
+def test_a_step_with_a_transposed_forward_weight_trains_on_iree_as_on_jax():
+    """A dense layer of 1024 -> 2048 (over the threshold: its forward is rewritten) and a 2048 -> 10 head (under it):
+    the default pipeline's step on IREE in lockstep with the JAX backend, which leaves both alone."""
+    net = Net("wide_layer", [dense(1024, 2048, act="relu"), dense(2048, 10)], input_shape=(N, 1024), num_classes=10)
+    config = TrainConfig(batch_size=16, optimizer="adam", learning_rate=1e-3)
+    step = lower_train_step(net, config, batch=16, passes="default")
+    transposed = [n for n in step.primitive.nodes if n.op == "dot_general" and n.attrs.rhs_contract == (1,)
+                  and [tuple(v.type.shape) for v in n.inputs] == [(16, 1024), (2048, 1024)]]
+    assert len(transposed) == 1
+    assert not [n for n in step.primitive.nodes if n.op == "dot_general" and n.attrs.rhs_contract == (0,)
+                and tuple(n.inputs[1].type.shape) == (1024, 2048)]
+    train_in_lockstep(net, config, 16, None, 2, "wide_layer")
