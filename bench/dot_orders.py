@@ -1,9 +1,10 @@
 """A dense weight gradient, dw[M, N] = sum over K of x[K, M] dy[K, N], alone on IREE's CPU in two forms: as autodiff
 writes it (one dot_general contracting the leading dim of both operands) and as `weight_grad_matmul` rewrites it
-(both operands transposed to [M, K] and [N, K] behind an optimization barrier, one dot_general contracting their last
+(both operands transposed to [M, K] and [N, K] behind a barrier, one dot_general contracting their last
 dims). With --forward, a dense forward y[M, N] = x[M, K] @ w[K, N] as written and as `large_rhs_matmul` rewrites it
 (w copied to [N, K] behind a barrier, the copy timed too). Compiled with gir's CPU flags, median of 10 calls after 3;
-which form wins depends on the operands' size, the reason for gir.rewrite.dot_forms.LARGE_OPERANDS.
+which form wins depends on the operands' size, the reason for gir.rewrite.dot_forms.LARGE_OPERANDS. Barriers are
+IREE's compute barriers, as gir prints them.
 
     python3 bench/dot_orders.py [MxNxK ...]            # default: ViT-Tiny's, ConvNeXt-T's and char_gpt's shapes
     python3 bench/dot_orders.py --forward [MxNxK ...]  # default: weights of 0.15 to 2.4 million elements
@@ -42,8 +43,11 @@ def transposed(m: int, n: int, k: int) -> str:
     return f"""func.func public @f(%x: tensor<{k}x{m}xf32>, %dy: tensor<{k}x{n}xf32>) -> tensor<{m}x{n}xf32> {{
   %xt = stablehlo.transpose %x, dims = [1, 0] : (tensor<{k}x{m}xf32>) -> tensor<{m}x{k}xf32>
   %dyt = stablehlo.transpose %dy, dims = [1, 0] : (tensor<{k}x{n}xf32>) -> tensor<{n}x{k}xf32>
-  %w:2 = stablehlo.optimization_barrier %xt, %dyt : tensor<{m}x{k}xf32>, tensor<{n}x{k}xf32>
-  %0 = stablehlo.dot_general %w#0, %w#1, contracting_dims = [1] x [1] : (tensor<{m}x{k}xf32>, tensor<{n}x{k}xf32>)
+  %a = iree_tensor_ext.compute_barrier.start %xt : tensor<{m}x{k}xf32> -> tensor<{m}x{k}xf32>
+  %xw = iree_tensor_ext.compute_barrier.end %a : tensor<{m}x{k}xf32> -> tensor<{m}x{k}xf32>
+  %b = iree_tensor_ext.compute_barrier.start %dyt : tensor<{n}x{k}xf32> -> tensor<{n}x{k}xf32>
+  %dyw = iree_tensor_ext.compute_barrier.end %b : tensor<{n}x{k}xf32> -> tensor<{n}x{k}xf32>
+  %0 = stablehlo.dot_general %xw, %dyw, contracting_dims = [1] x [1] : (tensor<{m}x{k}xf32>, tensor<{n}x{k}xf32>)
        -> tensor<{m}x{n}xf32>
   return %0 : tensor<{m}x{n}xf32>
 }}"""
@@ -60,7 +64,8 @@ def forward_natural(m: int, n: int, k: int) -> str:
 def forward_transposed(m: int, n: int, k: int) -> str:
     return f"""func.func public @f(%x: tensor<{m}x{k}xf32>, %w: tensor<{k}x{n}xf32>) -> tensor<{m}x{n}xf32> {{
   %wt = stablehlo.transpose %w, dims = [1, 0] : (tensor<{k}x{n}xf32>) -> tensor<{n}x{k}xf32>
-  %b = stablehlo.optimization_barrier %wt : tensor<{n}x{k}xf32>
+  %a = iree_tensor_ext.compute_barrier.start %wt : tensor<{n}x{k}xf32> -> tensor<{n}x{k}xf32>
+  %b = iree_tensor_ext.compute_barrier.end %a : tensor<{n}x{k}xf32> -> tensor<{n}x{k}xf32>
   %0 = stablehlo.dot_general %x, %b, contracting_dims = [1] x [1] : (tensor<{m}x{k}xf32>, tensor<{n}x{k}xf32>)
        -> tensor<{m}x{n}xf32>
   return %0 : tensor<{m}x{n}xf32>
