@@ -55,12 +55,16 @@ def test_large_weight_gradients_become_one_nt_matmul(x_shape, out_features, pres
     preserves(g, out, rtol=1e-4, atol=1e-3)
 
 
-def test_weight_gradients_below_the_threshold_are_left_alone():
-    """One output feature fewer than the test above: the operands are just under LARGE_OPERANDS."""
-    assert _operand_elements((4, 512, 512), 511) < LARGE_OPERANDS
-    g = _dense_train_graph((4, 512, 512), 511)
+@pytest.mark.parametrize("pass_name,x_shape,out_features", [("weight_grad_matmul", (4, 512, 512), 511),
+                                                          ("large_rhs_matmul", (6, 1024), 2047)])
+def test_below_the_threshold_is_left_alone(pass_name, x_shape, out_features):
+    """One output feature fewer than the tests that rewrite: a weight gradient's operands, or a forward's 1024 x 2047
+    weight, just under LARGE_OPERANDS."""
+    elements = _operand_elements(x_shape, out_features) if pass_name == "weight_grad_matmul" else 1024 * 2047
+    assert LARGE_OPERANDS - 2048 <= elements < LARGE_OPERANDS
+    g = _dense_train_graph(x_shape, out_features)
     ctx = Context(trace=[], check=True)
-    out = run_pass(g, "weight_grad_matmul", ctx)
+    out = run_pass(g, pass_name, ctx)
     assert ctx.trace == [] and len(out.nodes) == len(g.nodes)
 
 
@@ -99,14 +103,6 @@ def test_a_large_forward_weight_is_contracted_transposed(x_shape, preserves):
     assert forward.inputs[1].producer.op == "optimization_barrier"
     assert forward.inputs[1].producer.inputs[0].producer.op == "transpose"
     preserves(g, out, rtol=1e-4, atol=1e-3)
-
-
-def test_forward_weights_below_the_threshold_are_left_alone():
-    """One output feature fewer: 1024 x 2047 weight elements, just under LARGE_OPERANDS."""
-    g = _dense_train_graph((6, 1024), 2047)
-    ctx = Context(trace=[], check=True)
-    out = run_pass(g, "large_rhs_matmul", ctx)
-    assert ctx.trace == [] and len(out.nodes) == len(g.nodes)
 
 
 def test_a_step_with_a_transposed_forward_weight_trains_on_iree_as_on_jax():
