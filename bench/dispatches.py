@@ -125,9 +125,9 @@ def main() -> None:
                                      f"setting; passes `{args.passes}`; {args.steps} steps under IREE's HAL profiling "
                                      f"(host-execution)."), "",
              f"Step {step_ms:.1f} ms (median); dispatches {total:.1f} ms of it ({len(ms)} dispatch functions, "
-             f"{sum(n for _, n in ms.values()):.0f} calls); the rest is outside the dispatches, mostly IREE zero-filling "
-             f"the step's transient buffers before them (this tool runs the step without caller-kept transient "
-             f"storage, which gir's training backend passes; see Levers run 7).", "",
+             f"{sum(n for _, n in ms.values()):.0f} calls); the rest is outside the dispatches: IREE zero-filling the "
+             f"step's transient buffers before them (this tool runs the step without caller-kept transient storage, "
+             f"which gir's training backend passes; see Levers run 7) and the host's part between submissions.", "",
              "| dispatch kind | functions | calls per step | ms per step | share of dispatch time |",
              "| --- | --- | --- | --- | --- |"]
     for k, (f, n, t) in sorted(kinds.items(), key=lambda kv: -kv[1][2]):
