@@ -438,6 +438,14 @@ output positions). IREE's NHWC/HWIO convolution runs at 260-340 GFLOP/s on this 
 wins; with one input channel it runs at 8 GFLOP/s against im2col's 35 (docs/performance.md)."""
 
 
+DIRECT_MAX_CHANNELS = 128
+DIRECT_CHUNK_CHANNELS = 64
+"""IREE's NHWC convolution slows down as its input channels grow past 128 (3x3 kernels, 8 to 64 images of 4x4 to
+16x16: 106-121 GFLOP/s at 256 channels, 56-85 at 512, against 215-235 at 128), so nhwc_conv splits a convolution
+with more input channels into chunks of at most 64 and adds their partial sums: 172-205 GFLOP/s at 256 and 151-165
+at 512, the slices and adds included (docs/performance.md)."""
+
+
 DEPTHWISE_MIN_TAPS = 49
 """nhwc_conv takes depthwise convolutions with 7x7 kernels (ConvNeXt): as taps each is 49 slices, multiplies and adds
 forward and again in the input gradient; as the grouped NHWC convolution ConvNeXt-T's step compiles a quarter to a
@@ -454,14 +462,43 @@ def _is_dense_elsewhere(a: od.ConvolutionAttrs) -> bool:
     return _is_dense(a) and not _is_direct_nhwc(a)
 
 
+def _channel_chunks(c: int) -> list[tuple[int, int]]:
+    """[start, stop) of the input-channel chunks a convolution without groups is split into: one chunk up to
+    DIRECT_MAX_CHANNELS channels, else chunks of at most DIRECT_CHUNK_CHANNELS, as even as possible."""
+    if c <= DIRECT_MAX_CHANNELS:
+        return [(0, c)]
+    n = -(-c // DIRECT_CHUNK_CHANNELS)
+    bounds = [c * i // n for i in range(n + 1)]
+    return list(zip(bounds, bounds[1:]))
+
+
+def _nhwc_conv(e: Emitter, xt: Value, wt: Value, a: od.ConvolutionAttrs) -> Value:
+    """The NHWC/HWIO convolution of xt and wt, summed over input-channel chunks (_channel_chunks) where it has no
+    groups: every output element is a sum over the input channels, so each chunk's convolution gives a partial sum."""
+    a = attrs_evolve(a, lhs_layout=NHWC, rhs_layout=HWIO, out_layout=NHWC)
+    chunks = _channel_chunks(xt.type.shape[3]) if _is_dense(a) else [(0, xt.type.shape[3])]
+    if len(chunks) == 1:
+        return e.op("convolution", xt, wt, attrs=a)
+    parts = [e.op("convolution", _channel_slice(e, xt, 3, lo, hi), _channel_slice(e, wt, 2, lo, hi), attrs=a)
+             for lo, hi in chunks]
+    return functools.reduce(e.add, parts)
+
+
+def _channel_slice(e: Emitter, v: Value, dim: int, lo: int, hi: int) -> Value:
+    """v[..., lo:hi, ...] along `dim`."""
+    shape = list(v.type.shape)
+    return e.op("slice", v, attrs=od.SliceAttrs([lo if d == dim else 0 for d in range(len(shape))],
+                                                [hi if d == dim else n for d, n in enumerate(shape)],
+                                                [1] * len(shape)))
+
+
 def _as_nhwc(e: Emitter, x: Value, w: Value, a: od.ConvolutionAttrs) -> Value:
     """The convolution in NHWC/HWIO (groups kept), transposed in and out behind optimization barriers: IREE would
     otherwise fold the transposes into a generic convolution it runs 20-50x slower."""
     xr, wr, yr = _operand_roles(a)
     wall = lambda v: e.op("optimization_barrier", v)  # noqa: E731
     xt, wt = e.transpose(x, (xr[0], *xr[2:], xr[1])), e.transpose(w, (*wr[2:], wr[1], wr[0]))
-    y = wall(e.op("convolution", wall(xt), wall(wt),
-                  attrs=attrs_evolve(a, lhs_layout=NHWC, rhs_layout=HWIO, out_layout=NHWC)))
+    y = wall(_nhwc_conv(e, wall(xt), wall(wt), a))
     order = (0, 3, 1, 2)   # [b, o, p...] from [b, p..., o]
     return e.transpose(y, tuple(order[yr.index(d)] for d in range(4)))
 

@@ -11,7 +11,8 @@ from gir.ir import Loc
 from gir.lower.decompose import decompose
 from gir.nn import Builder
 from gir.rewrite import Context, run_pass
-from gir.rewrite.conv_forms import DEPTHWISE_MIN_TAPS, DIRECT_MIN_CHANNELS, DIRECT_MIN_ROWS, ROWS_PER_OUTPUT_FEATURE
+from gir.rewrite.conv_forms import (DEPTHWISE_MIN_TAPS, DIRECT_CHUNK_CHANNELS, DIRECT_MAX_CHANNELS, DIRECT_MIN_CHANNELS,
+                                   DIRECT_MIN_ROWS, ROWS_PER_OUTPUT_FEATURE)
 from gir.shapes.emit import Emitter
 
 
@@ -293,6 +294,23 @@ def test_nhwc_conv_needs_enough_rows_and_input_channels(image, channels):
     g.set_output("y", b.conv2d(x, w, padding="same"))
     out = run_pass(decompose(g), "nhwc_conv")
     assert len(_nhwc_convs(out)) == (2 * image * image >= DIRECT_MIN_ROWS and channels >= DIRECT_MIN_CHANNELS)
+
+
+@pytest.mark.parametrize("channels,stride,chunks", [(DIRECT_MAX_CHANNELS, 1, 1), (DIRECT_MAX_CHANNELS + 1, 1, 3),
+                                                     (200, 2, 4)])
+def test_nhwc_conv_sums_partial_convolutions_over_chunks_of_many_input_channels(channels, stride, chunks, preserves):
+    """A forward conv with more than DIRECT_MAX_CHANNELS input channels becomes one NHWC convolution per chunk of at
+    most DIRECT_CHUNK_CHANNELS, added; so does an input gradient with that many (the forward's output features,
+    lhs-dilated where the forward is strided); 128 channels stay one convolution."""
+    g = _conv_train_graph((2, channels, 16 * stride, 16 * stride), (channels, channels, 3, 3), stride=stride,
+                          padding="same")
+    out = run_pass(g, "nhwc_conv", Context(check=True))
+    convs = _nhwc_convs(out)
+    assert len(convs) == 2 * chunks
+    widths = sorted(n.inputs[0].type.shape[3] for n in convs)
+    assert sum(widths) == 2 * channels and widths[-1] <= (DIRECT_CHUNK_CHANNELS if chunks > 1 else channels)
+    assert sum(n.op == "add" for n in out.nodes) == 2 * (chunks - 1)
+    preserves(g, out, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("layout", ["layout_nhwc", "layout_cnhw"])
