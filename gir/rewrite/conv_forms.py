@@ -545,7 +545,8 @@ NHWC_RULES = (
          _depthwise_as_nhwc_conv,
          "depthwise conv or input gradient with a 7x7 or larger kernel -> NHWC/HWIO grouped convolution"),
     Rule("dense_conv_as_nhwc", Op("convolution", (Var("x"), Var("w")), attrs=_is_dense_elsewhere), _dense_as_nhwc_conv,
-         "forward conv or input gradient, 512 or more rows and 16 or more input channels -> NHWC/HWIO convolution"),
+         "forward conv or input gradient, 512 or more rows and 16 or more input channels -> NHWC/HWIO convolution "
+         "(summed over chunks of at most 64 input channels past 128)"),
 )
 
 CONV_FORMS = register_pass(Pass("conv_forms", "rewrite depthwise convolutions as per-tap multiply-adds, which IREE "
