@@ -438,12 +438,13 @@ output positions). IREE's NHWC/HWIO convolution runs at 260-340 GFLOP/s on this 
 wins; with one input channel it runs at 8 GFLOP/s against im2col's 35 (docs/performance.md)."""
 
 
-DIRECT_MAX_CHANNELS = 128
+DIRECT_MAX_KERNEL = 2**19
 DIRECT_CHUNK_CHANNELS = 64
-"""IREE's NHWC convolution slows down as its input channels grow past 128 (3x3 kernels, 8 to 64 images of 4x4 to
-16x16: 106-121 GFLOP/s at 256 channels, 56-85 at 512, against 215-235 at 128), so nhwc_conv splits a convolution
-with more input channels into chunks of at most 64 and adds their partial sums: 172-205 GFLOP/s at 256 and 151-165
-at 512, the slices and adds included (docs/performance.md)."""
+"""IREE's NHWC convolution slows down once its kernel has more than this many elements (2 MiB of float32, this CPU's
+L2 per core), whatever the map size (3x3, 8 to 64 images of 4x4 to 16x16: 57-123 GFLOP/s for 128 -> 512, 256 -> 256
+and 512 -> 512 channels, against 175-236 for 128 -> 256 and 256 -> 128), so nhwc_conv splits such a convolution
+into chunks of at most 64 input channels and adds their partial sums: 120-205 GFLOP/s, the slices and adds included.
+Smaller kernels run slower so split (224-236 -> 151-156 GFLOP/s at 256 -> 128; docs/performance.md)."""
 
 
 DEPTHWISE_MIN_TAPS = 49
@@ -462,10 +463,12 @@ def _is_dense_elsewhere(a: od.ConvolutionAttrs) -> bool:
     return _is_dense(a) and not _is_direct_nhwc(a)
 
 
-def _channel_chunks(c: int) -> list[tuple[int, int]]:
-    """[start, stop) of the input-channel chunks a convolution without groups is split into: one chunk up to
-    DIRECT_MAX_CHANNELS channels, else chunks of at most DIRECT_CHUNK_CHANNELS, as even as possible."""
-    if c <= DIRECT_MAX_CHANNELS:
+def _channel_chunks(kernel: tuple[int, ...]) -> list[tuple[int, int]]:
+    """[start, stop) of the input-channel chunks a convolution without groups and with an HWIO `kernel` is split
+    into: one chunk up to DIRECT_MAX_KERNEL elements, else chunks of at most DIRECT_CHUNK_CHANNELS, as even as
+    possible."""
+    c = kernel[2]
+    if math.prod(kernel) <= DIRECT_MAX_KERNEL:
         return [(0, c)]
     n = -(-c // DIRECT_CHUNK_CHANNELS)
     bounds = [c * i // n for i in range(n + 1)]
@@ -474,9 +477,10 @@ def _channel_chunks(c: int) -> list[tuple[int, int]]:
 
 def _nhwc_conv(e: Emitter, xt: Value, wt: Value, a: od.ConvolutionAttrs) -> Value:
     """The NHWC/HWIO convolution of xt and wt, summed over input-channel chunks (_channel_chunks) where it has no
-    groups: every output element is a sum over the input channels, so each chunk's convolution gives a partial sum."""
+    groups and a large kernel: every output element is a sum over the input channels, so each chunk's convolution
+    gives a partial sum."""
     a = attrs_evolve(a, lhs_layout=NHWC, rhs_layout=HWIO, out_layout=NHWC)
-    chunks = _channel_chunks(xt.type.shape[3]) if _is_dense(a) else [(0, xt.type.shape[3])]
+    chunks = _channel_chunks(wt.type.shape) if _is_dense(a) else [(0, xt.type.shape[3])]
     if len(chunks) == 1:
         return e.op("convolution", xt, wt, attrs=a)
     parts = [e.op("convolution", _channel_slice(e, xt, 3, lo, hi), _channel_slice(e, wt, 2, lo, hi), attrs=a)
@@ -546,7 +550,7 @@ NHWC_RULES = (
          "depthwise conv or input gradient with a 7x7 or larger kernel -> NHWC/HWIO grouped convolution"),
     Rule("dense_conv_as_nhwc", Op("convolution", (Var("x"), Var("w")), attrs=_is_dense_elsewhere), _dense_as_nhwc_conv,
          "forward conv or input gradient, 512 or more rows and 16 or more input channels -> NHWC/HWIO convolution "
-         "(summed over chunks of at most 64 input channels past 128)"),
+         "(summed over chunks of at most 64 input channels where the kernel is large)"),
 )
 
 CONV_FORMS = register_pass(Pass("conv_forms", "rewrite depthwise convolutions as per-tap multiply-adds, which IREE "

@@ -11,7 +11,7 @@ from gir.ir import Loc
 from gir.lower.decompose import decompose
 from gir.nn import Builder
 from gir.rewrite import Context, run_pass
-from gir.rewrite.conv_forms import (DEPTHWISE_MIN_TAPS, DIRECT_CHUNK_CHANNELS, DIRECT_MAX_CHANNELS, DIRECT_MIN_CHANNELS,
+from gir.rewrite.conv_forms import (DEPTHWISE_MIN_TAPS, DIRECT_CHUNK_CHANNELS, DIRECT_MAX_KERNEL, DIRECT_MIN_CHANNELS,
                                    DIRECT_MIN_ROWS, ROWS_PER_OUTPUT_FEATURE)
 from gir.shapes.emit import Emitter
 
@@ -296,20 +296,22 @@ def test_nhwc_conv_needs_enough_rows_and_input_channels(image, channels):
     assert len(_nhwc_convs(out)) == (2 * image * image >= DIRECT_MIN_ROWS and channels >= DIRECT_MIN_CHANNELS)
 
 
-@pytest.mark.parametrize("channels,stride,chunks", [(DIRECT_MAX_CHANNELS, 1, 1), (DIRECT_MAX_CHANNELS + 1, 1, 3),
-                                                     (200, 2, 4)])
-def test_nhwc_conv_sums_partial_convolutions_over_chunks_of_many_input_channels(channels, stride, chunks, preserves):
-    """A forward conv with more than DIRECT_MAX_CHANNELS input channels becomes one NHWC convolution per chunk of at
-    most DIRECT_CHUNK_CHANNELS, added; so does an input gradient with that many (the forward's output features,
-    lhs-dilated where the forward is strided); 128 channels stay one convolution."""
-    g = _conv_train_graph((2, channels, 16 * stride, 16 * stride), (channels, channels, 3, 3), stride=stride,
-                          padding="same")
+@pytest.mark.parametrize("features,stride,chunks", [(455, 1, (1, 1)), (456, 1, (2, 8)), (456, 2, (2, 8))])
+def test_nhwc_conv_sums_partial_convolutions_over_input_channel_chunks_of_large_kernels(features, stride, chunks,
+                                                                                         preserves):
+    """128 input channels, 3x3: with 456 output features the kernel has more than DIRECT_MAX_KERNEL elements, so the
+    forward conv becomes one NHWC convolution per chunk of at most DIRECT_CHUNK_CHANNELS input channels (2 of 64),
+    added, and so does its input gradient (456 input channels: 8 of 57; lhs-dilated where the forward is strided);
+    with 455 the kernel is just small enough and both stay one convolution."""
+    assert (9 * 128 * features > DIRECT_MAX_KERNEL) == (chunks != (1, 1))
+    g = _conv_train_graph((2, 128, 16 * stride, 16 * stride), (features, 128, 3, 3), stride=stride, padding="same")
     out = run_pass(g, "nhwc_conv", Context(check=True))
     convs = _nhwc_convs(out)
-    assert len(convs) == 2 * chunks
-    widths = sorted(n.inputs[0].type.shape[3] for n in convs)
-    assert sum(widths) == 2 * channels and widths[-1] <= (DIRECT_CHUNK_CHANNELS if chunks > 1 else channels)
-    assert sum(n.op == "add" for n in out.nodes) == 2 * (chunks - 1)
+    assert len(convs) == sum(chunks)
+    widths = [n.inputs[0].type.shape[3] for n in convs]
+    assert sum(widths) == 128 + features
+    assert max(widths) <= (DIRECT_CHUNK_CHANNELS if chunks != (1, 1) else features)
+    assert sum(n.op == "add" for n in out.nodes) == sum(chunks) - 2
     preserves(g, out, rtol=1e-4, atol=1e-4)
 
 
