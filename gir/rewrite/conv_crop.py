@@ -13,7 +13,7 @@ import attrs
 
 from gir.ir import opdefs as od
 from gir.ir.graph import Value
-from gir.rewrite.conv_forms import _at, _spatial, _static
+from gir.rewrite.conv_forms import _at, _slice_dims, _spatial, _static
 from gir.rewrite.driver import Pass, Rule, register_pass
 from gir.rewrite.pattern import Match, Op, Var
 from gir.shapes.emit import Emitter
@@ -53,14 +53,6 @@ def _crop_dim(size: int, window: int, out: int, pad: tuple[int, int], stride: in
     return None if min(new_pad) < 0 else _Crop(t0, t1, o0, o1, x0, x1, new_pad)
 
 
-def _slice(e: Emitter, v: Value, dims: list[int], ranges: list[tuple[int, int]]) -> Value:
-    if all((a, b) == (0, v.type.shape[d]) for d, (a, b) in zip(dims, ranges)):
-        return v
-    starts, limits = zip(*ranges)
-    return e.op("slice", v, attrs=od.SliceAttrs(_at(dims, starts, 0, v.type.rank),
-                                                _at(dims, limits, list(v.type.shape)), [1] * v.type.rank))
-
-
 def _cropped(e: Emitter, m: Match) -> Value | None:
     x, w, y = m["x"], m["w"], m.node.outputs[0]
     a: od.ConvolutionAttrs = m.node.attrs
@@ -73,8 +65,8 @@ def _cropped(e: Emitter, m: Match) -> Value | None:
         return None
     keep = [c or _Crop(0, w.type.shape[wd] - 1, 0, y.type.shape[yd] - 1, 0, x.type.shape[xd], a.padding[k])
             for k, (c, xd, wd, yd) in enumerate(zip(crops, xs, ws, ys))]
-    x_c = _slice(e, x, xs, [(c.x0, c.x1) for c in keep])
-    w_c = _slice(e, w, ws, [(c.t0, c.t1 + 1) for c in keep])
+    x_c = _slice_dims(e, x, xs, [(c.x0, c.x1) for c in keep])
+    w_c = _slice_dims(e, w, ws, [(c.t0, c.t1 + 1) for c in keep])
     y_c = e.op("convolution", x_c, w_c, attrs=attrs.evolve(a, padding=tuple(c.pad for c in keep)))
     if all((c.o0, c.o1) == (0, y.type.shape[yd] - 1) for c, yd in zip(keep, ys)):
         return y_c

@@ -98,6 +98,15 @@ def _at(spatial: tuple[int, int], values: tuple[int, int], rest: int | list[int]
     return out
 
 
+def _slice_dims(e: Emitter, v: Value, dims: list[int], ranges: list[tuple[int, int]]) -> Value:
+    """v sliced to [start, stop) `ranges` along `dims` (v itself where they are whole)."""
+    if all((a, b) == (0, v.type.shape[d]) for d, (a, b) in zip(dims, ranges)):
+        return v
+    starts, limits = zip(*ranges)
+    return e.op("slice", v, attrs=od.SliceAttrs(_at(dims, starts, 0, v.type.rank),
+                                                _at(dims, limits, list(v.type.shape)), [1] * v.type.rank))
+
+
 def _padded(e: Emitter, x: Value, spatial: tuple[int, int], pads: list[tuple[int, int]],
             interior: tuple[int, ...] = (0, 0)) -> Value:
     return e.op("pad", x, e.scalar(0.0, x.type.dtype), attrs=od.PadAttrs(
@@ -480,20 +489,11 @@ def _nhwc_conv(e: Emitter, xt: Value, wt: Value, a: od.ConvolutionAttrs) -> Valu
     groups and a large kernel: every output element is a sum over the input channels, so each chunk's convolution
     gives a partial sum."""
     a = attrs_evolve(a, lhs_layout=NHWC, rhs_layout=HWIO, out_layout=NHWC)
-    chunks = _channel_chunks(wt.type.shape) if _is_dense(a) else [(0, xt.type.shape[3])]
-    if len(chunks) == 1:
+    if not _is_dense(a) or len(chunks := _channel_chunks(wt.type.shape)) == 1:
         return e.op("convolution", xt, wt, attrs=a)
-    parts = [e.op("convolution", _channel_slice(e, xt, 3, lo, hi), _channel_slice(e, wt, 2, lo, hi), attrs=a)
+    parts = [e.op("convolution", _slice_dims(e, xt, [3], [(lo, hi)]), _slice_dims(e, wt, [2], [(lo, hi)]), attrs=a)
              for lo, hi in chunks]
     return functools.reduce(e.add, parts)
-
-
-def _channel_slice(e: Emitter, v: Value, dim: int, lo: int, hi: int) -> Value:
-    """v[..., lo:hi, ...] along `dim`."""
-    shape = list(v.type.shape)
-    return e.op("slice", v, attrs=od.SliceAttrs([lo if d == dim else 0 for d in range(len(shape))],
-                                                [hi if d == dim else n for d, n in enumerate(shape)],
-                                                [1] * len(shape)))
 
 
 def _as_nhwc(e: Emitter, x: Value, w: Value, a: od.ConvolutionAttrs) -> Value:
