@@ -224,7 +224,7 @@ def test_passes_lists_passes_rules_and_pipelines(capsys):
     pipelines = {line.split()[0]: " ".join(line.split()[1:]) for line in out.splitlines() if line.startswith("  default")}
     assert pipelines["default"] == ("cse, bn_fold, simplify, fold, fusion, fold, layout_cnhw_small, conv_crop, "
                                     "nhwc_conv, depthwise_spatial, conv_forms, pointwise_matmul, dense_matmul, "
-                                    "weight_grad_matmul, large_rhs_matmul, cse, simplify, dce")
+                                    "weight_grad_matmul, large_rhs_matmul, long_contraction_matmul, cse, simplify, dce")
     assert pipelines["default_jax"] == ("cse, bn_fold, simplify, fold, fusion, fold, conv_crop, conv_forms, cse, "
                                         "simplify, dce")
 

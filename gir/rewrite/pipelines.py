@@ -8,21 +8,23 @@ from gir.rewrite.driver import PIPELINES, resolve
 
 PIPELINES["default"] = ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", "layout_cnhw_small", "conv_crop",
                         "nhwc_conv", "depthwise_spatial", "conv_forms", "pointwise_matmul", "dense_matmul",
-                        "weight_grad_matmul", "large_rhs_matmul", "cse", "simplify", "dce")
+                        "weight_grad_matmul", "large_rhs_matmul", "long_contraction_matmul", "cse", "simplify", "dce")
 """CSE first so equal BNs fold once; fold again after fusion builds constant products; the layout
 before the convolution forms, which read it; simplify after the last CSE, which can make both arms
 of a select the same value. conv_crop after the layout (which it keeps) and before the convolution forms, so they
 see the cropped kernels. depthwise_spatial before conv_forms, which would take the same small-map depthwise
 convolutions as per-tap slices. weight_grad_matmul after the convolution forms, whose matmuls it may also take;
-large_rhs_matmul after both (their matmuls are already in the order it makes)."""
+large_rhs_matmul after both (their matmuls are already in the order it makes); long_contraction_matmul last, as it
+splits the [M, K] x [N, K] matmuls the passes before write."""
 PIPELINES["default_jax"] = tuple(p for p in PIPELINES["default"] if p not in ("layout_cnhw_small", "pointwise_matmul",
                                                                                   "nhwc_conv", "depthwise_spatial",
                                                                                   "dense_matmul", "weight_grad_matmul",
-                                                                                  "large_rhs_matmul"))
+                                                                                  "large_rhs_matmul",
+                                                                                  "long_contraction_matmul"))
 """What `default` means on the JAX backend: XLA:CPU runs the batched-matmul form of 1x1 convs
 1.6x slower than convolutions (docs/performance.md), has its own fast KxK convolutions (the
-NHWC and matmul forms and barriers of nhwc_conv, dense_matmul, weight_grad_matmul and large_rhs_matmul are for
-IREE), and the layout and depthwise_spatial (which saves IREE's per-tap copy dispatches) are measured on IREE only."""
+NHWC and matmul forms and barriers of nhwc_conv, dense_matmul, weight_grad_matmul, large_rhs_matmul and
+long_contraction_matmul are for IREE), and the layout and depthwise_spatial (which saves IREE's per-tap copy dispatches) are measured on IREE only."""
 PIPELINES["default_gpu"] = ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", "conv_crop",
                             "depthwise_weight_grad_dots", "gpu_forms", "cse", "simplify", "dce")
 """What `default` means on IREE's GPU targets (rocm, cuda, vulkan): the activation layout and the CPU's convolution

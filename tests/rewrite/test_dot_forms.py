@@ -1,7 +1,9 @@
 """weight_grad_matmul alone: a dense layer's weight gradient with operands of LARGE_OPERANDS elements or more becomes
 one [M, K] x [N, K] matmul with the same values; smaller ones, and the forward and input gradient, are left alone.
 large_rhs_matmul alone: a forward x @ w[K, N] with w of LARGE_OPERANDS elements or more contracts w^T[N, K] instead,
-the transpose behind a barrier; smaller weights, and the gradients, are left alone."""
+the transpose behind a barrier; smaller weights, and the gradients, are left alone.
+long_contraction_matmul alone: an [M, K] x [N, K] matmul with K of twice CONTRACTION_CHUNK or more becomes the sum of
+its chunks' products, the operand of more rows first; a shorter K is left alone."""
 from __future__ import annotations
 
 import math
@@ -9,11 +11,12 @@ import math
 import pytest
 from lockstep import train_in_lockstep
 
+from gir.ir import opdefs as od
 from gir.autodiff import vjp
 from gir.lower.decompose import decompose
-from gir.nn import Builder, N, Net, dense
+from gir.nn import Builder, N, Net, conv2d, dense, global_avg_pool
 from gir.rewrite import Context, run_pass
-from gir.rewrite.dot_forms import LARGE_OPERANDS
+from gir.rewrite.dot_forms import CONTRACTION_CHUNK, LARGE_OPERANDS
 from gir.train import TrainConfig
 from gir.train.step import lower_train_step
 
@@ -117,3 +120,56 @@ def test_a_step_with_a_transposed_forward_weight_trains_on_iree_as_on_jax():
     assert not [n for n in step.primitive.nodes if n.op == "dot_general" and n.attrs.rhs_contract == (0,)
                 and tuple(n.inputs[1].type.shape) == (1024, 2048)]
     train_in_lockstep(net, config, 16, None, 2, "wide_layer")
+
+
+def _nt_matmul_graph(m: int, n: int, k: int):
+    """y = a[m, k] x b[n, k], contracting the last dims, as the convolution forms write a weight gradient."""
+    b = Builder("nt")
+    lhs, rhs = b.input("a", (m, k)), b.input("b", (n, k))
+    y = b.emit("dot_general", (lhs, rhs), od.DotGeneralAttrs((), (), (1,), (1,))).out
+    b.graph.set_output("y", y)
+    return b.graph
+
+
+@pytest.mark.parametrize("m,n,k,chunks,swapped", [
+    (24, 40, 2 * CONTRACTION_CHUNK, [CONTRACTION_CHUNK] * 2, True),
+    (40, 24, 2 * CONTRACTION_CHUNK + 5, [CONTRACTION_CHUNK] * 2 + [5], False),
+    (32, 32, 3 * CONTRACTION_CHUNK - 1, [CONTRACTION_CHUNK] * 2 + [CONTRACTION_CHUNK - 1], False),
+])
+def test_a_long_contraction_becomes_a_sum_of_chunk_products(m, n, k, chunks, swapped, preserves):
+    """At the threshold and past it: chunks of CONTRACTION_CHUNK from the start (the last takes the rest); the operand
+    of more rows first, its [n, m] product transposed back behind a barrier; the same values."""
+    g = _nt_matmul_graph(m, n, k)
+    ctx = Context(trace=[], check=True)
+    out = run_pass(g, "long_contraction_matmul", ctx)
+    assert [f.rule for f in ctx.trace] == ["long_contraction_in_chunks"]
+    dots = [d for d in out.nodes if d.op == "dot_general"]
+    first_rows, second_rows = (n, m) if swapped else (m, n)
+    assert [[tuple(v.type.shape) for v in d.inputs] for d in dots] == [[(first_rows, c), (second_rows, c)]
+                                                                       for c in chunks]
+    assert len([d for d in out.nodes if d.op == "add"]) == len(chunks) - 1
+    y = out.outputs["y"].producer
+    assert (y.op == "transpose" and y.inputs[0].producer.op == "optimization_barrier") == swapped
+    preserves(g, out, rtol=1e-4, atol=1e-3)
+
+
+def test_a_shorter_contraction_is_left_alone():
+    """K one short of twice CONTRACTION_CHUNK, with the rows that would swap."""
+    g = _nt_matmul_graph(24, 40, 2 * CONTRACTION_CHUNK - 1)
+    ctx = Context(trace=[], check=True)
+    out = run_pass(g, "long_contraction_matmul", ctx)
+    assert ctx.trace == [] and len(out.nodes) == len(g.nodes)
+
+
+def test_a_step_with_a_long_weight_gradient_trains_on_iree_as_on_jax():
+    """A 3x3 convolution at batch 8 and 32x32: its weight gradient contracts 8,192 pixels (split in two, the 27 rows
+    of gathered windows before the 16 of the output gradient); the default pipeline's step on IREE in lockstep with
+    the JAX backend, which leaves it a convolution."""
+    net = Net("conv_head", [conv2d(3, 16, k=3, act="relu"), global_avg_pool(), dense(16, 10)],
+              input_shape=(N, 3, 32, 32), num_classes=10)
+    config = TrainConfig(batch_size=8, optimizer="sgd", learning_rate=0.05, image_size=32)
+    step = lower_train_step(net, config, batch=8, image=32, passes="default")
+    chunks = [n for n in step.primitive.nodes if n.op == "dot_general"
+              and [tuple(v.type.shape) for v in n.inputs] == [(27, CONTRACTION_CHUNK), (16, CONTRACTION_CHUNK)]]
+    assert len(chunks) == 2 * 8 * 32 * 32 // (2 * CONTRACTION_CHUNK)
+    train_in_lockstep(net, config, 8, 32, 2, "conv_head")

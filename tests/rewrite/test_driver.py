@@ -111,9 +111,10 @@ def test_dce_keeps_what_outputs_need():
 def test_pipelines_resolve_and_unknown_names_are_clear():
     assert resolve("default") == ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", "layout_cnhw_small",
                                   "conv_crop", "nhwc_conv", "depthwise_spatial", "conv_forms", "pointwise_matmul",
-                                  "dense_matmul", "weight_grad_matmul", "large_rhs_matmul", "cse", "simplify", "dce")
+                                  "dense_matmul", "weight_grad_matmul", "large_rhs_matmul", "long_contraction_matmul",
+                                  "cse", "simplify", "dce")
     iree_only = ("layout_cnhw_small", "pointwise_matmul", "nhwc_conv", "depthwise_spatial", "dense_matmul",
-                 "weight_grad_matmul", "large_rhs_matmul")
+                 "weight_grad_matmul", "large_rhs_matmul", "long_contraction_matmul")
     assert resolve("default_jax") == tuple(p for p in resolve("default") if p not in iree_only)
     assert resolve("cse, dce") == ("cse", "dce")
     assert resolve("none") == ()
