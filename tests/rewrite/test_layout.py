@@ -52,12 +52,21 @@ def _conv_pool_conv(b, x):
     return b.conv2d(y, w2), [w1, w2]
 
 
+def _conv_flatten_dense(b, x):
+    """3x3 conv, ReLU, flatten, dense: a small CNN's head, its gradient reshaped back to the 4-D activations."""
+    w = b.input("w", (5, 4, 3, 3), role="param")
+    y = b.flatten(b.unary("relu", b.conv2d(x, w)))
+    wd = b.input("wd", (y.type.shape[1], 3), role="param")
+    return b.dense(y, wd), [w, wd]
+
+
 BODIES = {
     "strided conv": lambda b, x: (b.conv2d(x, w := b.input("w", (5, 4, 3, 3), role="param"), stride=2), [w]),
     "depthwise": lambda b, x: (b.depthwise_conv2d(x, w := b.input("w", (4, 1, 3, 3), role="param")), [w]),
     "max pool": lambda b, x: (lambda y, ps: (b.max_pool(y, 3, 2, "same"), ps))(*_pointwise(b, x)),
     "block": _block,
     "conv pool conv": _conv_pool_conv,
+    "conv flatten dense": _conv_flatten_dense,
 }
 
 
@@ -135,6 +144,19 @@ def test_small_layout_moves_only_small_activations(preserves):
     out = run_pass(run_pass(moved, "conv_forms", ctx), "pointwise_matmul", ctx)
     assert not [n for n in out.nodes if n.op == "convolution"]
     preserves(g, out, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_a_flattened_gradient_enters_the_new_order_behind_a_barrier(name):
+    """The dense head's input gradient, reshaped back to 4-D, is transposed into the new order only behind an
+    optimization barrier, so that IREE does not fold that transpose into the matmul producing it (mnist_cnn at
+    batch 128: a 17 GFLOP/s matmul of 24 ms, against 3.6 ms for the transpose alone)."""
+    g = run_pass(_train_graph(_conv_flatten_dense), name, Context(check=True))
+    moved = tuple((2, 5, 6, 6)["NCHW".index(ch)] for ch in LAYOUTS[name])   # the conv's output in the new order
+    entering = [n for n in g.nodes if n.op == "transpose" and tuple(n.outputs[0].type.shape) == moved]
+    assert len(entering) == 1
+    wall = entering[0].inputs[0].producer
+    assert wall.op == "optimization_barrier" and wall.inputs[0].producer.op == "reshape"
 
 
 def test_permute_layout():
