@@ -156,7 +156,7 @@ def compile_text(text: str, target: str = "cpu", chip: str | None = None, extra_
     attempts = _attempts(text, target, chip, extra_flags)
 
     def compile_now() -> bytes:
-        accepted, result = first_accepted(text, attempts, parallel_attempts())
+        accepted, result = fallback_in_turn(text, attempts, parallel_attempts())
         if accepted is not None:
             return result
         msg = explain(result, text)
@@ -167,6 +167,33 @@ def compile_text(text: str, target: str = "cpu", chip: str | None = None, extra_
     if not use_cache:
         return compile_now()
     return CompileCache(cache_dir()).get_or_compile(cache_key(text, attempts[0]), compile_now)
+
+
+def error_kind(diagnostics: str) -> str:
+    """The first error's message without its numbers: two flag sets fail the same way when only a size or the
+    dispatch differs ("exceeded stack allocation limit of 16 bytes ... Got 128 bytes" in one dispatch, "Got 64" in
+    another)."""
+    first = next((m.group("msg") for m in _DIAG.finditer(diagnostics) if m.group("sev") == "error"), None)
+    return re.sub(r"\d+", "N", first if first is not None else explain(diagnostics, ""))
+
+
+def fallback_in_turn(text: str, attempts: Sequence[Sequence[str]], width: int) -> tuple[int | None, bytes | str]:
+    """`first_accepted`, but in turn (width 1), once the first set fails, the last set (no speed flags) is tried
+    next: if it fails with the same kind of error, gir's speed flags are not the cause (a user's flag, an op IREE
+    cannot compile) and no other set is tried (2 compiles instead of 5; cli.md's stack limit example took 56 s).
+    Otherwise the sets between still come first in order, the last one's module kept for when they all fail."""
+    if width > 1 or len(attempts) < 3:
+        return first_accepted(text, attempts, width)
+    accepted, first = first_accepted(text, attempts[:1], 1)
+    if accepted is not None:
+        return accepted, first
+    bare, last = first_accepted(text, attempts[-1:], 1)
+    if bare is None and error_kind(last) == error_kind(first):
+        return None, last
+    between, result = first_accepted(text, attempts[1:-1], 1)
+    if between is not None:
+        return between + 1, result
+    return (None, last) if bare is None else (len(attempts) - 1, last)
 
 
 def parallel_attempts() -> int:

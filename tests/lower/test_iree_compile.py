@@ -52,12 +52,40 @@ def test_a_module_o3_breaks_keeps_im2col_and_o3_without_aggressive_fusion(tmp_pa
     launched = _recording_launches(monkeypatch)
     text = _digits_step_iree_rejects_first()
     assert compile_text(text, "cpu")
-    assert [flags for flags, _, _ in launched][:2] == [list(CPU_SPEED_FLAG_SETS[0]), list(CPU_SPEED_FLAG_SETS[1])]
+    first, second = list(CPU_SPEED_FLAG_SETS[0]), list(CPU_SPEED_FLAG_SETS[1])
+    if jobs == "1":
+        # in turn, the set without speed flags is tried right after the first (it fails otherwise, or not at all)
+        assert [flags for flags, _, _ in launched] == [first, [], second]
+    else:
+        assert [flags for flags, _, _ in launched][:2] == [first, second]
     # side by side, the later sets start as spares, and the third is killed once the second compiles
-    assert [spare for _, _, spare in launched] == ([False, False] if jobs == "1" else [False, True, True])
+    assert [spare for _, _, spare in launched] == ([False] * 3 if jobs == "1" else [False, True, True])
     assert all(proc.poll() is not None for _, proc, _ in launched)
     launched.clear()
     assert compile_text(text, "cpu") and launched == []     # cached under the first set's key
+
+
+def test_a_failure_without_the_speed_flags_too_is_reported_after_two_compiles(tmp_path, monkeypatch):
+    """A user's flag that every set fails on (a 16-byte stack limit): in turn, the first set and the one without
+    speed flags fail the same way, and gir reports it without trying the three sets between."""
+    monkeypatch.setenv("GIR_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("GIR_COMPILE_JOBS", raising=False)
+    launched = _recording_launches(monkeypatch)
+    text = _digits_step_iree_rejects_first()
+    assert len(_attempts(text, "cpu", None, ())) == len(CPU_SPEED_FLAG_SETS)
+    limit = "--iree-llvmcpu-stack-allocation-limit=16"
+    with pytest.raises(iree_compile.CompileError, match="exceeded stack allocation limit of 16 bytes"):
+        compile_text(text, "cpu", extra_flags=[limit])
+    assert [[f for f in flags if f != limit] for flags, _, _ in launched] == [list(CPU_SPEED_FLAG_SETS[0]), []]
+
+
+def test_an_error_kind_leaves_out_sizes_and_places():
+    """The same stack overflow in two dispatches is one kind of error; O3's rejected fusion is another."""
+    stack = "<stdin>:{}:5: error: 'func.func' op exceeded stack allocation limit of 16 bytes for function. Got {} bytes"
+    fusion = ("<stdin>:9:5: error: write affecting operations on global resources are restricted to workgroup "
+              "distributed contexts")
+    assert iree_compile.error_kind(stack.format(9, 128)) == iree_compile.error_kind(stack.format(15, 64))
+    assert iree_compile.error_kind(stack.format(9, 128)) != iree_compile.error_kind(fusion)
 
 
 def test_side_by_side_the_answer_is_the_first_set_in_order_iree_accepts():
