@@ -24,7 +24,8 @@ PIPELINES["default_jax"] = tuple(p for p in PIPELINES["default"] if p not in ("l
 """What `default` means on the JAX backend: XLA:CPU runs the batched-matmul form of 1x1 convs
 1.6x slower than convolutions (docs/performance.md), has its own fast KxK convolutions (the
 NHWC and matmul forms and barriers of nhwc_conv, dense_matmul, weight_grad_matmul, large_rhs_matmul and
-long_contraction_matmul are for IREE), and the layout and depthwise_spatial (which saves IREE's per-tap copy dispatches) are measured on IREE only."""
+long_contraction_matmul are for IREE), and the layout and depthwise_spatial (which saves IREE's per-tap copy
+dispatches) are measured on IREE only."""
 PIPELINES["default_gpu"] = ("cse", "bn_fold", "simplify", "fold", "fusion", "fold", "conv_crop",
                             "depthwise_weight_grad_dots", "gpu_forms", "cse", "simplify", "dce")
 """What `default` means on IREE's GPU targets (rocm, cuda, vulkan): the activation layout and the CPU's convolution
