@@ -266,7 +266,9 @@ def _scatter_add(e: Emitter, node: Node, ct: Value, operand: Value, ids: Value, 
 @_none_if_no_ct
 def _dot_general(e: Emitter, node: Node, ct: Value, x: Value, y: Value):
     """ct is [batch, x free, y free]; contract it with the other operand over that operand's free
-    dims, then permute the result back into the operand's layout."""
+    dims, then permute the result back into the operand's layout. A batched product whose result would need that
+    permutation is written the other way round (the other operand first) where that gives the layout itself: IREE
+    folds a transpose after a batched matmul into it and ran attention's dV 3x slower (docs/performance.md)."""
     a: od.DotGeneralAttrs = node.attrs
     nb = len(a.lhs_batch)
     xf, yf = _free(x.type.rank, a.lhs_batch, a.lhs_contract), _free(y.type.rank, a.rhs_batch, a.rhs_contract)
@@ -276,10 +278,12 @@ def _dot_general(e: Emitter, node: Node, ct: Value, x: Value, y: Value):
 
     def back(other: Value, other_batch, other_free, ct_free, contract_self, contract_other, self_batch, self_free,
              rank: int) -> Value:
+        contracted = [contract_self[contract_other.index(c)] for c in sorted(contract_other)]
+        # dot(ct, other) is [batch, ct's remaining free dims (= this operand's free), other's contracted dims]
+        layout = [*self_batch, *self_free, *contracted]
+        if nb and layout != list(range(rank)) and [*self_batch, *contracted, *self_free] == list(range(rank)):
+            return e.op("dot_general", other, ct, attrs=od.DotGeneralAttrs(other_batch, ct_batch, other_free, ct_free))
         g = e.op("dot_general", ct, other, attrs=od.DotGeneralAttrs(ct_batch, other_batch, ct_free, other_free))
-        # g is [batch, ct's remaining free dims (= this operand's free), other's contracted dims in order]
-        layout = [*self_batch, *self_free,
-                  *(contract_self[contract_other.index(c)] for c in sorted(contract_other))]
         return e.transpose(g, tuple(layout.index(d) for d in range(rank)))
 
     gx = back(y, a.rhs_batch, tuple(yf), ct_yf, a.lhs_contract, a.rhs_contract, a.lhs_batch, xf, x.type.rank)

@@ -203,31 +203,56 @@ def _xent(e: Emitter, a: od.XentAttrs, logits: Value, labels: Value) -> Value:
     return e.mul_scalar(total, -reciprocal(math.prod(shape[:last])))
 
 
-def _causal_mask(e: Emitter, scores: Value) -> Value:
-    """Scores [N,h,T,T] with key positions after the query's set to -inf: one [T,T] iota comparison,
-    broadcast into the select (no mask input, nothing per batch)."""
+ATTENTION_TOKEN_ALIGN = 16
+"""A static token count that is not a multiple of 8 is padded to a multiple of this inside attention. IREE's CPU
+matmul vectorizes a product's rows and columns by a divisor of their count, so ViT's 197 tokens (a prime) ran its
+attention products one element at a time: 24x197x197x64 at 17-31 GFLOP/s, 3-8x slower than over 208
+(docs/performance.md)."""
+
+
+def _aligned_tokens(t: Dim) -> Dim:
+    """t, or the next multiple of ATTENTION_TOKEN_ALIGN for a static count over 8 that is not a multiple of 8."""
+    if not isinstance(t, int) or t <= 8 or t % 8 == 0:
+        return t
+    return -(-t // ATTENTION_TOKEN_ALIGN) * ATTENTION_TOKEN_ALIGN
+
+
+def _masked_keys(e: Emitter, scores: Value, keys: Dim, causal: bool) -> Value:
+    """Scores [N,h,T,T] with the keys a query may not see set to -inf: with `causal`, those after the query's
+    position (which covers padding after the first `keys` for every query kept); else the padding. One [T,T] iota
+    comparison, broadcast into the select (no mask input, nothing per batch)."""
     t = scores.type.shape[-1]
     grid = TensorType((t, t), DType.i32)
-    query, key = (e.op("iota", attrs=od.IotaAttrs(d, grid)) for d in (0, 1))
-    allowed = e.bcast(e.compare(key, query, "LE"), scores.type.shape, (2, 3))
+    key = e.op("iota", attrs=od.IotaAttrs(1, grid))
+    bound = e.op("iota", attrs=od.IotaAttrs(0, grid)) if causal else e.const(keys, grid)
+    allowed = e.bcast(e.compare(key, bound, "LE" if causal else "LT"), scores.type.shape, (2, 3))
     return e.select(allowed, scores, e.const(-math.inf, scores))
 
 
 @decomposes("attention")
 def _attention(e: Emitter, a: od.AttentionAttrs, q: Value, k: Value, v: Value) -> Value:
+    """Per-head softmax(q k^T / sqrt(dh)) v over the tokens padded to `_aligned_tokens` (padded keys masked out,
+    padded queries' rows sliced off at the end)."""
     n, t, d = q.type.shape
     h, dh = a.heads, d // a.heads
+    tp = _aligned_tokens(t)
 
-    def heads(x: Value) -> Value:  # [N, T, D] -> [N*h, T, dh]
-        return e.reshape(e.transpose(e.reshape(x, (n, t, h, dh)), (0, 2, 1, 3)), (n * h, t, dh))
+    def heads(x: Value) -> Value:  # [N, T, D] -> [N*h, Tp, dh]
+        if tp != t:
+            x = e.op("pad", x, e.scalar(0.0, x.type.dtype), attrs=od.PadAttrs([0, 0, 0], [0, tp - t, 0], [0, 0, 0]))
+        return wall(e.reshape(e.transpose(e.reshape(x, (n, tp, h, dh)), (0, 2, 1, 3)), (n * h, tp, dh)))
 
+    wall = (lambda x: e.op("optimization_barrier", x)) if tp != t else (lambda x: x)
     qh, kh, vh = heads(q), heads(k), heads(v)
-    scores = e.op("dot_general", qh, kh, attrs=od.DotGeneralAttrs((0,), (0,), (2,), (2,)))  # [N*h,T,T]
-    scores = e.mul_scalar(e.reshape(scores, (n, h, t, t)), 1.0 / math.sqrt(dh))
-    p = _softmax_along(e, _causal_mask(e, scores) if a.causal else scores, 3)
-    out = e.op("dot_general", e.reshape(p, (n * h, t, t)), vh,
-               attrs=od.DotGeneralAttrs((0,), (0,), (2,), (1,)))  # [N*h,T,dh]
-    return e.reshape(e.transpose(e.reshape(out, (n, h, t, dh)), (0, 2, 1, 3)), (n, t, d))
+    scores = e.op("dot_general", qh, kh, attrs=od.DotGeneralAttrs((0,), (0,), (2,), (2,)))  # [N*h,Tp,Tp]
+    scores = e.mul_scalar(e.reshape(scores, (n, h, tp, tp)), 1.0 / math.sqrt(dh))
+    p = _softmax_along(e, _masked_keys(e, scores, t, a.causal) if a.causal or tp != t else scores, 3)
+    out = e.op("dot_general", e.reshape(p, (n * h, tp, tp)), vh,
+               attrs=od.DotGeneralAttrs((0,), (0,), (2,), (1,)))  # [N*h,Tp,dh]
+    merged = e.reshape(e.transpose(e.reshape(wall(out), (n, h, tp, dh)), (0, 2, 1, 3)), (n, tp, d))
+    if tp == t:
+        return merged
+    return e.op("slice", merged, attrs=od.SliceAttrs([0, 0, 0], [n, t, d], [1, 1, 1]))
 
 
 def decompose(graph: Graph) -> Graph:

@@ -1,6 +1,7 @@
 """Causal attention and the embedding gather beyond the every-op sweep: gir's forward and adjoint against
 hand-written jax.numpy (masked attention, an indexed table) differentiated by jax.vjp, and the mask's
-promise that no position sees a later one, in the output or in the gradient."""
+promise that no position sees a later one, in the output or in the gradient. Token counts on both sides of the
+decomposition's alignment (6 and 16 kept, 11 padded to 16 with the padded keys masked)."""
 from __future__ import annotations
 
 import math
@@ -13,30 +14,33 @@ import pytest
 from gir.autodiff.reverse import backprop
 from gir.ir import DType, Graph, TensorType
 from gir.ir import opdefs as od
-from gir.lower.decompose import decompose
+from gir.lower.decompose import ATTENTION_TOKEN_ALIGN, decompose
 from gir.lower.jax_backend import as_jax_function
 from gir.shapes.emit import Emitter
 
 N_, T_, D_, HEADS = 2, 6, 8, 2
+PADDED_T = 11
+"""Not a multiple of 8 and over 8: the decomposition pads it to ATTENTION_TOKEN_ALIGN."""
 F64 = DType.f64
 
 
-def masked_attention(q, k, v):
+def masked_attention(q, k, v, causal: bool = True):
     """Multi-head attention written out: scores q.k/sqrt(dh), later keys masked to -inf, softmax, times v."""
     n, t, d = q.shape
     split = lambda a: a.reshape(n, t, HEADS, d // HEADS).transpose(0, 2, 1, 3)  # noqa: E731
     s = jnp.einsum("nhqd,nhkd->nhqk", split(q), split(k)) / math.sqrt(d // HEADS)
-    s = jnp.where(jnp.arange(t)[None, :] <= jnp.arange(t)[:, None], s, -jnp.inf)
+    if causal:
+        s = jnp.where(jnp.arange(t)[None, :] <= jnp.arange(t)[:, None], s, -jnp.inf)
     w = jax.nn.softmax(s, axis=-1)
     return jnp.einsum("nhqk,nhkd->nhqd", w, split(v)).transpose(0, 2, 1, 3).reshape(n, t, d)
 
 
-def attention_and_grads(decomposed: bool) -> Graph:
-    """y = causal attention(q, k, v) and the gradients of <y, ct> from gir's adjoints (optionally after lowering's
+def attention_and_grads(decomposed: bool, t: int = T_, causal: bool = True) -> Graph:
+    """y = attention(q, k, v) and the gradients of <y, ct> from gir's adjoints (optionally after lowering's
     decomposition into primitives, where the mask is an iota comparison)."""
     g = Graph("causal")
-    q, k, v, ct = (g.add_input(name, TensorType((N_, T_, D_), F64), "data") for name in ("q", "k", "v", "ct"))
-    node = Emitter(g).node("attention", [q, k, v], od.AttentionAttrs(HEADS, causal=True))
+    q, k, v, ct = (g.add_input(name, TensorType((N_, t, D_), F64), "data") for name in ("q", "k", "v", "ct"))
+    node = Emitter(g).node("attention", [q, k, v], od.AttentionAttrs(HEADS, causal=causal))
     back = backprop(g, [node], {node.out: ct}, [q, k, v])
     g.set_output("y", node.out)
     for name, x in zip("qkv", (q, k, v)):
@@ -49,17 +53,20 @@ def run(graph: Graph, q, k, v, ct) -> dict[str, np.ndarray]:
         return {name: np.asarray(x) for name, x in as_jax_function(graph)({"q": q, "k": k, "v": v, "ct": ct}).items()}
 
 
-def inputs(seed: int = 0):
+def inputs(seed: int = 0, t: int = T_):
     rng = np.random.default_rng(seed)
-    return [rng.standard_normal((N_, T_, D_)) for _ in range(4)]
+    return [rng.standard_normal((N_, t, D_)) for _ in range(4)]
 
 
+@pytest.mark.parametrize("t", [T_, PADDED_T, 16])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 @pytest.mark.parametrize("decomposed", [False, True], ids=["layer-op", "primitives"])
-def test_causal_attention_and_its_adjoint_match_hand_written_masked_attention_under_jax_vjp(decomposed):
-    q, k, v, ct = inputs()
-    got = run(attention_and_grads(decomposed), q, k, v, ct)
+def test_attention_and_its_adjoint_match_hand_written_masked_attention_under_jax_vjp(decomposed, causal, t):
+    q, k, v, ct = inputs(t=t)
+    got = run(attention_and_grads(decomposed, t, causal), q, k, v, ct)
     with jax.enable_x64(True):
-        y, pullback = jax.vjp(masked_attention, jnp.asarray(q), jnp.asarray(k), jnp.asarray(v))
+        y, pullback = jax.vjp(lambda *a: masked_attention(*a, causal=causal), jnp.asarray(q), jnp.asarray(k),
+                              jnp.asarray(v))
         want = dict(zip(("dq", "dk", "dv"), pullback(jnp.asarray(ct))))
     np.testing.assert_allclose(got["y"], np.asarray(y), rtol=1e-12, atol=1e-12)
     for name, w in want.items():
@@ -90,6 +97,17 @@ def test_the_lowered_mask_is_one_t_by_t_iota_comparison_not_a_tensor_per_batch()
     compares = [n for n in graph.nodes if n.op == "compare" and n.inputs[0].producer.op == "iota"]
     assert compares and all(n.outputs[0].type.shape == (T_, T_) for n in compares)
     assert not [v for v in graph.inputs if v.type.dtype == DType.i1]
+
+
+@pytest.mark.parametrize("t, tokens", [(T_, T_), (PADDED_T, ATTENTION_TOKEN_ALIGN), (16, 16)])
+def test_the_products_run_over_token_counts_padded_only_where_not_a_multiple_of_8(t, tokens):
+    """Every product of the forward and the adjoint (scores [N*h, T, T], the rest [N*h, T, dh]: dV = p^T dO is
+    written in that layout, not as [N*h, dh, T] transposed) runs over `tokens`; the outputs keep t."""
+    graph = attention_and_grads(decomposed=True, t=t, causal=False)
+    shapes = {n.outputs[0].type.shape for n in graph.nodes if n.op == "dot_general"}
+    nh, dh = N_ * HEADS, D_ // HEADS
+    assert shapes == {(nh, tokens, tokens), (nh, tokens, dh)}
+    assert all(graph.outputs[name].type.shape == (N_, t, D_) for name in ("y", "dq", "dk", "dv"))
 
 
 def test_the_gather_adjoint_sums_the_cotangent_rows_of_repeated_ids():

@@ -204,6 +204,12 @@ CASES = {
     "attention_causal": (((2, 5, 6),) * 3, lambda e, q, k, v: e.op(
         "attention", q, k, v, attrs=od.AttentionAttrs(2, causal=True)), lambda q, k, v: np_causal_attention(q, k, v, 2),
         1e-5),
+    # 11 tokens: padded to 16 inside the decomposition, the padded keys masked, the padded queries sliced off
+    "attention_padded_tokens": (((2, 11, 6),) * 3, lambda e, q, k, v: e.op(
+        "attention", q, k, v, attrs=od.AttentionAttrs(2)), lambda q, k, v: np_attention(q, k, v, 2), 1e-5),
+    "attention_causal_padded_tokens": (((2, 11, 6),) * 3, lambda e, q, k, v: e.op(
+        "attention", q, k, v, attrs=od.AttentionAttrs(2, causal=True)), lambda q, k, v: np_causal_attention(q, k, v, 2),
+        1e-5),
     "softmax_cross_entropy_per_token": (((2, 3, 5), ((2, 3), I32)), lambda e, x, y: e.op(
         "softmax_cross_entropy", x, y, attrs=od.XentAttrs(0.1)),
         lambda x, y: -np.mean(np.sum((0.9 * np.eye(5)[y] + 0.02) * np.log(np_softmax(x, 2)), 2)), 1e-5),
