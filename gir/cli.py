@@ -19,7 +19,7 @@ from gir.check import check_net, check_whole_net_f64
 from gir.ir.dot import to_dot
 from gir.ir.printer import print_graph
 from gir.lower.iree_compile import TARGETS, CompileError, compile_text
-from gir.lower.iree_runtime import DeviceUnavailable
+from gir.lower.iree_runtime import DeviceUnavailable, RuntimeSettingError
 from gir.lower.pipeline import lower_net
 from gir.lower.stablehlo import LoweringError
 from gir.netfile import NetFileError, load_net_file
@@ -43,7 +43,7 @@ from gir.train.step import build_train_step, lower_train_step
 
 USER_ERRORS = (NetFileError, ShapeError, BindingError, ParamsError, CompileError, LoweringError, AdjointError,
                RewriteError, DataError, CheckpointError, TraceError, BackendError, DeviceUnavailable, NonFiniteLoss,
-               TrainError, SampleError, DistributedError, PeerLost)
+               TrainError, SampleError, DistributedError, PeerLost, RuntimeSettingError)
 
 
 class CliError(Exception):

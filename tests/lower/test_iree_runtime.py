@@ -1,4 +1,9 @@
-"""The IREE session keeps outputs on the device: they feed the next call without host copies."""
+"""The IREE session keeps outputs on the device: they feed the next call without host copies. A thread calling
+into the CPU device drops its own priority below the workers'."""
+import os
+import sys
+import threading
+
 import iree.runtime as ireert
 import numpy as np
 import pytest
@@ -7,7 +12,8 @@ from gir.ir import Graph, TensorType
 from gir.ir import opdefs as od
 from gir.shapes.emit import Emitter
 from gir.lower.iree_compile import CPU_STACK_LIMIT, CPU_WORKER_STACK, compile_text, target_flags
-from gir.lower.iree_runtime import DeviceUnavailable, IreeSession, device_config
+from gir.lower.iree_runtime import (CALLER_NICE, DeviceUnavailable, IreeSession, RuntimeSettingError, caller_nice,
+                                    device_config)
 from gir.lower.stablehlo import print_module
 
 
@@ -30,6 +36,52 @@ def test_outputs_stay_on_device_and_feed_back():
         assert isinstance(x, ireert.DeviceArray) and isinstance(v, ireert.DeviceArray)
     np.testing.assert_array_equal(x.to_host(), np.full(4, 1 + 2 + 4 + 8 + 16, np.float32))
     np.testing.assert_array_equal(v.to_host(), np.full(4, 32, np.float32))
+
+
+def _nice_after_a_call(session: IreeSession) -> int:
+    """The nice value of a fresh thread after it called into `session` (pytest's own thread stays as it was)."""
+    seen = []
+
+    def call() -> None:
+        session.call("step", np.zeros(4, np.float32), np.ones(4, np.float32))
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    t = threading.Thread(target=call)
+    t.start()
+    t.join()
+    return seen[0]
+
+
+def _worker_nices() -> list[int]:
+    """The nice values of IREE's CPU worker threads in this process (field 19 of /proc's stat), in id order;
+    threads that end while this reads are left out."""
+    nices = []
+    for t in sorted(os.listdir("/proc/self/task"), key=int):
+        try:
+            with open(f"/proc/self/task/{t}/comm") as comm, open(f"/proc/self/task/{t}/stat") as stat:
+                if comm.read().startswith("iree-worker"):
+                    nices.append(int(stat.read().rsplit(")", 1)[1].split()[16]))
+        except FileNotFoundError:
+            continue
+    return nices
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice is per thread on Linux only")
+def test_a_thread_calling_the_cpu_device_yields_the_cpus_to_its_workers(monkeypatch):
+    monkeypatch.delenv("GIR_IREE_CALLER_NICE", raising=False)
+    s = IreeSession(_step_module())
+    workers_before = _worker_nices()
+    assert _nice_after_a_call(s) >= CALLER_NICE
+    assert workers_before and _worker_nices() == workers_before   # the workers keep theirs
+    monkeypatch.setenv("GIR_IREE_CALLER_NICE", "0")
+    assert _nice_after_a_call(s) == os.getpriority(os.PRIO_PROCESS, 0)   # as the process started it
+
+
+@pytest.mark.parametrize("value", ["-3", "20", "ten", "1.5"])
+def test_a_bad_caller_nice_is_one_clear_error(monkeypatch, value):
+    monkeypatch.setenv("GIR_IREE_CALLER_NICE", value)
+    with pytest.raises(RuntimeSettingError, match=f"GIR_IREE_CALLER_NICE must be a whole number .* got '{value}'"):
+        caller_nice()
 
 
 def _chain_module(transient_storage: bool) -> bytes:
