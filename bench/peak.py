@@ -2,8 +2,9 @@
 
 Two measurements, a few seconds each:
 
-  fma     a tight loop of independent 512-bit fused multiply-adds (C, compiled here with
-          `cc -O3 -march=native`) on one core, times the number of cores: what the cores can issue.
+  fma     a tight loop of independent 512-bit or 256-bit fused multiply-adds (C, compiled here with
+          `cc -O3 -march=native`, the faster shape counted) on one core, times the number of cores: what the
+          cores can issue.
           The same loop on every core at once is reported too; on a machine shared with other
           work it comes out lower, which is why the peak is the one-core rate times the cores;
   matmul  the best float32 2048^3 matmul of numpy and, when installed, PyTorch: what a tuned BLAS reaches.
@@ -25,26 +26,27 @@ from collections.abc import Callable
 
 import numpy as np
 
-CHAINS = 16  # independent accumulators: enough to cover FMA latency x FMA units on current x86 and Arm cores
-LANES = 16   # float32 lanes of a 512-bit vector (GCC splits it into narrower FMAs where the CPU has no AVX-512)
-FMA_SOURCE = f"""
-typedef float v __attribute__((vector_size({4 * LANES})));
-float fma_loop(long iters) {{
-    v acc[{CHAINS}], a, b;
-    for (int i = 0; i < {LANES}; i++) {{ a[i] = 0.999999f; b[i] = 1e-7f; }}
-    for (int c = 0; c < {CHAINS}; c++) acc[c] = a * (float)c;
+# (lanes, chains): vectors of 16 float32 lanes (512-bit) or 8 (256-bit) in enough independent accumulators to cover
+# FMA latency x FMA units, few enough to stay in registers: 16 zmm of AVX-512's 32, 12 ymm of AVX2's 16 (16 x 512-bit
+# accumulators on an AVX2 core are 32 ymm and spill, a tenth of its peak). Each shape is timed; the best counts.
+SHAPES = ((16, 16), (8, 12), (8, 8))
+FMA_SOURCE = "".join(f"typedef float v{lanes} __attribute__((vector_size({4 * lanes})));\n"
+                     for lanes in sorted({lanes for lanes, _ in SHAPES})) + "".join(f"""
+float fma_loop_{lanes}_{chains}(long iters) {{
+    v{lanes} acc[{chains}], a, b;
+    for (int i = 0; i < {lanes}; i++) {{ a[i] = 0.999999f; b[i] = 1e-7f; }}
+    for (int c = 0; c < {chains}; c++) acc[c] = a * (float)c;
     for (long n = 0; n < iters; n++)
-        for (int c = 0; c < {CHAINS}; c++) acc[c] = acc[c] * a + b;
+        for (int c = 0; c < {chains}; c++) acc[c] = acc[c] * a + b;
     float s = 0;
-    for (int c = 0; c < {CHAINS}; c++) for (int i = 0; i < {LANES}; i++) s += acc[c][i];
+    for (int c = 0; c < {chains}; c++) for (int i = 0; i < {lanes}; i++) s += acc[c][i];
     return s;
 }}
-"""
-FLOPS_PER_ITER = 2 * CHAINS * LANES
+""" for lanes, chains in SHAPES)
 
 
-def _load_fma() -> Callable[[int], float] | None:
-    """The C FMA loop as a ctypes function (which releases the GIL), or None without a C compiler."""
+def _load_fma() -> dict[tuple[int, int], Callable[[int], float]]:
+    """Each shape's FMA loop as a ctypes function (which releases the GIL); empty without a C compiler."""
     folder = tempfile.mkdtemp(prefix="gir-peak-")
     src, lib = os.path.join(folder, "fma.c"), os.path.join(folder, "fma.so")
     with open(src, "w") as f:
@@ -53,29 +55,35 @@ def _load_fma() -> Callable[[int], float] | None:
         subprocess.run(["cc", "-O3", "-march=native", "-ffp-contract=fast", "-shared", "-fPIC", src, "-o", lib],
                        check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError):
-        return None
-    fn = ctypes.CDLL(lib).fma_loop
-    fn.argtypes, fn.restype = [ctypes.c_long], ctypes.c_float
-    return fn
+        return {}
+    loops = {}
+    for lanes, chains in SHAPES:
+        fn = getattr(ctypes.CDLL(lib), f"fma_loop_{lanes}_{chains}")
+        fn.argtypes, fn.restype = [ctypes.c_long], ctypes.c_float
+        loops[lanes, chains] = fn
+    return loops
 
 
 def fma_peaks(seconds: float = 0.4, reps: int = 5) -> dict[str, float]:
-    """GFLOP/s of the FMA loop on one core (times the cores) and on every core at once, each the best of
-    `reps` runs of about `seconds`; empty without a C compiler."""
-    fn = _load_fma()
-    if fn is None:
+    """GFLOP/s of the fastest FMA loop shape on one core (times the cores) and on every core at once, each the best
+    of `reps` runs of about `seconds`; empty without a C compiler."""
+    loops = _load_fma()
+    if not loops:
         return {}
     cores = os.cpu_count() or 1
-    iters = 1000
-    while _wall(functools.partial(fn, iters)) < seconds / 4:
-        iters *= 2
-    iters *= 4
 
-    def rate(threads: int) -> float:
+    def rate(fn: Callable[[int], float], flops_per_iter: int, threads: int) -> float:
+        iters = 1000
+        while _wall(functools.partial(fn, iters)) < seconds / 4:
+            iters *= 2
+        iters *= 4
         best = min(_wall(functools.partial(_parallel, fn, iters, threads)) for _ in range(reps))
-        return threads * iters * FLOPS_PER_ITER / best / 1e9
+        return threads * iters * flops_per_iter / best / 1e9
 
-    return {f"fma 1 core x {cores}": cores * rate(1), f"fma {cores} cores at once": rate(cores)}
+    one = {shape: rate(fn, 2 * shape[0] * shape[1], 1) for shape, fn in loops.items()}
+    lanes, chains = max(one, key=one.get)
+    return {f"fma 1 core x {cores}": cores * one[lanes, chains],
+            f"fma {cores} cores at once": rate(loops[lanes, chains], 2 * lanes * chains, cores)}
 
 
 def _parallel(fn: Callable[[int], float], iters: int, threads: int) -> None:
