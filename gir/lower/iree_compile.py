@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 from gir.lower.compile_cache import CompileCache
+from gir.lower.cpu_tuning import NHWC_DIMS, tuning_flags
 
 T = TypeVar("T")
 
@@ -130,7 +131,7 @@ def explain(diagnostics: str, text: str) -> str:
 
 
 _CONV_DIMS = re.compile(r"#stablehlo\.conv<(\[[^]]*\]x\[[^]]*\]->\[[^]]*\])>")
-DIRECT_NHWC = "[b, 0, 1, f]x[0, 1, i, o]->[b, 0, 1, f]"
+DIRECT_NHWC = NHWC_DIMS
 """IREE's own NHWC/HWIO convolution runs near peak without im2col and 1.4-7x slower with it (docs/performance.md):
 the flag is kept only for modules with convolutions in other layouts."""
 
@@ -144,6 +145,7 @@ def _attempts(text: str, target: str, chip: str | None, extra_flags: Sequence[st
     flags = target_flags(target, chip) + ([KEEP_F64] if "f64>" in text else []) + list(extra_flags)
     if target != "cpu":
         return [flags]
+    flags += tuning_flags(text, chip or DEFAULT_CHIPS[target], cache_dir() / "tuning")
     im2col_helps = any(dn != DIRECT_NHWC for dn in _CONV_DIMS.findall(text))
     speeds = dict.fromkeys(tuple(f for f in speed if im2col_helps or f != IM2COL) for speed in CPU_SPEED_FLAG_SETS)
     return [flags + list(speed) for speed in speeds]

@@ -1,0 +1,139 @@
+"""Tile sizes for IREE's NHWC convolutions on AVX2 CPUs, given to iree-compile as a tuning spec.
+
+IREE 3.13 tiles an NHWC/HWIO convolution for a 256-bit vector CPU (AVX2, no AVX-512) by 4 output pixels x 4 output
+channels, which ran at 20-45 GFLOP/s on a Zen 3 core pair whose FMA peak is 181 (docs/performance.md). 4 pixels x 16
+channels, reduced 4 input channels at a time, ran the same convolutions at 70-150 GFLOP/s. gir writes that
+configuration for each of a module's convolutions into a transform-dialect library that iree-compile applies
+(`--iree-codegen-tuning-spec-path`); on AVX-512 CPUs IREE's own tiles are left as they are.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import NamedTuple
+
+NHWC_DIMS = "[b, 0, 1, f]x[0, 1, i, o]->[b, 0, 1, f]"
+_CONV = re.compile(r'"?stablehlo\.convolution"?.*?#stablehlo\.conv<(?P<dims>\[[^]]*\]x\[[^]]*\]->\[[^]]*\])>'
+                   r'.*?feature_group_count = (?P<g>\d+)'
+                   r'.*?: \(tensor<[0-9x]+xf32>, tensor<(?P<w>[0-9x]+)xf32>\) -> tensor<(?P<y>[0-9x]+)xf32>')
+
+AVX2_LANES = 8
+"""float32 lanes of a 256-bit vector."""
+CHANNEL_TILE = 2 * AVX2_LANES
+"""Output channels a vector tile covers: two registers wide."""
+PIXEL_TILES = (4, 2, 1)
+"""Output pixels (along the row) a vector tile covers: 4, else the largest that divides the row."""
+REDUCTION_TILE = 4
+"""Input channels reduced per step (4 ran 5-15% faster than 8 or 1)."""
+DISTRIBUTION = (8, 8, None, 32)
+"""A workgroup's tile of (images, rows, pixels, channels), None for the whole row; each capped by the dim."""
+
+
+class ConvTiles(NamedTuple):
+    """One convolution's loop sizes (n, oh, ow, oc, kh, kw, ic) and the tiles IREE is told to use."""
+    dims: tuple[int, ...]
+    distribution: tuple[int, ...]
+    vector: tuple[int, ...]
+    reduction: int
+
+
+def nhwc_convolutions(text: str) -> list[tuple[int, ...]]:
+    """The distinct loop sizes (n, oh, ow, oc, kh, kw, ic) of the module's float32 NHWC/HWIO convolutions without
+    groups: the ones IREE tiles with its convolution pipeline."""
+    found: dict[tuple[int, ...], None] = {}
+    for m in _CONV.finditer(text):
+        if m.group("dims") != NHWC_DIMS or m.group("g") != "1":
+            continue
+        (kh, kw, ic, _), (n, oh, ow, oc) = (tuple(map(int, m.group(k).split("x"))) for k in ("w", "y"))
+        found[(n, oh, ow, oc, kh, kw, ic)] = None
+    return list(found)
+
+
+def conv_tiles(dims: tuple[int, ...]) -> ConvTiles | None:
+    """The AVX2 tiles for one convolution, or None where its output channels are not a multiple of CHANNEL_TILE (a
+    vector tile that does not divide a dim ran 20x slower)."""
+    n, oh, ow, oc, _, _, ic = dims
+    if oc % CHANNEL_TILE:
+        return None
+    pixels = next(t for t in PIXEL_TILES if ow % t == 0)
+    distribution = tuple(d if cap is None else min(d, cap) for d, cap in zip((n, oh, ow, oc), DISTRIBUTION))
+    reduction = REDUCTION_TILE if ic % REDUCTION_TILE == 0 else 1
+    return ConvTiles(dims, distribution, (1, 1, pixels, CHANNEL_TILE), reduction)
+
+
+def _matcher(i: int, t: ConvTiles) -> str:
+    """A transform sequence matching the convolution with t.dims (a mul-add linalg.generic with those loop sizes) and
+    yielding its configuration."""
+    params = ", ".join(["!transform.param<i64>"] * len(t.dims))
+    got = ", ".join(f"%d{k}" for k in range(len(t.dims)))
+    dims = "\n".join(f"      %e{k} = transform.match.structured.dim %s[{k}] : (!transform.any_op) -> "
+                     "!transform.param<i64>" for k in range(len(t.dims)))
+    checks = "\n".join(f"    %c{k} = transform.param.constant {v} : i64 -> !transform.param<i64>\n"
+                       f"    transform.match.param.cmpi eq %d{k}, %c{k} : !transform.param<i64>"
+                       for k, v in enumerate(t.dims))
+    zeros = [0, 0, 0]
+    return f"""  transform.named_sequence @match_conv_{i}(%op: !transform.any_op {{transform.readonly}})
+      -> (!transform.any_op, !transform.any_param) {{
+    transform.match.operation_name %op ["linalg.generic"] : !transform.any_op
+    {got} = transform.match.structured failures(propagate) %op : (!transform.any_op) -> ({params}) {{
+    ^bb0(%s: !transform.any_op):
+      transform.match.structured.body %s contraction = ["arith.mulf", "arith.addf"] : !transform.any_op
+{dims}
+      transform.match.structured.yield {got.replace("%d", "%e")} : {params}
+    }}
+{checks}
+    %config = transform.param.constant #iree_codegen.compilation_info<
+      lowering_config = #iree_cpu.lowering_config<distribution = {list(t.distribution) + zeros},
+        vector_common_parallel = {list(t.vector) + zeros}, vector_reduction = [0, 0, 0, 0, 1, 1, {t.reduction}]>,
+      translation_info = #iree_codegen.translation_info<pipeline = #iree_cpu.pipeline<ConvTileAndDecomposeExpert>>>
+      -> !transform.any_param
+    transform.yield %op, %config : !transform.any_op, !transform.any_param
+  }}
+"""
+
+
+def tuning_spec(text: str) -> str | None:
+    """The transform library setting AVX2 tiles for the module's convolutions, or None when it has none to set."""
+    tiles = [t for t in map(conv_tiles, nhwc_convolutions(text)) if t is not None]
+    if not tiles:
+        return None
+    pairs = ", ".join(f"@match_conv_{i} -> @apply_op_config" for i in range(len(tiles)))
+    return ("module @gir_cpu_tiles attributes {transform.with_named_sequence, "
+            "iree_codegen.tuning_spec_with_default_entrypoint} {\n"
+            "  transform.named_sequence @apply_op_config(%op: !transform.any_op {transform.readonly},\n"
+            "      %config: !transform.any_param {transform.readonly}) {\n"
+            '    transform.annotate %op "compilation_info" = %config : !transform.any_op, !transform.any_param\n'
+            "    transform.yield\n  }\n"
+            + "".join(_matcher(i, t) for i, t in enumerate(tiles))
+            + "  transform.named_sequence @__kernel_config(%variant: !transform.any_op {transform.consumed})\n"
+            "      -> !transform.any_op attributes {iree_codegen.tuning_spec_entrypoint} {\n"
+            f"    %res = transform.foreach_match in %variant {pairs} : (!transform.any_op) -> !transform.any_op\n"
+            "    transform.yield %res : !transform.any_op\n  }\n}\n")
+
+
+@lru_cache(maxsize=1)
+def host_is_avx2() -> bool:
+    """This machine is x86 with AVX2 and FMA but no AVX-512 (Linux's /proc/cpuinfo; False where it cannot tell)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), ()))
+    return {"avx2", "fma"} <= flags and "avx512f" not in flags
+
+
+def tuning_flags(text: str, chip: str, folder: Path) -> list[str]:
+    """The iree-compile flag giving the module's AVX2 tiles (the spec written to `folder`, named by its content so that
+    the flag names it in the compile cache's key), or none: not the host CPU, not an AVX2 one, or nothing to tile."""
+    if chip != "host" or not host_is_avx2() or (spec := tuning_spec(text)) is None:
+        return []
+    path = folder / f"{hashlib.sha256(spec.encode()).hexdigest()[:24]}.mlir"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(spec)
+        tmp.replace(path)
+    return [f"--iree-codegen-tuning-spec-path={path}"]

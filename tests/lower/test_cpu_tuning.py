@@ -1,0 +1,98 @@
+"""AVX2 tiles for IREE's NHWC convolutions: which convolutions get them, the tuning spec iree-compile is given, that
+IREE applies it, and that the convolutions it tiles still compute what jax.lax does."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from iree.compiler import ir
+
+from gir.lower import cpu_tuning
+from gir.lower.cpu_tuning import ConvTiles, conv_tiles, nhwc_convolutions, tuning_flags, tuning_spec
+from gir.lower.iree_compile import compile_text
+from gir.lower.iree_runtime import IreeSession
+
+
+def conv_module(x: tuple[int, ...], w: tuple[int, ...], y: tuple[int, ...], dims: str = cpu_tuning.NHWC_DIMS,
+                stride: int = 1, pad: int = 1, groups: int = 1) -> str:
+    """A module whose function `f` is one float32 convolution."""
+    t = lambda s: f"tensor<{'x'.join(map(str, s))}xf32>"  # noqa: E731
+    attrs = (f"dimension_numbers = #stablehlo.conv<{dims}>, window_strides = array<i64: {stride}, {stride}>, "
+             f"padding = dense<[[{pad}, {pad}], [{pad}, {pad}]]> : tensor<2x2xi64>, lhs_dilation = array<i64: 1, 1>, "
+             f"rhs_dilation = array<i64: 1, 1>, feature_group_count = {groups} : i64, batch_group_count = 1 : i64")
+    return (f"func.func @f(%x: {t(x)}, %w: {t(w)}) -> {t(y)} {{\n"
+            f'  %0 = "stablehlo.convolution"(%x, %w) {{{attrs}}} : ({t(x)}, {t(w)}) -> {t(y)}\n'
+            f"  return %0 : {t(y)}\n}}\n")
+
+
+def test_only_nhwc_convolutions_without_groups_are_found_each_shape_once():
+    nhwc = conv_module((2, 8, 8, 16), (3, 3, 16, 32), (2, 8, 8, 32))
+    nchw = conv_module((2, 16, 8, 8), (32, 16, 3, 3), (2, 32, 8, 8), dims="[b, f, 0, 1]x[o, i, 0, 1]->[b, f, 0, 1]")
+    grouped = conv_module((2, 8, 8, 16), (3, 3, 1, 16), (2, 8, 8, 16), groups=16)
+    strided = conv_module((2, 8, 8, 16), (3, 3, 16, 32), (2, 4, 4, 32), stride=2)
+    assert nhwc_convolutions(nhwc + nhwc + nchw + grouped + strided) == [(2, 8, 8, 32, 3, 3, 16),
+                                                                          (2, 4, 4, 32, 3, 3, 16)]
+
+
+@pytest.mark.parametrize("dims, want", [
+    ((128, 28, 28, 64, 5, 5, 32), ConvTiles((128, 28, 28, 64, 5, 5, 32), (8, 8, 28, 32), (1, 1, 4, 16), 4)),
+    ((8, 14, 14, 16, 3, 3, 3), ConvTiles((8, 14, 14, 16, 3, 3, 3), (8, 8, 14, 16), (1, 1, 2, 16), 1)),
+    ((4, 7, 7, 512, 3, 3, 512), ConvTiles((4, 7, 7, 512, 3, 3, 512), (4, 7, 7, 32), (1, 1, 1, 16), 4)),
+    ((8, 8, 8, 24, 3, 3, 16), None),    # 24 output channels: no 16-wide tile divides them
+])
+def test_tiles_divide_every_dim_or_none(dims, want):
+    assert conv_tiles(dims) == want
+
+
+def test_the_spec_parses_and_has_one_matcher_per_tiled_shape():
+    text = (conv_module((2, 8, 8, 16), (3, 3, 16, 32), (2, 8, 8, 32))
+            + conv_module((2, 8, 8, 16), (3, 3, 16, 24), (2, 8, 8, 24)))
+    spec = tuning_spec(text)
+    ir.Module.parse(spec, ir.Context())
+    assert spec.count("transform.named_sequence @match_conv_") == 1
+    assert tuning_spec(conv_module((2, 8, 8, 16), (3, 3, 16, 24), (2, 8, 8, 24))) is None
+
+
+def test_flags_only_for_the_host_on_avx2_written_once_by_content(tmp_path, monkeypatch):
+    text = conv_module((2, 8, 8, 16), (3, 3, 16, 32), (2, 8, 8, 32))
+    monkeypatch.setattr(cpu_tuning, "host_is_avx2", lambda: False)
+    assert tuning_flags(text, "host", tmp_path) == []
+    monkeypatch.setattr(cpu_tuning, "host_is_avx2", lambda: True)
+    assert tuning_flags(text, "znver3", tmp_path) == []
+    (flag,) = tuning_flags(text, "host", tmp_path)
+    path = flag.split("=", 1)[1]
+    assert open(path).read() == tuning_spec(text)
+    assert tuning_flags(text, "host", tmp_path) == [flag]
+    assert [p.name for p in tmp_path.iterdir()] == [path.rsplit("/", 1)[1]]
+
+
+@pytest.mark.parametrize("batch, size, cin, cout, k, stride", [
+    (2, 8, 16, 32, 3, 1),    # pixel tile 4
+    (2, 14, 8, 16, 3, 1),    # pixel tile 2
+    (2, 7, 3, 16, 5, 1),     # pixel tile 1, reduction tile 1
+    (2, 16, 16, 32, 3, 2),   # strided
+])
+def test_iree_applies_the_tiles_and_the_convolution_matches_lax(tmp_path, monkeypatch, batch, size, cin, cout, k,
+                                                               stride):
+    """The spec given by hand on any x86 host (gir's own flag left out): IREE's dumped configuration holds its tiles."""
+    monkeypatch.setattr(cpu_tuning, "host_is_avx2", lambda: False)
+    pad = k // 2
+    out = (size + 2 * pad - k) // stride + 1
+    text = conv_module((batch, size, size, cin), (k, k, cin, cout), (batch, out, out, cout), stride=stride, pad=pad)
+    (tiles,) = [conv_tiles(d) for d in nhwc_convolutions(text)]
+    spec = tmp_path / "spec.mlir"
+    spec.write_text(tuning_spec(text))
+    dumped = tmp_path / "configs"
+    vmfb = compile_text(text, "cpu", extra_flags=[f"--iree-codegen-tuning-spec-path={spec}",
+                                                  f"--iree-hal-dump-executable-configurations-to={dumped}"],
+                        use_cache=False)
+    configs = "".join(p.read_text() for p in dumped.iterdir())
+    assert f"vector_common_parallel = [{', '.join(map(str, tiles.vector))}, 0, 0, 0]" in configs
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, size, size, cin)).astype(np.float32)
+    w = rng.standard_normal((k, k, cin, cout)).astype(np.float32)
+    session = IreeSession(vmfb)
+    got = session.to_host(session.function("f")(session.to_device(x), session.to_device(w)))
+    want = jax.lax.conv_general_dilated(x, w, (stride, stride), [(pad, pad)] * 2,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-4, atol=1e-4)
