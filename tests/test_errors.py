@@ -387,6 +387,17 @@ def _jax_devices() -> int:
     return len(jax.devices())
 
 
+def _env(**values: str) -> Callable:
+    """A row's setup: these environment variables set, and a compile cache of the test's own (so a module is
+    compiled, not read from the user's cache)."""
+    def setup(tmp, request):
+        mp = request.getfixturevalue("monkeypatch")
+        mp.setenv("GIR_CACHE_DIR", str(tmp / "cache"))
+        for k, v in values.items():
+            mp.setenv(k, v)
+    return setup
+
+
 def _no_rocm(tmp, request):
     from gir.lower.iree_runtime import DeviceUnavailable, device_config
     try:
@@ -698,6 +709,12 @@ ERROR_ROWS = [
     row("gpu-target-without-gpu", [*TRAIN, "--target", "rocm", "--out", "{tmp}/run"],
         ["no rocm device is available on this machine (IREE's 'hip' driver could not create one)",
          "gir lower --target rocm"], setup=_no_rocm),
+    row("env-compile-jobs-two", ["bench", DIGITS, "--steps", "1", "--warmup", "0"],
+        ["GIR_COMPILE_JOBS must be a whole number of compiles at once (1 or more), got 'two'"],
+        setup=_env(GIR_COMPILE_JOBS="two")),
+    row("env-caller-nice-ten", ["bench", DIGITS, "--steps", "1", "--warmup", "0"],
+        ["GIR_IREE_CALLER_NICE must be a whole number from 0 (leave the calling thread's priority) to 19, got 'ten'"],
+        setup=_env(GIR_IREE_CALLER_NICE="ten")),
     row("devices-beyond-jax", [*TRAIN, "--backend", "jax", "--devices", "{devices}", "--out", "{tmp}/run"],
         ["--devices {devices}: JAX sees {seen} ", "XLA_FLAGS=--xla_force_host_platform_device_count={devices}"]),
 ]
