@@ -300,8 +300,9 @@ def cmd_passes(args: argparse.Namespace) -> int:
     print("pipelines (gir lower --passes NAME):")
     for name, names in PIPELINES.items():
         print(f"  {name.ljust(width)}  {', '.join(names) if names else '(no passes; same as --no-opt)'}")
-    print("the default pipeline runs when lowering (default_jax with --backend jax, default_gpu for --target rocm, "
-          "cuda or vulkan); --bf16 / --bf16-conv add the bf16 or bf16_conv pass and a simplify, cse, dce cleanup")
+    print("the default pipeline runs when lowering (default_avx2 on an AVX2 CPU, default_jax with --backend jax, "
+          "default_gpu for --target rocm, cuda or vulkan); --bf16 / --bf16-conv add the bf16 or bf16_conv pass and a "
+          "simplify, cse, dce cleanup")
     return 0
 
 

@@ -225,6 +225,8 @@ def test_passes_lists_passes_rules_and_pipelines(capsys):
     assert pipelines["default"] == ("cse, bn_fold, simplify, fold, fusion, fold, layout_cnhw_small, conv_crop, "
                                     "nhwc_conv, depthwise_spatial, conv_forms, pointwise_matmul, dense_matmul, "
                                     "weight_grad_matmul, large_rhs_matmul, long_contraction_matmul, cse, simplify, dce")
+    assert pipelines["default_avx2"] == pipelines["default"].replace("long_contraction_matmul,",
+                                                                    "long_contraction_matmul, nn_matmul,")
     assert pipelines["default_jax"] == ("cse, bn_fold, simplify, fold, fusion, fold, conv_crop, conv_forms, cse, "
                                         "simplify, dce")
 

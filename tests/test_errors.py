@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -387,11 +388,15 @@ def _jax_devices() -> int:
     return len(jax.devices())
 
 
-def _env(**values: str) -> Callable:
+def _env(fresh_thread: bool = False, **values: str) -> Callable:
     """A row's setup: these environment variables set, and a compile cache of the test's own (so a module is
-    compiled, not read from the user's cache)."""
+    compiled, not read from the user's cache); `fresh_thread`: this thread as if it had never called IREE's CPU
+    device (the caller's priority is set, and its setting read, on a thread's first call, as in a fresh `gir`)."""
     def setup(tmp, request):
         mp = request.getfixturevalue("monkeypatch")
+        if fresh_thread:
+            from gir.lower import iree_runtime
+            mp.setattr(iree_runtime, "_calling", threading.local())
         mp.setenv("GIR_CACHE_DIR", str(tmp / "cache"))
         for k, v in values.items():
             mp.setenv(k, v)
@@ -498,7 +503,8 @@ ERROR_ROWS = [
         ["invalid training option: --label-smoothing must be in [0, 1), got 1.5"]),
     row("flag-momentum-1", [*TRAIN, "--momentum", "1"], ["invalid training option: --momentum must be in [0, 1)"]),
     row("flag-passes-nope", ["lower", DIGITS, "-o", "{tmp}/o", "--no-compile", "--passes", "nope"],
-        ["--passes: unknown pass 'nope'", "passes: ", "pipelines: default, default_jax, default_gpu, none"]),
+        ["--passes: unknown pass 'nope'", "passes: ",
+         "pipelines: default, default_avx2, default_jax, default_gpu, none"]),
     row("flag-devices-without-jax", [*TRAIN, "--devices", "2", "--out", "{tmp}/run"],
         ["--devices 2 needs --backend jax"]),
     row("flag-processes-without-jax", [*TRAIN, "--processes", "2", "--process-id", "0", "--coordinator",
@@ -714,7 +720,7 @@ ERROR_ROWS = [
         setup=_env(GIR_COMPILE_JOBS="two")),
     row("env-caller-nice-ten", ["bench", DIGITS, "--steps", "1", "--warmup", "0"],
         ["GIR_IREE_CALLER_NICE must be a whole number from 0 (leave the calling thread's priority) to 19, got 'ten'"],
-        setup=_env(GIR_IREE_CALLER_NICE="ten")),
+        setup=_env(GIR_IREE_CALLER_NICE="ten", fresh_thread=True)),
     row("devices-beyond-jax", [*TRAIN, "--backend", "jax", "--devices", "{devices}", "--out", "{tmp}/run"],
         ["--devices {devices}: JAX sees {seen} ", "XLA_FLAGS=--xla_force_host_platform_device_count={devices}"]),
 ]

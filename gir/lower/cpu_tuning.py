@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
+
+from gir import host
 
 NHWC_DIMS = "[b, 0, 1, f]x[0, 1, i, o]->[b, 0, 1, f]"
 _CONV = re.compile(r'"?stablehlo\.convolution"?.*?#stablehlo\.conv<(?P<dims>\[[^]]*\]x\[[^]]*\]->\[[^]]*\])>'
@@ -114,21 +115,10 @@ def tuning_spec(text: str) -> str | None:
             "    transform.yield %res : !transform.any_op\n  }\n}\n")
 
 
-@lru_cache(maxsize=1)
-def host_is_avx2() -> bool:
-    """This machine is x86 with AVX2 and FMA but no AVX-512 (Linux's /proc/cpuinfo; False where it cannot tell)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), ()))
-    return {"avx2", "fma"} <= flags and "avx512f" not in flags
-
-
 def tuning_flags(text: str, chip: str, folder: Path) -> list[str]:
     """The iree-compile flag giving the module's AVX2 tiles (the spec written to `folder`, named by its content so that
     the flag names it in the compile cache's key), or none: not the host CPU, not an AVX2 one, or nothing to tile."""
-    if chip != "host" or not host_is_avx2() or (spec := tuning_spec(text)) is None:
+    if chip != "host" or not host.host_is_avx2() or (spec := tuning_spec(text)) is None:
         return []
     path = folder / f"{hashlib.sha256(spec.encode()).hexdigest()[:24]}.mlir"
     if not path.exists():

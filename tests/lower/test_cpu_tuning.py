@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from iree.compiler import ir
 
+from gir import host
 from gir.lower import cpu_tuning
 from gir.lower.cpu_tuning import ConvTiles, conv_tiles, nhwc_convolutions, tuning_flags, tuning_spec
 from gir.lower.iree_compile import compile_text
@@ -55,9 +56,9 @@ def test_the_spec_parses_and_has_one_matcher_per_tiled_shape():
 
 def test_flags_only_for_the_host_on_avx2_written_once_by_content(tmp_path, monkeypatch):
     text = conv_module((2, 8, 8, 16), (3, 3, 16, 32), (2, 8, 8, 32))
-    monkeypatch.setattr(cpu_tuning, "host_is_avx2", lambda: False)
+    monkeypatch.setattr(host, "host_is_avx2", lambda: False)
     assert tuning_flags(text, "host", tmp_path) == []
-    monkeypatch.setattr(cpu_tuning, "host_is_avx2", lambda: True)
+    monkeypatch.setattr(host, "host_is_avx2", lambda: True)
     assert tuning_flags(text, "znver3", tmp_path) == []
     (flag,) = tuning_flags(text, "host", tmp_path)
     path = flag.split("=", 1)[1]
@@ -75,7 +76,7 @@ def test_flags_only_for_the_host_on_avx2_written_once_by_content(tmp_path, monke
 def test_iree_applies_the_tiles_and_the_convolution_matches_lax(tmp_path, monkeypatch, batch, size, cin, cout, k,
                                                                stride):
     """The spec given by hand on any x86 host (gir's own flag left out): IREE's dumped configuration holds its tiles."""
-    monkeypatch.setattr(cpu_tuning, "host_is_avx2", lambda: False)
+    monkeypatch.setattr(host, "host_is_avx2", lambda: False)
     pad = k // 2
     out = (size + 2 * pad - k) // stride + 1
     text = conv_module((batch, size, size, cin), (k, k, cin, cout), (batch, out, out, cout), stride=stride, pad=pad)

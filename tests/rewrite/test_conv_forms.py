@@ -312,7 +312,9 @@ def test_nhwc_conv_sums_partial_convolutions_over_input_channel_chunks_of_large_
     assert sum(widths) == 128 + features
     assert max(widths) <= (DIRECT_CHUNK_CHANNELS if chunks != (1, 1) else features)
     assert sum(n.op == "add" for n in out.nodes) == sum(chunks) - 2
-    preserves(g, out, rtol=1e-4, atol=1e-4)
+    # the input gradient sums 456 x 9 = 4,104 float32 products in another order: on a Zen 3 (AVX2) XLA's results
+    # differed by up to 2.5e-4 (7 of 65,536 outputs over 1e-4)
+    preserves(g, out, rtol=1e-4, atol=5e-4)
 
 
 @pytest.mark.parametrize("layout", ["layout_nhwc", "layout_cnhw"])

@@ -3,7 +3,9 @@ one [M, K] x [N, K] matmul with the same values; smaller ones, and the forward a
 large_rhs_matmul alone: a forward x @ w[K, N] with w of LARGE_OPERANDS elements or more contracts w^T[N, K] instead,
 the transpose behind a barrier; smaller weights, and the gradients, are left alone.
 long_contraction_matmul alone: an [M, K] x [N, K] matmul with K of twice CONTRACTION_CHUNK or more becomes the sum of
-its chunks' products, the operand of more rows first; a shorter K is left alone."""
+its chunks' products, the operand of more rows first; a shorter K is left alone.
+nn_matmul alone: an [M, K] x [N, K] matmul of NN_MIN_FLOPS or more becomes [M, K] x [K, N], the operand of fewer rows
+transposed behind a barrier; a smaller one is left alone. default_avx2, the pipeline with it, trains as JAX does."""
 from __future__ import annotations
 
 import math
@@ -16,7 +18,8 @@ from gir.autodiff import vjp
 from gir.lower.decompose import decompose
 from gir.nn import Builder, N, Net, conv2d, dense, global_avg_pool
 from gir.rewrite import Context, run_pass
-from gir.rewrite.dot_forms import CONTRACTION_CHUNK, LARGE_OPERANDS
+from gir import host
+from gir.rewrite.dot_forms import CONTRACTION_CHUNK, LARGE_OPERANDS, NN_MIN_FLOPS
 from gir.train import TrainConfig
 from gir.train.step import lower_train_step
 
@@ -173,3 +176,45 @@ def test_a_step_with_a_long_weight_gradient_trains_on_iree_as_on_jax():
               and [tuple(v.type.shape) for v in n.inputs] == [(27, CONTRACTION_CHUNK), (16, CONTRACTION_CHUNK)]]
     assert len(chunks) == 2 * 8 * 32 * 32 // (2 * CONTRACTION_CHUNK)
     train_in_lockstep(net, config, 8, 32, 2, "conv_head")
+
+
+@pytest.mark.parametrize("m,n,swapped", [(64, 32, False), (32, 64, True), (64, 64, False)])
+def test_a_large_nt_product_becomes_nn(m, n, swapped, preserves):
+    """At exactly NN_MIN_FLOPS: the operand of fewer rows transposed to [K, rows] behind a barrier; where that is the
+    left one, the product [n, m] transposed back; the same values."""
+    k = NN_MIN_FLOPS // (2 * m * n)
+    assert 2 * m * n * k == NN_MIN_FLOPS
+    g = _nt_matmul_graph(m, n, k)
+    ctx = Context(trace=[], check=True)
+    out = run_pass(g, "nn_matmul", ctx)
+    assert [f.rule for f in ctx.trace] == ["nt_as_nn_matmul"]
+    (dot,) = [d for d in out.nodes if d.op == "dot_general"]
+    assert [tuple(v.type.shape) for v in dot.inputs] == ([(n, k), (k, m)] if swapped else [(m, k), (k, n)])
+    assert (dot.attrs.lhs_contract, dot.attrs.rhs_contract) == ((1,), (0,))
+    barrier = dot.inputs[1].producer
+    assert barrier.op == "optimization_barrier" and barrier.inputs[0].producer.op == "transpose"
+    y = out.outputs["y"].producer
+    assert (y.op == "transpose") == swapped
+    preserves(g, out, rtol=1e-4, atol=1e-3)
+
+
+def test_a_smaller_nt_product_is_left_alone():
+    """One row short of NN_MIN_FLOPS."""
+    g = _nt_matmul_graph(63, 32, NN_MIN_FLOPS // (2 * 64 * 32))
+    ctx = Context(trace=[], check=True)
+    out = run_pass(g, "nn_matmul", ctx)
+    assert ctx.trace == [] and len(out.nodes) == len(g.nodes)
+
+
+def test_default_avx2_trains_on_iree_as_on_jax(monkeypatch):
+    """Two 3x3 convolutions at batch 8 and 32x32: the second's weight gradient contracts 8,192 pixels in two chunks of
+    576 x 64 x 4,096 (302 MFLOP each), which the AVX2 pipeline (an AVX2 host's `default`) turns into [M, K] x [K, N];
+    its step on IREE trains in lockstep with the JAX backend."""
+    monkeypatch.setattr(host, "host_is_avx2", lambda: True)
+    net = Net("conv_wide", [conv2d(3, 64, k=3, act="relu"), conv2d(64, 64, k=3, act="relu"), global_avg_pool(),
+                            dense(64, 10)], input_shape=(N, 3, 32, 32), num_classes=10)
+    config = TrainConfig(batch_size=8, optimizer="sgd", learning_rate=0.05, image_size=32)
+    trace = []
+    lower_train_step(net, config, batch=8, image=32, passes="default_avx2", trace=trace)
+    assert [f.rule for f in trace].count("nt_as_nn_matmul") == 2
+    train_in_lockstep(net, config, 8, 32, 2, "conv_wide")

@@ -116,9 +116,11 @@ def test_pipelines_resolve_and_unknown_names_are_clear():
     iree_only = ("layout_cnhw_small", "pointwise_matmul", "nhwc_conv", "depthwise_spatial", "dense_matmul",
                  "weight_grad_matmul", "large_rhs_matmul", "long_contraction_matmul")
     assert resolve("default_jax") == tuple(p for p in resolve("default") if p not in iree_only)
+    assert resolve("default_avx2") == resolve("default")[:-3] + ("nn_matmul",) + resolve("default")[-3:]
     assert resolve("cse, dce") == ("cse", "dce")
     assert resolve("none") == ()
-    with pytest.raises(RewriteError, match=r"unknown pass 'cs'; passes: .*cse.*; pipelines: default, default_jax, default_gpu, none"):
+    with pytest.raises(RewriteError, match=r"unknown pass 'cs'; passes: .*cse.*; "
+                                          r"pipelines: default, default_avx2, default_jax, default_gpu, none"):
         resolve("cs,dce")
     assert passes_for("none", bf16_conv=True) == ("bf16_conv",)
     assert passes_for("cse", bf16=True) == ("cse", "bf16", "simplify", "cse", "dce")
@@ -162,12 +164,15 @@ def test_pass_needs_rules_or_a_transform():
         Pass("odd", "x", "middle", transform=lambda g, c: g)
 
 
+@pytest.mark.parametrize("avx2", [False, True])
 @pytest.mark.parametrize("backend,target,want", [("iree", "cpu", "default"), ("jax", "cpu", "default_jax"),
                                                  ("iree", "vulkan", "default_gpu"), ("iree", "cuda", "default_gpu"),
                                                  ("iree", "rocm", "default_gpu"), ("jax", "vulkan", "default_jax")])
-def test_default_means_each_backends_and_targets_pipeline(backend, target, want):
-    """`default` is the CPU-tuned pipeline on IREE's CPU, `default_jax` on JAX, `default_gpu` on IREE's GPU targets;
-    anything else is kept as asked."""
+def test_default_means_each_backends_and_targets_pipeline(monkeypatch, avx2, backend, target, want):
+    """`default` is the CPU-tuned pipeline on IREE's CPU (`default_avx2` on an AVX2 host), `default_jax` on JAX,
+    `default_gpu` on IREE's GPU targets; anything else is kept as asked."""
+    from gir import host
     from gir.rewrite import pipeline_for_backend
-    assert pipeline_for_backend("default", backend, target) == want
+    monkeypatch.setattr(host, "host_is_avx2", lambda: avx2)
+    assert pipeline_for_backend("default", backend, target) == ("default_avx2" if avx2 and want == "default" else want)
     assert pipeline_for_backend("cse,pointwise_matmul", backend, target) == "cse,pointwise_matmul"
