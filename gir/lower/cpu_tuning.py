@@ -17,8 +17,9 @@ from typing import NamedTuple
 from gir import host
 
 NHWC_DIMS = "[b, 0, 1, f]x[0, 1, i, o]->[b, 0, 1, f]"
-_CONV = re.compile(r'"?stablehlo\.convolution"?.*?#stablehlo\.conv<(?P<dims>\[[^]]*\]x\[[^]]*\]->\[[^]]*\])>'
-                   r'.*?feature_group_count = (?P<g>\d+)'
+CONV_DIMS = r"#stablehlo\.conv<(?P<dims>\[[^]]*\]x\[[^]]*\]->\[[^]]*\])>"
+"""A convolution's dimension numbers in the module text, as `dims`."""
+_CONV = re.compile(r'"?stablehlo\.convolution"?.*?' + CONV_DIMS + r'.*?feature_group_count = (?P<g>\d+)'
                    r'.*?: \(tensor<[0-9x]+xf32>, tensor<(?P<w>[0-9x]+)xf32>\) -> tensor<(?P<y>[0-9x]+)xf32>')
 
 AVX2_LANES = 8

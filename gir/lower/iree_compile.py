@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 from gir.lower.compile_cache import CompileCache
-from gir.lower.cpu_tuning import NHWC_DIMS, tuning_flags
+from gir.lower.cpu_tuning import CONV_DIMS, NHWC_DIMS, tuning_flags
 
 T = TypeVar("T")
 
@@ -130,7 +130,7 @@ def explain(diagnostics: str, text: str) -> str:
     return f"{lines[0]} (iree-compile crashed compiling {crashed.group(1)})" if crashed else lines[0]
 
 
-_CONV_DIMS = re.compile(r"#stablehlo\.conv<(\[[^]]*\]x\[[^]]*\]->\[[^]]*\])>")
+_CONV_DIMS = re.compile(CONV_DIMS)
 DIRECT_NHWC = NHWC_DIMS
 """IREE's own NHWC/HWIO convolution runs near peak without im2col and 1.4-7x slower with it (docs/performance.md):
 the flag is kept only for modules with convolutions in other layouts."""
