@@ -28,6 +28,7 @@ from report import machine_line, publish  # noqa: E402
 from gir.lower.iree_compile import compile_text  # noqa: E402
 from gir.netfile import load_net_file  # noqa: E402
 from gir.nn.params import init_params  # noqa: E402
+from gir.rewrite.pipelines import pipeline_for_backend  # noqa: E402
 from gir.train.step import lower_train_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +99,7 @@ def main() -> None:
     ap.add_argument("--iree-flag", action="append", default=[], help="an extra iree-compile flag (repeatable)")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
+    args.passes = pipeline_for_backend(args.passes, "iree")   # what `gir train` runs on this host
     net, cfg = load_net_file(args.net)
     sized = net.image_sized   # a fixed-size input (mnist_cnn, mlp) takes no image size
     if not sized:

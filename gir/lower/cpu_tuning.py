@@ -1,10 +1,11 @@
-"""Tile sizes for IREE's NHWC convolutions on AVX2 CPUs, given to iree-compile as a tuning spec.
+"""Tile sizes for IREE's NHWC convolutions and matmuls on AVX2 CPUs, given to iree-compile as a tuning spec.
 
 IREE 3.13 tiles an NHWC/HWIO convolution for a 256-bit vector CPU (AVX2, no AVX-512) by 4 output pixels x 4 output
 channels, which ran at 20-45 GFLOP/s on a Zen 3 core pair whose FMA peak is 181 (docs/performance.md). 4 pixels x 16
 channels, reduced 4 input channels at a time, ran the same convolutions at 70-150 GFLOP/s. gir writes that
 configuration for each of a module's convolutions into a transform-dialect library that iree-compile applies
-(`--iree-codegen-tuning-spec-path`); on AVX-512 CPUs IREE's own tiles are left as they are.
+(`--iree-codegen-tuning-spec-path`); on AVX-512 CPUs IREE's own tiles are left as they are. Matmuls get 4 rows x 16
+columns (IREE's are 8 x 8), which made the train steps with large ones 5-9% faster.
 """
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ from gir import host
 NHWC_DIMS = "[b, 0, 1, f]x[0, 1, i, o]->[b, 0, 1, f]"
 CONV_DIMS = r"#stablehlo\.conv<(?P<dims>\[[^]]*\]x\[[^]]*\]->\[[^]]*\])>"
 """A convolution's dimension numbers in the module text, as `dims`."""
+_DOT = re.compile(r'"?stablehlo\.dot_general"?.*?#stablehlo\.dot<lhs_batching_dimensions = \[\], '
+                  r'rhs_batching_dimensions = \[\], lhs_contracting_dimensions = \[(?P<c>\d)\], '
+                  r'rhs_contracting_dimensions = \[(?P<rc>\d)\]>.*?'
+                  r': \(tensor<(?P<a>\d+x\d+)xf32>, tensor<\d+x\d+xf32>\) -> tensor<(?P<y>\d+x\d+)xf32>')
 _CONV = re.compile(r'"?stablehlo\.convolution"?.*?' + CONV_DIMS + r'.*?feature_group_count = (?P<g>\d+)'
                    r'.*?: \(tensor<[0-9x]+xf32>, tensor<(?P<w>[0-9x]+)xf32>\) -> tensor<(?P<y>[0-9x]+)xf32>')
 
@@ -34,12 +39,44 @@ DISTRIBUTION = (8, 8, None, 32)
 """A workgroup's tile of (images, rows, pixels, channels), None for the whole row; each capped by the dim."""
 
 
+MATMUL_ROWS = 4
+"""Output rows a matmul's vector tile covers: 4 rows x 2 registers is 8 accumulators of AVX2's 16 registers."""
+MATMUL_REDUCTIONS = (8, 4, 2, 1)
+"""The contraction's step: 8, else the largest that divides it."""
+MATMUL_DISTRIBUTION = (16, 128)
+"""A workgroup's tile of (rows, columns), each capped by the dim."""
+
+
 class ConvTiles(NamedTuple):
     """One convolution's loop sizes (n, oh, ow, oc, kh, kw, ic) and the tiles IREE is told to use."""
     dims: tuple[int, ...]
     distribution: tuple[int, ...]
     vector: tuple[int, ...]
     reduction: int
+
+    def config(self) -> str:
+        """IREE's lowering configuration and pipeline for the tiles."""
+        zeros = [0, 0, 0]
+        return (f"lowering_config = #iree_cpu.lowering_config<distribution = {list(self.distribution) + zeros}, "
+                f"vector_common_parallel = {list(self.vector) + zeros}, "
+                f"vector_reduction = [0, 0, 0, 0, 1, 1, {self.reduction}]>,\n      translation_info = "
+                "#iree_codegen.translation_info<pipeline = #iree_cpu.pipeline<ConvTileAndDecomposeExpert>>")
+
+
+class MatmulTiles(NamedTuple):
+    """One matmul's loop sizes (m, n, k) and the tiles IREE is told to use."""
+    dims: tuple[int, ...]
+    distribution: tuple[int, ...]
+    vector: tuple[int, ...]
+    reduction: int
+
+    def config(self) -> str:
+        """IREE's lowering configuration and pipeline for the tiles (the workgroup's tile also cached)."""
+        tile = list(self.distribution) + [0]
+        return (f"lowering_config = #iree_cpu.lowering_config<cache_parallel = {tile}, distribution = {tile}, "
+                f"vector_common_parallel = {list(self.vector) + [0]}, vector_reduction = [0, 0, {self.reduction}]>,"
+                "\n      translation_info = #iree_codegen.translation_info<pipeline = "
+                "#iree_cpu.pipeline<DoubleTilingExpert>>")
 
 
 def nhwc_convolutions(text: str) -> list[tuple[int, ...]]:
@@ -54,6 +91,22 @@ def nhwc_convolutions(text: str) -> list[tuple[int, ...]]:
     return list(found)
 
 
+def matmuls(text: str) -> list[tuple[int, ...]]:
+    """The distinct loop sizes (m, n, k) of the module's float32 products of two matrices (no batch dims) whose right
+    operand is [k, n], the left one either way round. Products with a right operand [n, k] keep IREE's tiles (4 x 16
+    ran 128 x 512 x 512 2x slower in the MLP's step), and so do those of the same sizes: a matcher sees only sizes."""
+    kn: dict[tuple[int, ...], None] = {}
+    nk: set[tuple[int, ...]] = set()
+    for m in _DOT.finditer(text):
+        (rows, cols), lhs = map(int, m.group("y").split("x")), m.group("a").split("x")
+        dims = (rows, cols, int(lhs[int(m.group("c"))]))
+        if m.group("rc") == "0":
+            kn[dims] = None
+        else:
+            nk.add(dims)
+    return [d for d in kn if d not in nk]
+
+
 def conv_tiles(dims: tuple[int, ...]) -> ConvTiles | None:
     """The AVX2 tiles for one convolution, or None where its output channels are not a multiple of CHANNEL_TILE (a
     vector tile that does not divide a dim ran 20x slower)."""
@@ -66,8 +119,19 @@ def conv_tiles(dims: tuple[int, ...]) -> ConvTiles | None:
     return ConvTiles(dims, distribution, (1, 1, pixels, CHANNEL_TILE), reduction)
 
 
-def _matcher(i: int, t: ConvTiles) -> str:
-    """A transform sequence matching the convolution with t.dims (a mul-add linalg.generic with those loop sizes) and
+def matmul_tiles(dims: tuple[int, ...]) -> MatmulTiles | None:
+    """The AVX2 tiles for one matmul, or None where its rows are not a multiple of MATMUL_ROWS or its columns not of
+    CHANNEL_TILE (the vector tile must divide both)."""
+    m, n, k = dims
+    if m % MATMUL_ROWS or n % CHANNEL_TILE:
+        return None
+    distribution = tuple(min(d, cap) for d, cap in zip((m, n), MATMUL_DISTRIBUTION))
+    reduction = next(t for t in MATMUL_REDUCTIONS if k % t == 0)
+    return MatmulTiles(dims, distribution, (MATMUL_ROWS, CHANNEL_TILE), reduction)
+
+
+def _matcher(name: str, t: ConvTiles | MatmulTiles) -> str:
+    """A transform sequence matching the contraction with t.dims (a mul-add linalg op with those loop sizes) and
     yielding its configuration."""
     params = ", ".join(["!transform.param<i64>"] * len(t.dims))
     got = ", ".join(f"%d{k}" for k in range(len(t.dims)))
@@ -76,10 +140,9 @@ def _matcher(i: int, t: ConvTiles) -> str:
     checks = "\n".join(f"    %c{k} = transform.param.constant {v} : i64 -> !transform.param<i64>\n"
                        f"    transform.match.param.cmpi eq %d{k}, %c{k} : !transform.param<i64>"
                        for k, v in enumerate(t.dims))
-    zeros = [0, 0, 0]
-    return f"""  transform.named_sequence @match_conv_{i}(%op: !transform.any_op {{transform.readonly}})
+    return f"""  transform.named_sequence @{name}(%op: !transform.any_op {{transform.readonly}})
       -> (!transform.any_op, !transform.any_param) {{
-    transform.match.operation_name %op ["linalg.generic"] : !transform.any_op
+    transform.match.operation_name %op ["linalg.generic", "linalg.matmul"] : !transform.any_op
     {got} = transform.match.structured failures(propagate) %op : (!transform.any_op) -> ({params}) {{
     ^bb0(%s: !transform.any_op):
       transform.match.structured.body %s contraction = ["arith.mulf", "arith.addf"] : !transform.any_op
@@ -88,28 +151,27 @@ def _matcher(i: int, t: ConvTiles) -> str:
     }}
 {checks}
     %config = transform.param.constant #iree_codegen.compilation_info<
-      lowering_config = #iree_cpu.lowering_config<distribution = {list(t.distribution) + zeros},
-        vector_common_parallel = {list(t.vector) + zeros}, vector_reduction = [0, 0, 0, 0, 1, 1, {t.reduction}]>,
-      translation_info = #iree_codegen.translation_info<pipeline = #iree_cpu.pipeline<ConvTileAndDecomposeExpert>>>
-      -> !transform.any_param
+      {t.config()}> -> !transform.any_param
     transform.yield %op, %config : !transform.any_op, !transform.any_param
   }}
 """
 
 
 def tuning_spec(text: str) -> str | None:
-    """The transform library setting AVX2 tiles for the module's convolutions, or None when it has none to set."""
-    tiles = [t for t in map(conv_tiles, nhwc_convolutions(text)) if t is not None]
+    """The transform library setting AVX2 tiles for the module's convolutions and matmuls, or None when it has none to
+    set."""
+    tiles = {**{f"match_conv_{i}": t for i, t in enumerate(filter(None, map(conv_tiles, nhwc_convolutions(text))))},
+             **{f"match_matmul_{i}": t for i, t in enumerate(filter(None, map(matmul_tiles, matmuls(text))))}}
     if not tiles:
         return None
-    pairs = ", ".join(f"@match_conv_{i} -> @apply_op_config" for i in range(len(tiles)))
+    pairs = ", ".join(f"@{name} -> @apply_op_config" for name in tiles)
     return ("module @gir_cpu_tiles attributes {transform.with_named_sequence, "
             "iree_codegen.tuning_spec_with_default_entrypoint} {\n"
             "  transform.named_sequence @apply_op_config(%op: !transform.any_op {transform.readonly},\n"
             "      %config: !transform.any_param {transform.readonly}) {\n"
             '    transform.annotate %op "compilation_info" = %config : !transform.any_op, !transform.any_param\n'
             "    transform.yield\n  }\n"
-            + "".join(_matcher(i, t) for i, t in enumerate(tiles))
+            + "".join(_matcher(name, t) for name, t in tiles.items())
             + "  transform.named_sequence @__kernel_config(%variant: !transform.any_op {transform.consumed})\n"
             "      -> !transform.any_op attributes {iree_codegen.tuning_spec_entrypoint} {\n"
             f"    %res = transform.foreach_match in %variant {pairs} : (!transform.any_op) -> !transform.any_op\n"

@@ -1,5 +1,5 @@
-"""AVX2 tiles for IREE's NHWC convolutions: which convolutions get them, the tuning spec iree-compile is given, that
-IREE applies it, and that the convolutions it tiles still compute what jax.lax does."""
+"""AVX2 tiles for IREE's NHWC convolutions and matmuls: which ones get them, the tuning spec iree-compile is given,
+that IREE applies it, and that what it tiles still computes what jax.lax and NumPy do."""
 from __future__ import annotations
 
 import jax
@@ -9,7 +9,8 @@ from iree.compiler import ir
 
 from gir import host
 from gir.lower import cpu_tuning
-from gir.lower.cpu_tuning import ConvTiles, conv_tiles, nhwc_convolutions, tuning_flags, tuning_spec
+from gir.lower.cpu_tuning import (ConvTiles, MatmulTiles, conv_tiles, matmul_tiles, matmuls, nhwc_convolutions,
+                                  tuning_flags, tuning_spec)
 from gir.lower.iree_compile import compile_text
 from gir.lower.iree_runtime import IreeSession
 
@@ -23,6 +24,18 @@ def conv_module(x: tuple[int, ...], w: tuple[int, ...], y: tuple[int, ...], dims
              f"rhs_dilation = array<i64: 1, 1>, feature_group_count = {groups} : i64, batch_group_count = 1 : i64")
     return (f"func.func @f(%x: {t(x)}, %w: {t(w)}) -> {t(y)} {{\n"
             f'  %0 = "stablehlo.convolution"(%x, %w) {{{attrs}}} : ({t(x)}, {t(w)}) -> {t(y)}\n'
+            f"  return %0 : {t(y)}\n}}\n")
+
+
+def dot_module(a: tuple[int, int], b: tuple[int, int], contract: tuple[int, int] = (1, 0),
+               dtype: str = "f32") -> str:
+    """A module whose function `f` is one product of two matrices, contracting dims `contract` of a and b."""
+    t = lambda s: f"tensor<{s[0]}x{s[1]}x{dtype}>"  # noqa: E731
+    y = (a[1 - contract[0]], b[1 - contract[1]])
+    dims = ("#stablehlo.dot<lhs_batching_dimensions = [], rhs_batching_dimensions = [], "
+            f"lhs_contracting_dimensions = [{contract[0]}], rhs_contracting_dimensions = [{contract[1]}]>")
+    return (f"func.func @f(%a: {t(a)}, %b: {t(b)}) -> {t(y)} {{\n"
+            f'  %0 = "stablehlo.dot_general"(%a, %b) {{dot_dimension_numbers = {dims}}} : ({t(a)}, {t(b)}) -> {t(y)}\n'
             f"  return %0 : {t(y)}\n}}\n")
 
 
@@ -45,12 +58,34 @@ def test_tiles_divide_every_dim_or_none(dims, want):
     assert conv_tiles(dims) == want
 
 
+def test_matmuls_with_a_k_by_n_right_operand_are_found_unless_a_same_sized_one_has_it_n_by_k():
+    nn = dot_module((128, 784), (784, 512))
+    tn = dot_module((128, 784), (128, 512), contract=(0, 0))
+    nt_twin = dot_module((128, 512), (512, 512), contract=(1, 1))   # its sizes (128, 512, 512) ...
+    nn_twin = dot_module((128, 512), (512, 512))                    # ... shadow this one
+    bf16 = dot_module((64, 64), (64, 64), dtype="bf16")
+    assert matmuls(nn + tn + nn + nt_twin + nn_twin + bf16) == [(128, 512, 784), (784, 512, 128)]
+
+
+@pytest.mark.parametrize("dims, want", [
+    ((128, 512, 784), MatmulTiles((128, 512, 784), (16, 128), (4, 16), 8)),
+    ((8, 32, 4), MatmulTiles((8, 32, 4), (8, 32), (4, 16), 4)),
+    ((100352, 32, 25), MatmulTiles((100352, 32, 25), (16, 32), (4, 16), 1)),
+    ((128, 128, 10), MatmulTiles((128, 128, 10), (16, 128), (4, 16), 2)),
+    ((126, 128, 64), None),     # 126 rows: no 4-row tile divides them
+    ((128, 10, 512), None),     # 10 columns: no 16-wide tile divides them
+])
+def test_matmul_tiles_divide_every_dim_or_none(dims, want):
+    assert matmul_tiles(dims) == want
+
+
 def test_the_spec_parses_and_has_one_matcher_per_tiled_shape():
     text = (conv_module((2, 8, 8, 16), (3, 3, 16, 32), (2, 8, 8, 32))
             + conv_module((2, 8, 8, 16), (3, 3, 16, 24), (2, 8, 8, 24)))
-    spec = tuning_spec(text)
+    spec = tuning_spec(text + dot_module((128, 784), (784, 512)) + dot_module((128, 784), (784, 10)))
     ir.Module.parse(spec, ir.Context())
     assert spec.count("transform.named_sequence @match_conv_") == 1
+    assert spec.count("transform.named_sequence @match_matmul_") == 1
     assert tuning_spec(conv_module((2, 8, 8, 16), (3, 3, 16, 24), (2, 8, 8, 24))) is None
 
 
@@ -97,3 +132,28 @@ def test_iree_applies_the_tiles_and_the_convolution_matches_lax(tmp_path, monkey
     want = jax.lax.conv_general_dilated(x, w, (stride, stride), [(pad, pad)] * 2,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
     np.testing.assert_allclose(got, np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("a, b, contract", [
+    ((64, 48), (48, 32), (1, 0)),    # [m, k] x [k, n]: reduction tile 8
+    ((20, 64), (20, 48), (0, 0)),    # [k, m] x [k, n], k = 20: reduction tile 4
+])
+def test_iree_applies_the_matmul_tiles_and_the_product_matches_numpy(tmp_path, monkeypatch, a, b, contract):
+    """As for convolutions: the spec by hand, IREE's dumped configuration holds its tiles, the product is right."""
+    monkeypatch.setattr(host, "host_is_avx2", lambda: False)
+    text = dot_module(a, b, contract)
+    (tiles,) = [matmul_tiles(d) for d in matmuls(text)]
+    spec = tmp_path / "spec.mlir"
+    spec.write_text(tuning_spec(text))
+    dumped = tmp_path / "configs"
+    vmfb = compile_text(text, "cpu", extra_flags=[f"--iree-codegen-tuning-spec-path={spec}",
+                                                  f"--iree-hal-dump-executable-configurations-to={dumped}"],
+                        use_cache=False)
+    configs = "".join(p.read_text() for p in dumped.iterdir())
+    assert f"vector_common_parallel = [4, 16, 0], vector_reduction = [0, 0, {tiles.reduction}]" in configs
+    rng = np.random.default_rng(0)
+    x, w = (rng.standard_normal(s).astype(np.float32) for s in (a, b))
+    session = IreeSession(vmfb)
+    got = session.to_host(session.function("f")(session.to_device(x), session.to_device(w)))
+    want = (x if contract[0] == 1 else x.T) @ w
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
