@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TypeVar
@@ -227,6 +228,39 @@ def launch(source: Path, output: Path, errors: IO[bytes], args: Sequence[str], s
                                 stdout=subprocess.DEVNULL, stderr=errors)
 
 
+STALL_S = 300.0
+"""Seconds an awaited iree-compile may use no CPU before it is taken as deadlocked and started again, once: IREE 3.13
+once sat 17 min in futex waits on ConvNeXt-T's train step (9 s of CPU used), where the same command compiles in
+60-111 s. A compile beside busy processes still gets some CPU each second, even at the lowest priority."""
+POLL_S = 5.0
+"""How often a compile's CPU time is read while it is awaited."""
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """A process's user and system CPU time so far, all its threads (/proc); None where that cannot be read."""
+    try:
+        after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def wait_unless_stalled(proc: subprocess.Popen) -> int | None:
+    """The compile's exit code, or None once it has used no CPU for STALL_S (it is then killed)."""
+    used, since = cpu_seconds(proc.pid), time.monotonic()
+    while True:
+        try:
+            return proc.wait(timeout=POLL_S)
+        except subprocess.TimeoutExpired:
+            now = cpu_seconds(proc.pid)
+            if now is None or now != used:
+                used, since = now, time.monotonic()
+            elif time.monotonic() - since >= STALL_S:
+                proc.kill()
+                proc.wait()
+                return None
+
+
 def promote(proc: subprocess.Popen) -> None:
     """A spare compile back to the normal priority once it is the one awaited (the sets before it failed): at the
     lowest it waits behind every busy process (minutes beside two busy test workers). Linux keeps a niceness per
@@ -242,7 +276,8 @@ def promote(proc: subprocess.Popen) -> None:
 def first_accepted(text: str, attempts: Sequence[Sequence[str]], width: int) -> tuple[int | None, bytes | str]:
     """(its index, .vmfb) of the first flag set in order that iree-compile accepts, or (None, the last set's
     diagnostics). Up to `width` sets compile at once; a later set that finishes first waits for the earlier ones,
-    and compiles still running once the answer is known (or on Ctrl-C) are killed."""
+    and compiles still running once the answer is known (or on Ctrl-C) are killed. A compile that deadlocks
+    (`wait_unless_stalled`) is started again once; twice, and its set counts as failed."""
     with tempfile.TemporaryDirectory(prefix="gir-iree-") as tmp:
         source = Path(tmp) / "module.mlir"
         source.write_text(text)
@@ -257,11 +292,18 @@ def first_accepted(text: str, attempts: Sequence[Sequence[str]], width: int) -> 
                 proc, output, errors = running[i]
                 if i > 0 and width > 1:
                     promote(proc)
-                code = proc.wait()   # still in `running` meanwhile, so Ctrl-C here kills it too
+                code = wait_unless_stalled(proc)   # still in `running` meanwhile, so Ctrl-C here kills it too
+                if code is None:
+                    errors.seek(0)
+                    errors.truncate()
+                    running[i] = (launch(source, output, errors, attempts[i]), output, errors)
+                    code = wait_unless_stalled(running[i][0])
                 del running[i]
                 with errors:
                     errors.seek(0)
                     diagnostics = errors.read().decode(errors="replace")
+                if code is None:
+                    diagnostics = f"iree-compile used no CPU for {STALL_S:.0f} s, twice (deadlocked), and was killed"
                 if code == 0:
                     return i, output.read_bytes()
             return None, f"Error code: {code}\nDiagnostics:\n{diagnostics}"

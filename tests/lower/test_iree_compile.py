@@ -161,3 +161,46 @@ def test_flag_sets_compile_in_turn_unless_gir_compile_jobs_says_otherwise(monkey
         monkeypatch.setenv("GIR_COMPILE_JOBS", bad)
         with pytest.raises(iree_compile.CompileError, match=f"GIR_COMPILE_JOBS must be .* got '{bad}'"):
             iree_compile.parallel_attempts()
+
+
+ADD = """func.func @f(%a: tensor<4xf32>) -> tensor<4xf32> {
+  %0 = stablehlo.add %a, %a : tensor<4xf32>
+  return %0 : tensor<4xf32>
+}"""
+
+
+def _stalling_launches(monkeypatch, stalls: int) -> list[subprocess.Popen]:
+    """The first `stalls` launches start a process that uses no CPU (as a deadlocked iree-compile does), the rest
+    real compiles; STALL_S is cut to 1 s."""
+    monkeypatch.setattr(iree_compile, "STALL_S", 1.0)
+    monkeypatch.setattr(iree_compile, "POLL_S", 0.1)
+    started, real = [], iree_compile.launch
+
+    def launch(source, output, errors, args, spare=False):
+        proc = subprocess.Popen(["sleep", "60"]) if len(started) < stalls else real(source, output, errors, args, spare)
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(iree_compile, "launch", launch)
+    return started
+
+
+def test_cpu_seconds_reads_a_process_cpu_time_or_none():
+    assert iree_compile.cpu_seconds(os.getpid()) > 0
+    assert iree_compile.cpu_seconds(2**22 + 1) is None   # no such process
+
+
+@pytest.mark.parametrize("stalls, accepted", [(1, 0), (2, 1)])
+def test_a_deadlocked_compile_runs_once_more_then_its_set_counts_as_failed(monkeypatch, stalls, accepted):
+    """One stall: the same set again, which compiles. Two: that set failed, the next one compiles."""
+    started = _stalling_launches(monkeypatch, stalls)
+    got, vmfb = iree_compile.first_accepted(ADD, [iree_compile.target_flags("cpu")] * 2, 1)
+    assert got == accepted and len(started) == stalls + 1
+    assert [p.returncode for p in started[:stalls]] == [-9] * stalls
+    np.testing.assert_array_equal(IreeSession(vmfb, "cpu").call_numpy("f", np.ones(4, np.float32)), 2)
+
+
+def test_two_stalls_of_the_only_set_say_so(monkeypatch):
+    _stalling_launches(monkeypatch, 2)
+    got, diagnostics = iree_compile.first_accepted(ADD, [iree_compile.target_flags("cpu")], 1)
+    assert got is None and "used no CPU for 1 s, twice (deadlocked)" in diagnostics
