@@ -102,6 +102,20 @@ def test_flags_only_for_the_host_on_avx2_written_once_by_content(tmp_path, monke
     assert [p.name for p in tmp_path.iterdir()] == [path.rsplit("/", 1)[1]]
 
 
+def run_with_spec(text: str, folder, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, str]:
+    """`f(x, w)` compiled with the module's spec given by hand (gir's own flag is left out where the host is taken
+    as not AVX2), and IREE's dumped configuration."""
+    spec = folder / "spec.mlir"
+    spec.write_text(tuning_spec(text))
+    dumped = folder / "configs"
+    vmfb = compile_text(text, "cpu", extra_flags=[f"--iree-codegen-tuning-spec-path={spec}",
+                                                  f"--iree-hal-dump-executable-configurations-to={dumped}"],
+                        use_cache=False)
+    session = IreeSession(vmfb)
+    got = session.to_host(session.function("f")(session.to_device(x), session.to_device(w)))
+    return got, "".join(p.read_text() for p in dumped.iterdir())
+
+
 @pytest.mark.parametrize("batch, size, cin, cout, k, stride", [
     (2, 8, 16, 32, 3, 1),    # pixel tile 4
     (2, 14, 8, 16, 3, 1),    # pixel tile 2
@@ -110,25 +124,17 @@ def test_flags_only_for_the_host_on_avx2_written_once_by_content(tmp_path, monke
 ])
 def test_iree_applies_the_tiles_and_the_convolution_matches_lax(tmp_path, monkeypatch, batch, size, cin, cout, k,
                                                                stride):
-    """The spec given by hand on any x86 host (gir's own flag left out): IREE's dumped configuration holds its tiles."""
+    """On any x86 host: IREE's dumped configuration holds the spec's tiles."""
     monkeypatch.setattr(host, "host_is_avx2", lambda: False)
     pad = k // 2
     out = (size + 2 * pad - k) // stride + 1
     text = conv_module((batch, size, size, cin), (k, k, cin, cout), (batch, out, out, cout), stride=stride, pad=pad)
     (tiles,) = [conv_tiles(d) for d in nhwc_convolutions(text)]
-    spec = tmp_path / "spec.mlir"
-    spec.write_text(tuning_spec(text))
-    dumped = tmp_path / "configs"
-    vmfb = compile_text(text, "cpu", extra_flags=[f"--iree-codegen-tuning-spec-path={spec}",
-                                                  f"--iree-hal-dump-executable-configurations-to={dumped}"],
-                        use_cache=False)
-    configs = "".join(p.read_text() for p in dumped.iterdir())
-    assert f"vector_common_parallel = [{', '.join(map(str, tiles.vector))}, 0, 0, 0]" in configs
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, size, size, cin)).astype(np.float32)
     w = rng.standard_normal((k, k, cin, cout)).astype(np.float32)
-    session = IreeSession(vmfb)
-    got = session.to_host(session.function("f")(session.to_device(x), session.to_device(w)))
+    got, configs = run_with_spec(text, tmp_path, x, w)
+    assert f"vector_common_parallel = [{', '.join(map(str, tiles.vector))}, 0, 0, 0]" in configs
     want = jax.lax.conv_general_dilated(x, w, (stride, stride), [(pad, pad)] * 2,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
     np.testing.assert_allclose(got, np.asarray(want), rtol=1e-4, atol=1e-4)
@@ -143,17 +149,9 @@ def test_iree_applies_the_matmul_tiles_and_the_product_matches_numpy(tmp_path, m
     monkeypatch.setattr(host, "host_is_avx2", lambda: False)
     text = dot_module(a, b, contract)
     (tiles,) = [matmul_tiles(d) for d in matmuls(text)]
-    spec = tmp_path / "spec.mlir"
-    spec.write_text(tuning_spec(text))
-    dumped = tmp_path / "configs"
-    vmfb = compile_text(text, "cpu", extra_flags=[f"--iree-codegen-tuning-spec-path={spec}",
-                                                  f"--iree-hal-dump-executable-configurations-to={dumped}"],
-                        use_cache=False)
-    configs = "".join(p.read_text() for p in dumped.iterdir())
-    assert f"vector_common_parallel = [4, 16, 0], vector_reduction = [0, 0, {tiles.reduction}]" in configs
     rng = np.random.default_rng(0)
     x, w = (rng.standard_normal(s).astype(np.float32) for s in (a, b))
-    session = IreeSession(vmfb)
-    got = session.to_host(session.function("f")(session.to_device(x), session.to_device(w)))
+    got, configs = run_with_spec(text, tmp_path, x, w)
+    assert f"vector_common_parallel = [4, 16, 0], vector_reduction = [0, 0, {tiles.reduction}]" in configs
     want = (x if contract[0] == 1 else x.T) @ w
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
