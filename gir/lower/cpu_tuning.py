@@ -47,12 +47,18 @@ MATMUL_DISTRIBUTION = (16, 128)
 """A workgroup's tile of (rows, columns), each capped by the dim."""
 
 
-class ConvTiles(NamedTuple):
-    """One convolution's loop sizes (n, oh, ow, oc, kh, kw, ic) and the tiles IREE is told to use."""
+class Tiles(NamedTuple):
+    """One contraction's loop sizes and the tiles IREE is told to use: its workgroup's, its vector's, and its
+    innermost reduction step."""
     dims: tuple[int, ...]
     distribution: tuple[int, ...]
     vector: tuple[int, ...]
     reduction: int
+
+
+class ConvTiles(Tiles):
+    """A convolution's tiles, its loop sizes (n, oh, ow, oc, kh, kw, ic)."""
+    __slots__ = ()
 
     def config(self) -> str:
         """IREE's lowering configuration and pipeline for the tiles."""
@@ -63,12 +69,9 @@ class ConvTiles(NamedTuple):
                 "#iree_codegen.translation_info<pipeline = #iree_cpu.pipeline<ConvTileAndDecomposeExpert>>")
 
 
-class MatmulTiles(NamedTuple):
-    """One matmul's loop sizes (m, n, k) and the tiles IREE is told to use."""
-    dims: tuple[int, ...]
-    distribution: tuple[int, ...]
-    vector: tuple[int, ...]
-    reduction: int
+class MatmulTiles(Tiles):
+    """A matmul's tiles, its loop sizes (m, n, k)."""
+    __slots__ = ()
 
     def config(self) -> str:
         """IREE's lowering configuration and pipeline for the tiles (the workgroup's tile also cached)."""
