@@ -50,8 +50,13 @@ def test_only_nhwc_convolutions_without_groups_are_found_each_shape_once():
 
 @pytest.mark.parametrize("dims, want", [
     ((128, 28, 28, 64, 5, 5, 32), ConvTiles((128, 28, 28, 64, 5, 5, 32), (8, 8, 28, 32), (1, 1, 4, 16), 4)),
-    ((8, 14, 14, 16, 3, 3, 3), ConvTiles((8, 14, 14, 16, 3, 3, 3), (8, 8, 14, 16), (1, 1, 2, 16), 1)),
-    ((4, 7, 7, 512, 3, 3, 512), ConvTiles((4, 7, 7, 512, 3, 3, 512), (4, 7, 7, 32), (1, 1, 1, 16), 4)),
+    ((8, 14, 14, 16, 3, 3, 3), ConvTiles((8, 14, 14, 16, 3, 3, 3), (8, 8, 14, 16), (1, 1, 7, 16), 1)),
+    ((4, 7, 7, 512, 3, 3, 512), ConvTiles((4, 7, 7, 512, 3, 3, 512), (4, 7, 7, 32), (1, 1, 7, 16), 4)),
+    ((8, 12, 12, 32, 3, 3, 16), ConvTiles((8, 12, 12, 32, 3, 3, 16), (8, 8, 12, 32), (1, 1, 4, 16), 4)),
+    ((8, 10, 10, 32, 3, 3, 16), ConvTiles((8, 10, 10, 32, 3, 3, 16), (8, 8, 10, 32), (1, 1, 5, 16), 4)),
+    ((8, 9, 9, 32, 3, 3, 16), ConvTiles((8, 9, 9, 32, 3, 3, 16), (8, 8, 9, 32), (1, 1, 3, 16), 4)),
+    ((8, 22, 22, 32, 3, 3, 16), ConvTiles((8, 22, 22, 32, 3, 3, 16), (8, 8, 22, 32), (1, 1, 2, 16), 4)),
+    ((8, 11, 11, 32, 3, 3, 16), ConvTiles((8, 11, 11, 32, 3, 3, 16), (8, 8, 11, 32), (1, 1, 1, 16), 4)),
     ((8, 8, 8, 24, 3, 3, 16), None),    # 24 output channels: no 16-wide tile divides them
 ])
 def test_tiles_divide_every_dim_or_none(dims, want):
@@ -118,8 +123,9 @@ def run_with_spec(text: str, folder, x: np.ndarray, w: np.ndarray) -> tuple[np.n
 
 @pytest.mark.parametrize("batch, size, cin, cout, k, stride", [
     (2, 8, 16, 32, 3, 1),    # pixel tile 4
-    (2, 14, 8, 16, 3, 1),    # pixel tile 2
-    (2, 7, 3, 16, 5, 1),     # pixel tile 1, reduction tile 1
+    (2, 14, 8, 16, 3, 1),    # pixel tile 7
+    (2, 10, 8, 16, 3, 1),    # pixel tile 5
+    (2, 11, 3, 16, 5, 1),    # pixel tile 1, reduction tile 1
     (2, 16, 16, 32, 3, 2),   # strided
 ])
 def test_iree_applies_the_tiles_and_the_convolution_matches_lax(tmp_path, monkeypatch, batch, size, cin, cout, k,
