@@ -5,7 +5,8 @@ channels, which ran at 20-45 GFLOP/s on a Zen 3 core pair whose FMA peak is 181 
 channels, reduced 4 input channels at a time, ran the same convolutions at 70-150 GFLOP/s. gir writes that
 configuration for each of a module's convolutions into a transform-dialect library that iree-compile applies
 (`--iree-codegen-tuning-spec-path`); on AVX-512 CPUs IREE's own tiles are left as they are. Matmuls get 4 rows x 16
-columns (IREE's are 8 x 8), which made the train steps with large ones 5-9% faster.
+columns, or 6 x 16 where 6 divides the rows (IREE's are 8 x 8), which made the train steps with large ones 5-10%
+faster.
 """
 from __future__ import annotations
 
@@ -41,12 +42,13 @@ DISTRIBUTION = (8, 8, None, 32)
 """A workgroup's tile of (images, rows, pixels, channels), None for the whole row; each capped by the dim."""
 
 
-MATMUL_ROWS = 4
-"""Output rows a matmul's vector tile covers: 4 rows x 2 registers is 8 accumulators of AVX2's 16 registers."""
+MATMUL_ROWS = (6, 4)
+"""Output rows a matmul's vector tile covers: 6 where they divide the rows (6 x 2 registers is 12 accumulators of
+AVX2's 16; cifar_cnn's step 1.1x faster than with 4), else 4 (6 ran 2-3x slower where it does not divide them)."""
 MATMUL_REDUCTIONS = (8, 4, 2, 1)
 """The contraction's step: 8, else the largest that divides it."""
-MATMUL_DISTRIBUTION = (16, 128)
-"""A workgroup's tile of (rows, columns), each capped by the dim."""
+MATMUL_DISTRIBUTION = (4, 128)
+"""A workgroup's tile of (rows, columns), each capped by the dim: 4 vector tiles of rows (16 or 24), 128 columns."""
 
 
 class Tiles(NamedTuple):
@@ -125,14 +127,16 @@ def conv_tiles(dims: tuple[int, ...]) -> ConvTiles | None:
 
 
 def matmul_tiles(dims: tuple[int, ...]) -> MatmulTiles | None:
-    """The AVX2 tiles for one matmul, or None where its rows are not a multiple of MATMUL_ROWS or its columns not of
-    CHANNEL_TILE (the vector tile must divide both)."""
+    """The AVX2 tiles for one matmul, or None where no MATMUL_ROWS divides its rows or CHANNEL_TILE its columns (the
+    vector tile must divide both)."""
     m, n, k = dims
-    if m % MATMUL_ROWS or n % CHANNEL_TILE:
+    rows = next((r for r in MATMUL_ROWS if m % r == 0), None)
+    if rows is None or n % CHANNEL_TILE:
         return None
-    distribution = tuple(min(d, cap) for d, cap in zip((m, n), MATMUL_DISTRIBUTION))
+    row_tiles, cols = MATMUL_DISTRIBUTION
+    distribution = (min(m, row_tiles * rows), min(n, cols))
     reduction = next(t for t in MATMUL_REDUCTIONS if k % t == 0)
-    return MatmulTiles(dims, distribution, (MATMUL_ROWS, CHANNEL_TILE), reduction)
+    return MatmulTiles(dims, distribution, (rows, CHANNEL_TILE), reduction)
 
 
 def _matcher(name: str, t: ConvTiles | MatmulTiles) -> str:

@@ -77,7 +77,9 @@ def test_matmuls_with_a_k_by_n_right_operand_are_found_unless_a_same_sized_one_h
     ((8, 32, 4), MatmulTiles((8, 32, 4), (8, 32), (4, 16), 4)),
     ((100352, 32, 25), MatmulTiles((100352, 32, 25), (16, 32), (4, 16), 1)),
     ((128, 128, 10), MatmulTiles((128, 128, 10), (16, 128), (4, 16), 2)),
-    ((126, 128, 64), None),     # 126 rows: no 4-row tile divides them
+    ((2304, 256, 2048), MatmulTiles((2304, 256, 2048), (24, 128), (6, 16), 8)),   # 6 divides the rows
+    ((18, 32, 8), MatmulTiles((18, 32, 8), (18, 32), (6, 16), 8)),
+    ((130, 128, 64), None),     # 130 rows: neither a 6- nor a 4-row tile divides them
     ((128, 10, 512), None),     # 10 columns: no 16-wide tile divides them
 ])
 def test_matmul_tiles_divide_every_dim_or_none(dims, want):
@@ -149,6 +151,7 @@ def test_iree_applies_the_tiles_and_the_convolution_matches_lax(tmp_path, monkey
 @pytest.mark.parametrize("a, b, contract", [
     ((64, 48), (48, 32), (1, 0)),    # [m, k] x [k, n]: reduction tile 8
     ((20, 64), (20, 48), (0, 0)),    # [k, m] x [k, n], k = 20: reduction tile 4
+    ((48, 24), (24, 32), (1, 0)),    # 48 rows: 6-row tiles
 ])
 def test_iree_applies_the_matmul_tiles_and_the_product_matches_numpy(tmp_path, monkeypatch, a, b, contract):
     """As for convolutions: the spec by hand, IREE's dumped configuration holds its tiles, the product is right."""
@@ -158,6 +161,7 @@ def test_iree_applies_the_matmul_tiles_and_the_product_matches_numpy(tmp_path, m
     rng = np.random.default_rng(0)
     x, w = (rng.standard_normal(s).astype(np.float32) for s in (a, b))
     got, configs = run_with_spec(text, tmp_path, x, w)
-    assert f"vector_common_parallel = [4, 16, 0], vector_reduction = [0, 0, {tiles.reduction}]" in configs
+    assert (f"vector_common_parallel = [{tiles.vector[0]}, 16, 0], vector_reduction = [0, 0, {tiles.reduction}]"
+            in configs)
     want = (x if contract[0] == 1 else x.T) @ w
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
