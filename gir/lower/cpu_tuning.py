@@ -39,7 +39,9 @@ does (7 pixels x 2 registers is 14 accumulators). Rows of 3, 5, 6, 7, 10 and 14 
 REDUCTION_TILE = 4
 """Input channels reduced per step (4 ran 5-15% faster than 8 or 1)."""
 DISTRIBUTION = (8, 8, None, 32)
-"""A workgroup's tile of (images, rows, pixels, channels), None for the whole row; each capped by the dim."""
+"""A workgroup's tile of (images, rows, pixels, channels), None for the whole row; each capped by the dim, and the
+channels' halved to 16 where 32 does not divide them (32 of 48 channels ran 30x slower than 16: 3.7 against 116
+GFLOP/s; a part-filled tile of images or rows cost nothing)."""
 
 
 MATMUL_ROWS = (6, 4)
@@ -47,8 +49,11 @@ MATMUL_ROWS = (6, 4)
 AVX2's 16; cifar_cnn's step 1.1x faster than with 4), else 4 (6 ran 2-3x slower where it does not divide them)."""
 MATMUL_REDUCTIONS = (8, 4, 2, 1)
 """The contraction's step: 8, else the largest that divides it."""
-MATMUL_DISTRIBUTION = (4, 128)
-"""A workgroup's tile of (rows, columns), each capped by the dim: 4 vector tiles of rows (16 or 24), 128 columns."""
+MATMUL_ROW_TILES = (4, 2, 1)
+MATMUL_COLUMNS = (128, 64, 32, 16)
+"""A workgroup's tile: 4 vector tiles of rows (16 or 24), else 2 or 1, and 128 columns, else 64, 32 or 16, the largest
+that divides its dim (or the whole dim, where it is no larger). A workgroup tile that does not divide its dim ran
+2-4x slower (ViT-Tiny's 768 x 192 x 784: 128 columns 41, 64 109 GFLOP/s; 1164 rows: 24 29, 12 129)."""
 
 
 class Tiles(NamedTuple):
@@ -121,7 +126,9 @@ def conv_tiles(dims: tuple[int, ...]) -> ConvTiles | None:
     if oc % CHANNEL_TILE:
         return None
     pixels = next(t for t in PIXEL_TILES if ow % t == 0)
-    distribution = tuple(d if cap is None else min(d, cap) for d, cap in zip((n, oh, ow, oc), DISTRIBUTION))
+    images, rows, _, channels = DISTRIBUTION
+    channels = next(c for c in (channels, CHANNEL_TILE) if oc % c == 0 or oc < c)
+    distribution = (min(n, images), min(oh, rows), ow, min(oc, channels))
     reduction = REDUCTION_TILE if ic % REDUCTION_TILE == 0 else 1
     return ConvTiles(dims, distribution, (1, 1, pixels, CHANNEL_TILE), reduction)
 
@@ -133,8 +140,8 @@ def matmul_tiles(dims: tuple[int, ...]) -> MatmulTiles | None:
     rows = next((r for r in MATMUL_ROWS if m % r == 0), None)
     if rows is None or n % CHANNEL_TILE:
         return None
-    row_tiles, cols = MATMUL_DISTRIBUTION
-    distribution = (min(m, row_tiles * rows), min(n, cols))
+    distribution = (min(m, next(rows * t for t in MATMUL_ROW_TILES if m <= rows * t or m % (rows * t) == 0)),
+                    min(n, next(c for c in MATMUL_COLUMNS if n <= c or n % c == 0)))
     reduction = next(t for t in MATMUL_REDUCTIONS if k % t == 0)
     return MatmulTiles(dims, distribution, (rows, CHANNEL_TILE), reduction)
 

@@ -57,6 +57,8 @@ def test_only_nhwc_convolutions_without_groups_are_found_each_shape_once():
     ((8, 9, 9, 32, 3, 3, 16), ConvTiles((8, 9, 9, 32, 3, 3, 16), (8, 8, 9, 32), (1, 1, 3, 16), 4)),
     ((8, 22, 22, 32, 3, 3, 16), ConvTiles((8, 22, 22, 32, 3, 3, 16), (8, 8, 22, 32), (1, 1, 2, 16), 4)),
     ((8, 11, 11, 32, 3, 3, 16), ConvTiles((8, 11, 11, 32, 3, 3, 16), (8, 8, 11, 32), (1, 1, 1, 16), 4)),
+    ((12, 16, 16, 48, 3, 3, 64), ConvTiles((12, 16, 16, 48, 3, 3, 64), (8, 8, 16, 16), (1, 1, 4, 16), 4)),  # 32 of 48
+    ((12, 16, 16, 96, 3, 3, 64), ConvTiles((12, 16, 16, 96, 3, 3, 64), (8, 8, 16, 32), (1, 1, 4, 16), 4)),
     ((8, 8, 8, 24, 3, 3, 16), None),    # 24 output channels: no 16-wide tile divides them
 ])
 def test_tiles_divide_every_dim_or_none(dims, want):
@@ -79,6 +81,9 @@ def test_matmuls_with_a_k_by_n_right_operand_are_found_unless_a_same_sized_one_h
     ((128, 128, 10), MatmulTiles((128, 128, 10), (16, 128), (4, 16), 2)),
     ((2304, 256, 2048), MatmulTiles((2304, 256, 2048), (24, 128), (6, 16), 8)),   # 6 divides the rows
     ((18, 32, 8), MatmulTiles((18, 32, 8), (18, 32), (6, 16), 8)),
+    ((768, 192, 784), MatmulTiles((768, 192, 784), (24, 64), (6, 16), 8)),    # 128 columns do not divide 192
+    ((1164, 128, 512), MatmulTiles((1164, 128, 512), (12, 128), (6, 16), 8)),  # 24 rows do not divide 1164
+    ((1152, 48, 8), MatmulTiles((1152, 48, 8), (24, 48), (6, 16), 8)),
     ((130, 128, 64), None),     # 130 rows: neither a 6- nor a 4-row tile divides them
     ((128, 10, 512), None),     # 10 columns: no 16-wide tile divides them
 ])
