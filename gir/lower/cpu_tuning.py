@@ -34,8 +34,8 @@ CHANNEL_TILE = 2 * AVX2_LANES
 """Output channels a vector tile covers: two registers wide."""
 PIXEL_TILES = (4, 7, 6, 5, 3, 2, 1)
 """Output pixels (along the row) a vector tile covers: 4 where it divides the row, else the largest of up to 7 that
-does (7 pixels x 2 registers is 14 accumulators). Rows of 3, 5, 6, 7, 10 and 14 ran 1.5-3.5x faster so than at 1 or
-2 pixels; where 4 divides the row (24, 28, 56), 4 ran 1.1-1.7x faster than 6 or 7."""
+does (7 pixels x 2 registers is 14 accumulators). Rows of 3, 5, 6, 7, 10 and 14 ran 1.5-3.5x faster that way than
+at 1 or 2 pixels; where 4 divides the row (24, 28, 56), 4 ran 1.1-1.7x faster than 6 or 7."""
 REDUCTION_TILE = 4
 """Input channels reduced per step (4 ran 5-15% faster than 8 or 1)."""
 DISTRIBUTION = (8, 8, None, 32)
