@@ -38,10 +38,12 @@ does (7 pixels x 2 registers is 14 accumulators). Rows of 3, 5, 6, 7, 10 and 14 
 at 1 or 2 pixels; where 4 divides the row (24, 28, 56), 4 ran 1.1-1.7x faster than 6 or 7."""
 REDUCTION_TILE = 4
 """Input channels reduced per step (4 ran 5-15% faster than 8 or 1)."""
-DISTRIBUTION = (8, 8, None, 32)
-"""A workgroup's tile of (images, rows, pixels, channels), None for the whole row; each capped by the dim, and the
-channels' halved to 16 where 32 does not divide them (32 of 48 channels ran 30x slower than 16: 3.7 against 116
-GFLOP/s; a part-filled tile of images or rows cost nothing)."""
+DISTRIBUTION = (8, 8)
+"""A workgroup's tile of images and rows, each capped by the dim (a part-filled tile of them cost nothing); it covers
+the whole row."""
+CONV_CHANNELS = (32, CHANNEL_TILE)
+"""A workgroup's tile of output channels: 32, else 16, the one `_workgroup` picks (32 of 48 channels ran 30x slower
+than 16: 3.7 against 116 GFLOP/s)."""
 
 
 MATMUL_ROWS = (6, 4)
@@ -51,9 +53,9 @@ MATMUL_REDUCTIONS = (8, 4, 2, 1)
 """The contraction's step: 8, else the largest that divides it."""
 MATMUL_ROW_TILES = (4, 2, 1)
 MATMUL_COLUMNS = (128, 64, 32, 16)
-"""A workgroup's tile: 4 vector tiles of rows (16 or 24), else 2 or 1, and 128 columns, else 64, 32 or 16, the largest
-that divides its dim (or the whole dim, where it is no larger). A workgroup tile that does not divide its dim ran
-2-4x slower (ViT-Tiny's 768 x 192 x 784: 128 columns 41, 64 109 GFLOP/s; 1164 rows: 24 29, 12 129)."""
+"""A workgroup's tile: 4 vector tiles of rows (16 or 24), else 2 or 1, and 128 columns, else 64, 32 or 16, the ones
+`_workgroup` picks. A workgroup tile that does not divide its dim ran 2-4x slower (ViT-Tiny's 768 x 192 x 784: 128
+columns 41, 64 109 GFLOP/s; 1164 rows: 24 29, 12 129)."""
 
 
 class Tiles(NamedTuple):
@@ -119,6 +121,12 @@ def matmuls(text: str) -> list[tuple[int, ...]]:
     return [d for d in kn if d not in nk]
 
 
+def _workgroup(dim: int, sizes: tuple[int, ...]) -> int:
+    """A workgroup's tile of `dim`: the first of `sizes` (largest first) that divides it, or the whole dim where one
+    is no smaller; IREE's code for a part-filled tile ran 2-30x slower."""
+    return min(dim, next(s for s in sizes if dim <= s or dim % s == 0))
+
+
 def conv_tiles(dims: tuple[int, ...]) -> ConvTiles | None:
     """The AVX2 tiles for one convolution, or None where its output channels are not a multiple of CHANNEL_TILE (a
     vector tile that does not divide a dim ran 20x slower)."""
@@ -126,9 +134,8 @@ def conv_tiles(dims: tuple[int, ...]) -> ConvTiles | None:
     if oc % CHANNEL_TILE:
         return None
     pixels = next(t for t in PIXEL_TILES if ow % t == 0)
-    images, rows, _, channels = DISTRIBUTION
-    channels = next(c for c in (channels, CHANNEL_TILE) if oc % c == 0 or oc < c)
-    distribution = (min(n, images), min(oh, rows), ow, min(oc, channels))
+    images, rows = DISTRIBUTION
+    distribution = (min(n, images), min(oh, rows), ow, _workgroup(oc, CONV_CHANNELS))
     reduction = REDUCTION_TILE if ic % REDUCTION_TILE == 0 else 1
     return ConvTiles(dims, distribution, (1, 1, pixels, CHANNEL_TILE), reduction)
 
@@ -140,8 +147,7 @@ def matmul_tiles(dims: tuple[int, ...]) -> MatmulTiles | None:
     rows = next((r for r in MATMUL_ROWS if m % r == 0), None)
     if rows is None or n % CHANNEL_TILE:
         return None
-    distribution = (min(m, next(rows * t for t in MATMUL_ROW_TILES if m <= rows * t or m % (rows * t) == 0)),
-                    min(n, next(c for c in MATMUL_COLUMNS if n <= c or n % c == 0)))
+    distribution = (_workgroup(m, tuple(rows * t for t in MATMUL_ROW_TILES)), _workgroup(n, MATMUL_COLUMNS))
     reduction = next(t for t in MATMUL_REDUCTIONS if k % t == 0)
     return MatmulTiles(dims, distribution, (rows, CHANNEL_TILE), reduction)
 
