@@ -417,18 +417,8 @@ def _walled_matmul(e: Emitter, lhs: Value, rhs: Value, rhs_contract: int) -> Val
     IREE would otherwise fold the transposes around it into its operands and result and run it as
     a 4-D contraction, 2-5x slower (docs/performance.md)."""
     wall = lambda v: e.op("optimization_barrier", v)  # noqa: E731
-    operands = (v if _block_of_walled(v) else wall(v) for v in (lhs, rhs))
-    y = e.op("dot_general", *operands, attrs=od.DotGeneralAttrs((), (), (1,), (rhs_contract,)))
+    y = e.op("dot_general", wall(lhs), wall(rhs), attrs=od.DotGeneralAttrs((), (), (1,), (rhs_contract,)))
     return wall(y)
-
-
-def _block_of_walled(v: Value) -> bool:
-    """v is a unit-stride slice of a value behind a barrier (a chunk of long_contraction_matmul's operand): the matmul
-    reads that block in place, where a barrier on the slice made IREE copy it first (cifar_cnn's weight-gradient
-    chunks: 50 copies, 4.6% of its step)."""
-    node = v.producer
-    return node is not None and node.op == "slice" and all(s == 1 for s in node.attrs.strides) \
-        and node.inputs[0].producer is not None and node.inputs[0].producer.op == "optimization_barrier"
 
 
 RULES = (

@@ -206,30 +206,6 @@ def test_a_smaller_nt_product_is_left_alone():
     assert ctx.trace == [] and len(out.nodes) == len(g.nodes)
 
 
-@pytest.mark.parametrize("walled", [True, False])
-def test_chunks_of_a_walled_operand_are_read_in_place(walled, preserves):
-    """long_contraction_matmul then nn_matmul, as default_avx2 runs them, on operands behind barriers (as
-    weight_grad_matmul leaves them): each chunk of the left operand goes to its matmul as the slice itself, which IREE
-    reads in place, where a barrier on it made IREE copy it first; the right one's transposed chunks stay walled. On
-    operands without barriers the slices are walled as before. The same values either way."""
-    m = n = 128
-    b = Builder("nt")
-    lhs, rhs = b.input("a", (m, 2 * CONTRACTION_CHUNK)), b.input("b", (n, 2 * CONTRACTION_CHUNK))
-    if walled:
-        lhs, rhs = (b.emit("optimization_barrier", (v,)).out for v in (lhs, rhs))
-    b.graph.set_output("y", b.emit("dot_general", (lhs, rhs), od.DotGeneralAttrs((), (), (1,), (1,))).out)
-    ctx = Context(trace=[], check=True)
-    out = run_pass(run_pass(b.graph, "long_contraction_matmul", ctx), "nn_matmul", ctx)
-    assert [f.rule for f in ctx.trace] == ["long_contraction_in_chunks"] + ["nt_as_nn_matmul"] * 2
-    dots = [d for d in out.nodes if d.op == "dot_general"]
-    assert len(dots) == 2
-    for dot in dots:
-        left, right = (v.producer for v in dot.inputs)
-        assert left.op == ("slice" if walled else "optimization_barrier")
-        assert right.op == "optimization_barrier" and right.inputs[0].producer.op == "transpose"
-    preserves(b.graph, out, rtol=1e-4, atol=1e-3)
-
-
 def test_default_avx2_trains_on_iree_as_on_jax(monkeypatch):
     """Two 3x3 convolutions at batch 8 and 32x32: the second's weight gradient contracts 8,192 pixels in two chunks of
     576 x 64 x 4,096 (302 MFLOP each), which the AVX2 pipeline (an AVX2 host's `default`) turns into [M, K] x [K, N];
