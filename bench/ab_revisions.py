@@ -2,7 +2,8 @@
 by `--base` (a git revision, checked out in a temporary worktree and lowered there in a child process), both are
 compiled for IREE's CPU, and their steps alternate on the same batch, the order flipping each round, so the ratio
 comes from one run on this noisy machine. Both lower with the default pipeline for this host; the interface (inputs,
-outputs) must be the same.
+outputs) must be the same. It compares what the revisions emit: both texts compile with the working tree's flags and
+AVX2 tuning spec (gir.lower.cpu_tuning, applied at compile time), so a change to those is not compared by it.
 
     python3 bench/ab_revisions.py --base HEAD~1 --net nets/cifar_cnn.py [--batch 128] [--image 32] [--rounds 6]
 """
