@@ -99,7 +99,8 @@ def main() -> None:
     a, b = (statistics.median(times[k]) for k in runners)
     ratios = sorted(x / y for x, y in zip(*times.values()))
     print(machine_line(f"{net.name} b{batch}@{image}, {args.rounds} rounds, median ms: {args.base} {a:.1f}, "
-                       f"working tree {b:.1f}; speedup {a / b:.3f}x (per round {ratios[0]:.3f}-{ratios[-1]:.3f})"))
+                       f"working tree {b:.1f}; speedup {a / b:.3f}x, paired by round {statistics.median(ratios):.3f}x "
+                       f"({ratios[0]:.3f}-{ratios[-1]:.3f})"))
 
 
 if __name__ == "__main__":
