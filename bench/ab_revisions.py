@@ -49,6 +49,10 @@ json.dump({"text": mod.text, "signature": mod.signature()}, open(sys.argv[4], "w
 
 def lowered_at(revision: str, net: str, batch: int, image: int) -> dict:
     """The train step's text and signature as `revision` lowers it."""
+    known = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "-q", f"{revision}^{{commit}}"],
+                           capture_output=True)
+    if known.returncode:
+        sys.exit(f"--base {revision}: not a commit of {ROOT}")
     with tempfile.TemporaryDirectory() as tmp:
         tree, out = Path(tmp) / "tree", Path(tmp) / "lowered.json"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), revision], check=True)
