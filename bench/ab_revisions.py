@@ -6,6 +6,7 @@ outputs) must be the same. It compares what the revisions emit: both texts compi
 AVX2 tuning spec (gir.lower.cpu_tuning, applied at compile time), so a change to those is not compared by it.
 
     python3 bench/ab_revisions.py --base HEAD~1 --net nets/cifar_cnn.py [--batch 128] [--image 32] [--rounds 6]
+    python3 bench/ab_revisions.py --base HEAD~1 --net nets/char_gpt.py [--seq 128]
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from report import machine_line  # noqa: E402
 
 from gir.bench import random_batch  # noqa: E402
 from gir.lower.iree_runtime import device_config  # noqa: E402
-from gir.netfile import load_net_file  # noqa: E402
+from gir.netfile import NetFileError, load_net_file  # noqa: E402
 from gir.nn.params import init_params  # noqa: E402
 from gir.rewrite.pipelines import pipeline_for_backend  # noqa: E402
 from gir.train.backend import IreeBackend  # noqa: E402
@@ -40,14 +41,25 @@ import json, sys
 from gir.netfile import load_net_file
 from gir.rewrite.pipelines import pipeline_for_backend
 from gir.train.step import lower_train_step
-net, cfg = load_net_file(sys.argv[1]); batch, image = int(sys.argv[2]), int(sys.argv[3])
-mod = lower_train_step(net, cfg.replace(batch_size=batch, image_size=image), batch=batch, image=image,
+net, cfg = load_net_file(sys.argv[1]); sizes = json.loads(sys.argv[2])
+mod = lower_train_step(net, cfg.replace(**sizes["config"]), **sizes["bind"],
                        passes=pipeline_for_backend("default", "iree"))
-json.dump({"text": mod.text, "signature": mod.signature()}, open(sys.argv[4], "w"))
+json.dump({"text": mod.text, "signature": mod.signature()}, open(sys.argv[3], "w"))
 """
+"""The lowering the base revision runs: only APIs older revisions have too."""
 
 
-def lowered_at(revision: str, net: str, batch: int, image: int) -> dict:
+def sizes_for(net, cfg, args: argparse.Namespace) -> dict:
+    """The config's changes and the binding (batch, image or sequence length) of the step both sides lower."""
+    batch = args.batch or cfg.batch_size
+    if net.input_name == "tokens":
+        seq = args.seq or cfg.seq_len
+        return {"config": {"batch_size": batch, "seq_len": seq}, "bind": {"batch": batch, "seq": seq}}
+    image = args.image or cfg.image_size
+    return {"config": {"batch_size": batch, "image_size": image}, "bind": {"batch": batch, "image": image}}
+
+
+def lowered_at(revision: str, net: str, sizes: dict) -> dict:
     """The train step's text and signature as `revision` lowers it."""
     known = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "-q", f"{revision}^{{commit}}"],
                            capture_output=True)
@@ -58,8 +70,10 @@ def lowered_at(revision: str, net: str, batch: int, image: int) -> dict:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree), revision], check=True)
         try:
             env = {**os.environ, "PYTHONPATH": str(tree)}
-            subprocess.run([sys.executable, "-c", LOWER, str(Path(net).resolve()), str(batch), str(image), str(out)],
-                           cwd=tree, env=env, check=True)
+            lowered = subprocess.run([sys.executable, "-c", LOWER, str(Path(net).resolve()), json.dumps(sizes),
+                                      str(out)], cwd=tree, env=env)
+            if lowered.returncode:
+                sys.exit(f"--base {revision} could not lower {net} (its error is above)")
             return json.loads(out.read_text())
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=True)
@@ -71,14 +85,18 @@ def main() -> None:
     ap.add_argument("--net", required=True)
     ap.add_argument("--batch", type=int)
     ap.add_argument("--image", type=int)
+    ap.add_argument("--seq", type=int, help="sequence length, for a net that reads tokens")
     ap.add_argument("--rounds", type=int, default=6)
     args = ap.parse_args()
-    net, cfg = load_net_file(args.net)
-    batch, image = args.batch or cfg.batch_size, args.image or cfg.image_size
+    try:
+        net, cfg = load_net_file(args.net)
+    except NetFileError as e:
+        sys.exit(f"--net: {e}")
+    sizes = sizes_for(net, cfg, args)
     device_config("cpu")
-    current = lower_train_step(net, cfg.replace(batch_size=batch, image_size=image), batch=batch, image=image,
+    current = lower_train_step(net, cfg.replace(**sizes["config"]), **sizes["bind"],
                                passes=pipeline_for_backend("default", "iree"))
-    base = lowered_at(args.base, args.net, batch, image)
+    base = lowered_at(args.base, args.net, sizes)
     if base["signature"] != current.signature():
         sys.exit(f"{args.base} lowers {net.name} with another interface; the steps cannot share inputs")
     modules = {args.base: attrs.evolve(current, text=base["text"]), "working tree": current}
@@ -102,7 +120,9 @@ def main() -> None:
                 times[name].append((time.perf_counter() - t) * 1e3)
     a, b = (statistics.median(times[k]) for k in runners)
     ratios = sorted(x / y for x, y in zip(*times.values()))
-    print(machine_line(f"{net.name} b{batch}@{image}, {args.rounds} rounds, median ms: {args.base} {a:.1f}, "
+    bind = sizes["bind"]
+    shape = f"b{bind['batch']}" + (f" T={bind['seq']}" if "seq" in bind else f"@{bind['image']}")
+    print(machine_line(f"{net.name} {shape}, {args.rounds} rounds, median ms: {args.base} {a:.1f}, "
                        f"working tree {b:.1f}; speedup {a / b:.3f}x, paired by round {statistics.median(ratios):.3f}x "
                        f"({ratios[0]:.3f}-{ratios[-1]:.3f})"))
 

@@ -1,6 +1,6 @@
 """bench/ab_revisions.py: the working tree against a base revision lowered in a temporary worktree, both compiled and
-their steps alternated; an unknown revision is refused by name. It runs from a copy of gir, nets/ and bench/ committed
-to a fresh git repository, so the test needs no history from the checkout it runs in."""
+their steps alternated; an unknown revision or a missing net file is refused by name. It runs from a copy of gir,
+nets/ and bench/ committed to a fresh git repository, so the test needs no history from the checkout it runs in."""
 from __future__ import annotations
 
 import re
@@ -47,3 +47,9 @@ def test_an_unknown_revision_is_refused_by_name(repo):
     run = _run(repo, "--base", "no-such-revision", "--net", "nets/digits_cnn.py")
     assert run.returncode != 0
     assert "--base no-such-revision: not a commit of" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_a_missing_net_file_is_refused_by_name(repo):
+    run = _run(repo, "--base", "HEAD", "--net", "nets/nope.py")
+    assert run.returncode != 0
+    assert "--net: net file not found: nets/nope.py" in run.stderr and "Traceback" not in run.stderr
